@@ -1,0 +1,95 @@
+#!/usr/bin/env node
+// Runs a script of this repo under Node >= 22, on any machine that has Node and npm.
+//
+// Why this exists: libp2p v3 needs Node 22+ (Promise.withResolvers and friends), while many machines
+// (HPC login nodes, Debian stable, our CI) ship Node 20. Where the running Node is already >= 22 we use
+// it as is. Otherwise we install Node 24 LTS from the npm registry (the `node` package ships the real
+// binary) into .node/ once, and re-run under it. The same goes for dependencies: when node_modules is
+// missing or older than package-lock.json, `npm ci` runs first, so a fresh clone needs no other step.
+//
+// This file must stay plain JavaScript with no imports outside Node's standard library: it is what
+// runs before anything else is installed.
+//
+// Usage: node cli/launch.mjs SCRIPT [ARGS...]   (SCRIPT is a path relative to the repo root)
+import { spawnSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { delimiter, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const MIN_NODE_MAJOR = 22;
+const NODE_PACKAGE = 'node@24';
+const LOCAL_NODE_DIR = join(REPO_ROOT, '.node');
+const LOCAL_NODE_BIN = join(LOCAL_NODE_DIR, 'node_modules', 'node', 'bin', 'node');
+
+function say(line) {
+  process.stderr.write(`launch: ${line}\n`);
+}
+
+function run(command, args, options = {}) {
+  const result = spawnSync(command, args, { stdio: 'inherit', ...options });
+  if (result.error) throw result.error;
+  return result.status ?? 1;
+}
+
+function nodeMajor(version) {
+  return Number.parseInt(version.replace(/^v/, '').split('.')[0], 10);
+}
+
+/** Path of a Node binary that is >= MIN_NODE_MAJOR, installing Node 24 through npm when needed. */
+export function ensureModernNode() {
+  if (nodeMajor(process.versions.node) >= MIN_NODE_MAJOR) return process.execPath;
+  if (!existsSync(LOCAL_NODE_BIN)) {
+    say(`Node ${process.versions.node} is too old (need >= ${MIN_NODE_MAJOR}); installing ${NODE_PACKAGE} from npm into .node/`);
+    const status = run('npm', ['install', '--no-save', '--no-package-lock', '--prefix', LOCAL_NODE_DIR, NODE_PACKAGE], {
+      cwd: REPO_ROOT,
+    });
+    if (status !== 0 || !existsSync(LOCAL_NODE_BIN)) {
+      throw new Error(`could not install ${NODE_PACKAGE} through npm (exit ${status}); install Node >= ${MIN_NODE_MAJOR} by hand`);
+    }
+  }
+  return LOCAL_NODE_BIN;
+}
+
+/** Environment whose PATH finds the chosen Node first, so `node` and npm scripts in children use it too. */
+export function envFor(nodeBin) {
+  return { ...process.env, PATH: `${dirname(nodeBin)}${delimiter}${process.env.PATH ?? ''}` };
+}
+
+function dependenciesAreCurrent() {
+  const installedMarker = join(REPO_ROOT, 'node_modules', '.package-lock.json');
+  const lockfile = join(REPO_ROOT, 'package-lock.json');
+  if (!existsSync(installedMarker)) return false;
+  if (!existsSync(lockfile)) return true;
+  return statSync(installedMarker).mtimeMs >= statSync(lockfile).mtimeMs;
+}
+
+export function ensureDependencies(nodeBin) {
+  if (process.env.SWARMD_SKIP_INSTALL === '1' || dependenciesAreCurrent()) return;
+  say('dependencies missing or out of date; running npm ci');
+  const status = run('npm', ['ci', '--no-audit', '--no-fund'], { cwd: REPO_ROOT, env: envFor(nodeBin) });
+  if (status !== 0) throw new Error(`npm ci failed (exit ${status})`);
+}
+
+function main(argv) {
+  const [script, ...args] = argv;
+  if (!script) {
+    say('usage: node cli/launch.mjs SCRIPT [ARGS...]');
+    return 2;
+  }
+  const nodeBin = ensureModernNode();
+  ensureDependencies(nodeBin);
+  const result = spawnSync(nodeBin, [resolve(REPO_ROOT, script), ...args], { stdio: 'inherit', env: envFor(nodeBin) });
+  if (result.error) throw result.error;
+  if (result.signal) process.kill(process.pid, result.signal);
+  return result.status ?? 1;
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  try {
+    process.exitCode = main(process.argv.slice(2));
+  } catch (error) {
+    say(error instanceof Error ? error.message : String(error));
+    process.exitCode = 1;
+  }
+}
