@@ -5,7 +5,7 @@
 // (HPC login nodes, Debian stable, our CI) ship Node 20. Where the running Node is already >= 22 we use
 // it as is. Otherwise we install Node 24 LTS from the npm registry (the `node` package ships the real
 // binary) into .node/ once, and re-run under it. The same goes for dependencies: when node_modules is
-// missing or older than package-lock.json, `npm ci` runs first, so a fresh clone needs no other step.
+// missing or older than package-lock.json, `npm install` runs first, so a fresh clone needs no other step.
 //
 // This file must stay plain JavaScript with no imports outside Node's standard library: it is what
 // runs before anything else is installed.
@@ -40,12 +40,16 @@ function nodeMajor(version) {
 export function ensureModernNode() {
   if (nodeMajor(process.versions.node) >= MIN_NODE_MAJOR) return process.execPath;
   if (!existsSync(LOCAL_NODE_BIN)) {
-    say(`Node ${process.versions.node} is too old (need >= ${MIN_NODE_MAJOR}); installing ${NODE_PACKAGE} from npm into .node/`);
+    say(
+      `Node ${process.versions.node} is too old (need >= ${MIN_NODE_MAJOR}); installing ${NODE_PACKAGE} from npm into .node/`,
+    );
     const status = run('npm', ['install', '--no-save', '--no-package-lock', '--prefix', LOCAL_NODE_DIR, NODE_PACKAGE], {
       cwd: REPO_ROOT,
     });
     if (status !== 0 || !existsSync(LOCAL_NODE_BIN)) {
-      throw new Error(`could not install ${NODE_PACKAGE} through npm (exit ${status}); install Node >= ${MIN_NODE_MAJOR} by hand`);
+      throw new Error(
+        `could not install ${NODE_PACKAGE} through npm (exit ${status}); install Node >= ${MIN_NODE_MAJOR} by hand`,
+      );
     }
   }
   return LOCAL_NODE_BIN;
@@ -66,9 +70,12 @@ function dependenciesAreCurrent() {
 
 export function ensureDependencies(nodeBin) {
   if (process.env.SWARMD_SKIP_INSTALL === '1' || dependenciesAreCurrent()) return;
-  say('dependencies missing or out of date; running npm ci');
-  const status = run('npm', ['ci', '--no-audit', '--no-fund'], { cwd: REPO_ROOT, env: envFor(nodeBin) });
-  if (status !== 0) throw new Error(`npm ci failed (exit ${status})`);
+  // `npm install` rather than `npm ci`: it installs the versions pinned in package-lock.json just the same,
+  // but tolerates a lockfile that lacks other platforms' optional packages (biome's and msgpackr-extract's
+  // builds for other OSes), which some registry mirrors do not serve and `npm ci` would reject.
+  say('dependencies missing or out of date; running npm install');
+  const status = run('npm', ['install', '--no-audit', '--no-fund'], { cwd: REPO_ROOT, env: envFor(nodeBin) });
+  if (status !== 0) throw new Error(`npm install failed (exit ${status})`);
 }
 
 function main(argv) {
