@@ -797,7 +797,16 @@ export class Raft {
 
   private broadcastAppend(): void {
     for (const id of this.progress.keys()) {
-      if (id !== this.id) this.sendAppend(id, true);
+      if (id !== this.id) this.fillPipeline(id, true);
+    }
+  }
+
+  /** Sends appends to a follower until its inflight window is full or it has everything (pipelining). */
+  private fillPipeline(to: NodeId, sendIfEmpty: boolean): void {
+    if (!this.sendAppend(to, sendIfEmpty)) return;
+    const pr = this.progress.get(to);
+    while (pr?.state === 'replicate' && this.sendAppend(to, false)) {
+      // keep going
     }
   }
 
@@ -871,6 +880,8 @@ export class Raft {
 
   private handleAppendResponse(m: AppendResponse, pr: Progress): void {
     pr.recentActive = true;
+    // A follower cannot have more than we ever sent; a claim beyond our log is a broken peer. Ignore it.
+    if (m.index > this.log.lastIndex()) return;
     if (m.reject) {
       // Skip back over the follower's conflicting term in one step where we can.
       let next = m.rejectHint;
@@ -896,14 +907,8 @@ export class Raft {
     } else if (pr.state === 'replicate') {
       pr.inflights.freeUpTo(m.index);
     }
-    if (this.maybeCommit()) {
-      // done: maybeCommit told everyone about the new commit point
-    } else {
-      // Keep the follower's pipeline full.
-      while (this.sendAppend(m.from, false)) {
-        if (pr.state !== 'replicate') break;
-      }
-    }
+    // maybeCommit tells everyone about a new commit point; otherwise keep this follower's pipeline full.
+    if (!this.maybeCommit()) this.fillPipeline(m.from, false);
     if (m.from === this.leadTransferee && pr.match === this.log.lastIndex()) {
       this.sendTimeoutNow(m.from);
     }
@@ -921,7 +926,9 @@ export class Raft {
     // An append may have been lost: with the window full nothing else would ever be sent. Freeing one slot
     // lets the next append through; if there is a gap the follower rejects it and we fall back to probing.
     if (pr.state === 'replicate' && pr.inflights.full()) pr.inflights.freeFirst();
-    if (pr.match < this.log.lastIndex()) this.sendAppend(m.from, false);
+    // Still behind: send even an empty append, so a follower that lost our last append (with nothing new
+    // proposed since) rejects it at the gap and we resend from where it really is.
+    if (pr.match < this.log.lastIndex()) this.sendAppend(m.from, true);
     if (m.readId !== null) this.ackRead(m.readId, m.from);
   }
 

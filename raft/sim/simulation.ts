@@ -487,7 +487,7 @@ class Simulation implements SimHost {
       if (node.smApplied !== reference.smApplied || !sameKv(node.kv, reference.kv)) {
         throw new SafetyViolation(
           'convergence',
-          `${node.id} applied up to ${node.smApplied} but leader ${reference.id} up to ${reference.smApplied}, or their data differ`,
+          `${node.id} applied up to ${node.smApplied} but leader ${reference.id} up to ${reference.smApplied}, or their data differ\n${this.describeMembers()}`,
         );
       }
     }
