@@ -343,9 +343,9 @@ export class RaftNode {
     if (messages.length === 0) return;
     const byPeer = new Map<NodeId, Message[]>();
     for (const m of messages) {
-      let list = byPeer.get(m.to);
-      if (!list) byPeer.set(m.to, (list = []));
-      list.push(m);
+      const list = byPeer.get(m.to);
+      if (list) list.push(m);
+      else byPeer.set(m.to, [m]);
     }
     for (const [peer, list] of byPeer) {
       this.metrics.messagesSent += list.length;
