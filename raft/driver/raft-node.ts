@@ -159,18 +159,12 @@ export class RaftNode {
   // ------------------------------------------------------------------ public API
 
   /** Replicates a command; resolves with the state machine's result once it is applied here. */
-  propose(command: Uint8Array): Promise<unknown> {
-    if (this.stopped) return Promise.reject(new RaftStoppedError());
+  async propose(command: Uint8Array): Promise<unknown> {
     const seq = this.nextSeq++;
     const data = packr.pack({ s: this.session, q: seq, d: command } satisfies Envelope);
+    await this.submit(() => this.raft.propose(data));
+    this.metrics.proposals++;
     return new Promise((resolve, reject) => {
-      try {
-        this.raft.propose(data);
-      } catch (error) {
-        reject(error);
-        return;
-      }
-      this.metrics.proposals++;
       const timer = setTimeout(() => {
         this.pendingProposals.delete(seq);
         reject(new RaftTimeoutError('proposal', this.opts.requestTimeoutMs));
@@ -184,16 +178,10 @@ export class RaftNode {
    * Linearizable read barrier: resolves once this member's state machine reflects every write that
    * completed before read() was called. Read the state machine right after it resolves.
    */
-  read(): Promise<void> {
-    if (this.stopped) return Promise.reject(new RaftStoppedError());
+  async read(): Promise<void> {
     const readId = `${this.session}:${this.nextSeq++}`;
+    await this.submit(() => this.raft.readIndex(readId));
     return new Promise((resolve, reject) => {
-      try {
-        this.raft.readIndex(readId);
-      } catch (error) {
-        reject(error);
-        return;
-      }
       const timer = setTimeout(() => {
         this.pendingReads.delete(readId);
         reject(new RaftTimeoutError('read', this.opts.requestTimeoutMs));
@@ -201,6 +189,22 @@ export class RaftNode {
       this.pendingReads.set(readId, { resolve, reject, timer });
       this.schedule();
     });
+  }
+
+  /**
+   * Hands a request to the core. Right after a start or during an election no leader is known yet; rather
+   * than failing at once, wait for one (within the request timeout) and try again.
+   */
+  private async submit(request: () => void): Promise<void> {
+    if (this.stopped) throw new RaftStoppedError();
+    try {
+      request();
+    } catch (error) {
+      if (!(error instanceof ProposalDroppedError) || this.raft.status().leader !== null) throw error;
+      await this.waitForLeader(this.opts.requestTimeoutMs);
+      if (this.stopped) throw new RaftStoppedError();
+      request();
+    }
   }
 
   /** Proposes a membership change on the leader; resolves once it is applied here. */
