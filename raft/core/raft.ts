@@ -90,8 +90,14 @@ export interface Ready {
   role: Role;
   leader: NodeId | null;
   term: number;
-  /** Present when it changed since the last Ready; must be persisted. */
+  /** Present when it changed since the last Ready. */
   hardState: HardState | null;
+  /**
+   * Whether this Ready must be durable before its messagesAfterPersist go out: new entries, a snapshot,
+   * or a new term or vote. A hard state whose commit index alone moved may be written lazily (the commit
+   * index is recovered from the leader after a crash), which keeps an fsync off every commit's path.
+   */
+  mustSync: boolean;
   /** To persist (may overwrite a suffix of what is stored). */
   entries: Entry[];
   /** Received from the leader: persist, then restore into the state machine. */
@@ -386,12 +392,18 @@ export class Raft {
       }
     }
     const changed = !sameHardState(hardState, this.lastHardState);
+    const mustSync =
+      entries.length > 0 ||
+      snapshot !== null ||
+      hardState.term !== this.lastHardState.term ||
+      hardState.vote !== this.lastHardState.vote;
     this.lastHardState = hardState;
     const rd: Ready = {
       role: this.role,
       leader: this.leader,
       term: this.term,
       hardState: changed ? hardState : null,
+      mustSync,
       entries,
       snapshot,
       committedEntries,

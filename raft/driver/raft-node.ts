@@ -310,15 +310,17 @@ export class RaftNode {
       this.metrics.readies++;
       this.notifyLeader(rd);
       this.sendAll(rd.messages);
-      await this.persist(rd);
-      this.sendAll(rd.messagesAfterPersist);
       if (rd.snapshot) {
-        await this.restoreSnapshot(rd.snapshot.data);
-        this.appliedIndex = rd.snapshot.meta.index;
-        this.lastSnapshotIndex = rd.snapshot.meta.index;
-        this.metrics.snapshotsInstalled++;
+        // A leader's snapshot replaces the state machine: durable first, then restored, then what follows.
+        await this.persist(rd);
+        await this.installSnapshot(rd.snapshot.meta.index, rd.snapshot.data);
+        await this.applyEntries(rd.committedEntries);
+      } else {
+        // Committed entries were persisted by earlier Readies, so they are applied while this Ready's own
+        // write is in flight: no request waits for an fsync of entries that are not its own.
+        await Promise.all([this.persist(rd), this.applyEntries(rd.committedEntries)]);
       }
-      await this.applyEntries(rd.committedEntries);
+      this.sendAll(rd.messagesAfterPersist);
       for (const rs of rd.readStates) this.readsAwaitingApply.push(rs);
       this.raft.advance(rd);
       this.releaseReads();
@@ -336,7 +338,9 @@ export class RaftNode {
 
   private async persist(rd: Ready): Promise<void> {
     if (rd.snapshot) await this.opts.storage.saveSnapshot(rd.snapshot);
-    if (rd.entries.length > 0 || rd.hardState) {
+    // A Ready that only moved the commit index needs no fsync (see Ready.mustSync): the new commit index is
+    // written with the next entries or vote instead.
+    if (rd.mustSync && (rd.entries.length > 0 || rd.hardState)) {
       await this.opts.storage.save({ entries: rd.entries, ...(rd.hardState ? { hardState: rd.hardState } : {}) });
       this.metrics.fsyncBatches++;
       this.metrics.entriesPersisted += rd.entries.length;
@@ -434,6 +438,13 @@ export class RaftNode {
     await this.opts.storage.saveSnapshot(snapshot);
     this.lastSnapshotIndex = snapshot.meta.index;
     this.metrics.snapshotsTaken++;
+  }
+
+  private async installSnapshot(index: number, data: Uint8Array): Promise<void> {
+    await this.restoreSnapshot(data);
+    this.appliedIndex = index;
+    this.lastSnapshotIndex = index;
+    this.metrics.snapshotsInstalled++;
   }
 
   private async restoreSnapshot(data: Uint8Array): Promise<void> {

@@ -130,6 +130,9 @@ export class SimNode {
       this.lastRole = rd.role;
     }
     for (const m of rd.messages) this.host.network.send(m);
+    // Like the real driver: committed entries (persisted by earlier Readies) are applied while this
+    // Ready's write is in flight, unless a snapshot has to be installed first.
+    if (!rd.snapshot) for (const entry of rd.committedEntries) this.apply(entry);
     this.busy = true;
     this.inflight = rd;
     const incarnation = this.incarnation;
@@ -145,8 +148,8 @@ export class SimNode {
     if (rd.snapshot) {
       this.restoreState(rd.snapshot.data);
       this.smApplied = rd.snapshot.meta.index;
+      for (const entry of rd.committedEntries) this.apply(entry);
     }
-    for (const entry of rd.committedEntries) this.apply(entry);
     for (const read of rd.readStates) this.pendingReads.push(read);
     raft.advance(rd);
     this.busy = false;
@@ -205,6 +208,7 @@ export class SimNode {
     }
     const first = rd.entries[0];
     if (first) disk.entries = disk.entries.filter((e) => e.index < first.index).concat(rd.entries);
-    if (rd.hardState) disk.hardState = { ...rd.hardState };
+    // Like the real driver: a Ready that only moved the commit index is not written.
+    if (rd.hardState && rd.mustSync) disk.hardState = { ...rd.hardState };
   }
 }
