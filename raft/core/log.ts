@@ -155,9 +155,12 @@ export class RaftLog {
     if (this.term(index) === term) this.persisted = Math.max(this.persisted, index);
   }
 
-  /** Committed entries ready to apply: only persisted ones, so a crash cannot un-apply anything. */
+  /**
+   * Committed entries ready to apply. They need not be persisted here yet: committed means a majority has
+   * them durably, so a crash of this member cannot lose them (it gets them back from the leader).
+   */
   nextToApply(maxBytes: number): Entry[] {
-    const hi = Math.min(this.committed, this.persisted);
+    const hi = Math.min(this.committed, this.lastIndex());
     if (hi <= this.applied) return [];
     return this.slice(this.applied + 1, hi + 1, maxBytes);
   }

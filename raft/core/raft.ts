@@ -126,6 +126,8 @@ export interface RaftStatus {
   leader: NodeId | null;
   commit: number;
   applied: number;
+  /** Highest index written to this member's storage. */
+  persisted: number;
   lastIndex: number;
   snapshotIndex: number;
   conf: ConfState;
@@ -317,6 +319,10 @@ export class Raft {
     if (index !== this.log.applied) {
       throw new Error(`snapshot index ${index} must equal the applied index ${this.log.applied}`);
     }
+    if (index > this.log.persisted) {
+      // Entries may be applied before they are written here; a snapshot must not get ahead of the log on disk.
+      throw new Error(`snapshot index ${index} is beyond the persisted log (${this.log.persisted})`);
+    }
     const term = this.log.term(index);
     if (term === undefined) throw new Error(`no entry at snapshot index ${index}`);
     const snapshot: Snapshot = { meta: { index, term, conf: cloneConf(this.conf) }, data };
@@ -370,7 +376,7 @@ export class Raft {
       this.log.pendingSnapshot !== null ||
       this.log.hasUnstable() ||
       !sameHardState(this.hardState(), this.lastHardState) ||
-      Math.min(this.log.committed, this.log.persisted) > this.log.applied
+      Math.min(this.log.committed, this.log.lastIndex()) > this.log.applied
     );
   }
 
@@ -417,6 +423,22 @@ export class Raft {
     return rd;
   }
 
+  /**
+   * Messages that may go out now, while a Ready is still being persisted: appends of newly proposed
+   * entries, heartbeats, forwarded requests. None depends on durable state (those wait in
+   * messagesAfterPersist for their Ready), so followers can start writing a batch while the leader is
+   * still writing the previous one.
+   */
+  takeMessages(): Message[] {
+    if (this.broadcastPending) {
+      this.broadcastPending = false;
+      if (this.role === 'leader') this.broadcastAppend();
+    }
+    const messages = this.messages;
+    this.messages = [];
+    return messages;
+  }
+
   /** The driver persisted and applied `rd`. */
   advance(rd: Ready): void {
     const last = rd.entries.at(-1);
@@ -452,6 +474,7 @@ export class Raft {
       leader: this.leader,
       commit: this.log.committed,
       applied: this.log.applied,
+      persisted: this.log.persisted,
       lastIndex: this.log.lastIndex(),
       snapshotIndex: this.log.snapshotIndex,
       conf: cloneConf(this.conf),

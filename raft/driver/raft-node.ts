@@ -87,6 +87,8 @@ export interface RaftMetrics {
   applied: number;
   readies: number;
   fsyncBatches: number;
+  /** Total time spent waiting for storage writes to be durable. */
+  persistMs: number;
   entriesPersisted: number;
   snapshotsTaken: number;
   snapshotsInstalled: number;
@@ -120,6 +122,7 @@ export class RaftNode {
     applied: 0,
     readies: 0,
     fsyncBatches: 0,
+    persistMs: 0,
     entriesPersisted: 0,
     snapshotsTaken: 0,
     snapshotsInstalled: 0,
@@ -298,6 +301,8 @@ export class RaftNode {
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
+      // While a Ready is being written, what may go out at once does (see Raft.takeMessages).
+      if (this.processing) this.sendAll(this.raft.takeMessages());
       void this.processReady();
     });
   }
@@ -341,7 +346,9 @@ export class RaftNode {
     // A Ready that only moved the commit index needs no fsync (see Ready.mustSync): the new commit index is
     // written with the next entries or vote instead.
     if (rd.mustSync && (rd.entries.length > 0 || rd.hardState)) {
+      const started = performance.now();
       await this.opts.storage.save({ entries: rd.entries, ...(rd.hardState ? { hardState: rd.hardState } : {}) });
+      this.metrics.persistMs += performance.now() - started;
       this.metrics.fsyncBatches++;
       this.metrics.entriesPersisted += rd.entries.length;
     }
@@ -428,11 +435,12 @@ export class RaftNode {
 
   private async maybeSnapshot(): Promise<void> {
     const status = this.raft.status();
-    if (status.applied !== this.appliedIndex) return;
+    if (status.applied !== this.appliedIndex || status.persisted < this.appliedIndex) return;
     if (this.appliedIndex - this.lastSnapshotIndex < this.opts.snapshotEvery) return;
     const app = await this.opts.stateMachine.snapshot();
     // A leader's snapshot may have been installed while we awaited; then this one is stale.
-    if (this.raft.status().applied !== this.appliedIndex) return;
+    const now = this.raft.status();
+    if (now.applied !== this.appliedIndex || now.persisted < this.appliedIndex) return;
     const data = packr.pack({ sessions: [...this.sessions], app } satisfies DriverSnapshot);
     const snapshot = this.raft.compact(this.appliedIndex, data);
     await this.opts.storage.saveSnapshot(snapshot);

@@ -122,7 +122,13 @@ export class SimNode {
   /** Takes the next Ready, if the previous one is done, and starts its disk write. */
   pump(): void {
     const raft = this.raft;
-    if (!raft || this.busy || !raft.hasReady()) return;
+    if (!raft) return;
+    if (this.busy) {
+      // Like the real driver: while a Ready is being written, what may go out at once does.
+      for (const m of raft.takeMessages()) this.host.network.send(m);
+      return;
+    }
+    if (!raft.hasReady()) return;
     const rd = raft.ready();
     if (rd.role === 'leader') this.host.monitor.observeLeader(rd.term, this.id);
     if (rd.role !== this.lastRole) {
@@ -180,7 +186,7 @@ export class SimNode {
 
   private maybeCompact(raft: Raft): void {
     const status = raft.status();
-    if (this.smApplied !== status.applied) return;
+    if (this.smApplied !== status.applied || status.persisted < this.smApplied) return;
     if (this.smApplied - status.snapshotIndex < this.host.compactEvery) return;
     const snapshot = raft.compact(
       this.smApplied,

@@ -1,5 +1,5 @@
 // A small key-value state machine and helpers to run RaftNodes in one process, for driver tests.
-import { type RaftNode as RaftNodeType, RaftNode, type RaftNodeOptions, type StateMachine } from '../../raft/driver/raft-node.ts';
+import { RaftNode, type RaftNodeOptions, type StateMachine } from '../../raft/driver/raft-node.ts';
 import { MemoryNetwork } from '../../raft/driver/transport.ts';
 import { MemoryStorage } from '../../raft/storage/memory-storage.ts';
 import type { RaftStorage } from '../../raft/storage/types.ts';
@@ -48,7 +48,7 @@ export async function startCluster(ids: string[], opts: ClusterOptions = {}) {
   const network = opts.network ?? new MemoryNetwork();
   const storages = opts.storages ?? new Map(ids.map((id) => [id, new MemoryStorage()] as [string, RaftStorage]));
   const machines = new Map<string, KvStateMachine>();
-  const nodes: RaftNodeType[] = [];
+  const nodes: RaftNode[] = [];
   const options = (id: string, bootstrap: boolean): RaftNodeOptions => {
     const machine = new KvStateMachine();
     machines.set(id, machine);
@@ -73,8 +73,8 @@ export async function startCluster(ids: string[], opts: ClusterOptions = {}) {
     nodes,
     machines,
     network,
-    async leader(): Promise<RaftNodeType> {
-      let found: RaftNodeType | undefined;
+    async leader(): Promise<RaftNode> {
+      let found: RaftNode | undefined;
       await waitFor(() => {
         found = cluster.nodes.find((n) => n.isLeader());
         return found !== undefined;
@@ -82,13 +82,13 @@ export async function startCluster(ids: string[], opts: ClusterOptions = {}) {
       return found!;
     },
     /** Starts a member again on the storage it had (a clean restart). */
-    async restart(id: string): Promise<RaftNodeType> {
+    async restart(id: string): Promise<RaftNode> {
       const node = await RaftNode.start(options(id, true));
       cluster.nodes = cluster.nodes.filter((n) => n.id !== id).concat(node);
       return node;
     },
     /** Starts a new, empty member that waits to be added. */
-    async join(id: string): Promise<RaftNodeType> {
+    async join(id: string): Promise<RaftNode> {
       const node = await RaftNode.start(options(id, false));
       cluster.nodes = cluster.nodes.concat(node);
       return node;

@@ -57,7 +57,10 @@ describe('RaftNode', () => {
     const cluster = await startCluster(['a', 'b', 'c'], { network, requestTimeoutMs: 300 });
     nodes = cluster.nodes;
     const leader = await cluster.leader();
-    network.isolate(leader.id, ['a', 'b', 'c'].filter((id) => id !== leader.id));
+    network.isolate(
+      leader.id,
+      ['a', 'b', 'c'].filter((id) => id !== leader.id),
+    );
     await expect(leader.propose(KvStateMachine.put('x', '1'))).rejects.toBeInstanceOf(RaftTimeoutError);
   });
 

@@ -1,0 +1,15 @@
+// npm run bench -- NAME: runs one benchmark; the last line it prints is one JSON object with its figures.
+import { benchRaft } from './raft/bench.ts';
+
+const benches: Record<string, () => Promise<Record<string, unknown>>> = {
+  raft: benchRaft,
+};
+
+const name = process.argv[2];
+if (!name || !(name in benches)) {
+  process.stderr.write(`usage: npm run bench -- NAME   (NAME: ${Object.keys(benches).join(', ')})\n`);
+  process.exit(2);
+}
+const result = await benches[name]!();
+process.stdout.write(`${JSON.stringify(result)}\n`);
+process.exit(0);
