@@ -1,0 +1,16 @@
+#!/usr/bin/env node
+// The `swarmd` command: runs cli/swarmd.ts under Node >= 22 (see cli/launch.mjs for why and how).
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ensureDependencies, ensureModernNode, envFor } from '../launch.mjs';
+
+const cliDir = join(dirname(fileURLToPath(import.meta.url)), '..');
+const nodeBin = ensureModernNode();
+ensureDependencies(nodeBin);
+const result = spawnSync(nodeBin, [join(cliDir, 'swarmd.ts'), ...process.argv.slice(2)], {
+  stdio: 'inherit',
+  env: envFor(nodeBin),
+});
+if (result.signal) process.kill(process.pid, result.signal);
+process.exit(result.status ?? 1);

@@ -1,0 +1,66 @@
+// Objects the control API returns and the CLI prints. Shared by daemon and cli; no behaviour here.
+
+export type NodeRole = 'manager' | 'worker';
+export type NodeAvailability = 'active' | 'pause' | 'drain';
+export type NodeState = 'ready' | 'down' | 'unknown';
+
+export interface NodeDescription {
+  hostname: string;
+  platform: { os: string; arch: string };
+  /** Engine / runtime versions and resources as the node reported them. */
+  resources: { nanoCpus: number; memoryBytes: number };
+  swarmdVersion: string;
+}
+
+export interface ManagerStatus {
+  /** Raft member state as the leader sees it. */
+  leader: boolean;
+  reachability: 'reachable' | 'unreachable' | 'unknown';
+  raftRole: 'voter' | 'learner' | 'none';
+}
+
+export interface SwarmNode {
+  id: string;
+  /** libp2p PeerId: the key the node proves on every connection. */
+  peerId: string;
+  role: NodeRole;
+  availability: NodeAvailability;
+  labels: Record<string, string>;
+  description: NodeDescription;
+  /** Multiaddrs the node can be reached at. */
+  addresses: string[];
+  status: { state: NodeState; message: string; since: string };
+  managerStatus: ManagerStatus | null;
+  /** Raft index of the last change (optimistic concurrency for updates). */
+  version: number;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface SwarmInfo {
+  nodeId: string;
+  clusterId: string;
+  role: NodeRole;
+  /** Whether this node is the Raft leader (managers only). */
+  isLeader: boolean;
+  leaderNodeId: string | null;
+  managers: number;
+  nodes: number;
+  caFingerprint: string;
+  dataDir: string;
+  listenAddrs: string[];
+  meshEncryption: 'noise' | 'tls';
+  raft: { term: number; commit: number; applied: number } | null;
+}
+
+export interface JoinTokens {
+  worker: string;
+  manager: string;
+}
+
+/** Every API error has this body, with a status code that says what kind of error it is. */
+export interface ApiErrorBody {
+  error: string;
+  /** The field of the request that was wrong, when one was. */
+  field?: string;
+}

@@ -1,0 +1,431 @@
+// A manager: a Raft member holding the cluster store, the swarm CA, and (on the leader) the control
+// loops. Every manager answers joins, heartbeats and reads; writes go through the leader.
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { ProposalDroppedError } from '../../raft/core/raft.ts';
+import { RaftNode } from '../../raft/driver/raft-node.ts';
+import { FileStorage } from '../../raft/storage/file-storage.ts';
+import type { NodeRole } from '../api/types.ts';
+import type { FramedStream } from '../mesh/framed-stream.ts';
+import type { MembershipGate } from '../mesh/gate.ts';
+import type { MeshHost } from '../mesh/host.ts';
+import type { HeartbeatRequest, HeartbeatResponse } from '../mesh/messages.ts';
+import {
+  authorizeJoin,
+  ClusterCa,
+  type ClusterCaObject,
+  issueCertificate,
+  type MembershipClaims,
+  needsRenewal,
+} from '../mesh/pki.ts';
+import { PROTOCOLS } from '../mesh/protocols.ts';
+import { MeshRaftTransport } from '../mesh/raft-transport.ts';
+import type { KnownManager } from '../node-state.ts';
+import type { NodeRecord } from './nodes.ts';
+import {
+  ClusterStore,
+  encodeTransaction,
+  put,
+  type StoreEvent,
+  type StoreOp,
+  type TransactionResult,
+} from './store/store.ts';
+
+export interface ClusterSettings {
+  heartbeatPeriodMs: number;
+  /** A node that has not sent a heartbeat for this long is marked down. */
+  nodeDownAfterMs: number;
+  certTtlMs: number;
+}
+
+export const DEFAULT_SETTINGS: ClusterSettings = {
+  heartbeatPeriodMs: 1000,
+  nodeDownAfterMs: 4000,
+  certTtlMs: 90 * 24 * 3600 * 1000,
+};
+
+export interface ClusterRecord {
+  id: string;
+  createdAt: string;
+  ca: ClusterCaObject;
+  joinSecrets: { worker: string; manager: string };
+  settings: ClusterSettings;
+  denylist: { nodeIds: string[]; peerIds: string[] };
+}
+
+export class ConflictError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConflictError';
+  }
+}
+
+export interface ManagerOptions {
+  dataDir: string;
+  nodeId: string;
+  host: MeshHost;
+  gate: MembershipGate;
+  /** Only for the first manager of a new swarm. */
+  bootstrap?: boolean;
+  /** PeerId of a manager the store does not know yet (a new manager before it has caught up). */
+  peerHint: (nodeId: string) => string | undefined;
+  /** Sees every store change, from the first entry replayed at start on. */
+  watch?: (events: StoreEvent[]) => void;
+  tickMs?: number;
+  log: (level: 'info' | 'warn' | 'error', message: string) => void;
+}
+
+export class Manager {
+  readonly store: ClusterStore;
+  readonly raft: RaftNode;
+  private readonly opts: ManagerOptions;
+  private leaderLoop: NodeJS.Timeout | null = null;
+  /** Leader only: when each node was last heard from. */
+  private readonly lastSeen = new Map<string, number>();
+  private wasLeader = false;
+  private stopped = false;
+
+  private constructor(opts: ManagerOptions, store: ClusterStore, raft: RaftNode) {
+    this.opts = opts;
+    this.store = store;
+    this.raft = raft;
+  }
+
+  static async start(opts: ManagerOptions): Promise<Manager> {
+    const store = new ClusterStore();
+    if (opts.watch) store.watch(opts.watch);
+    const transport = new MeshRaftTransport({
+      host: opts.host,
+      gate: opts.gate,
+      peerOf: (nodeId) => store.get<NodeRecord>('nodes', nodeId)?.peerId ?? opts.peerHint(nodeId),
+      log: opts.log,
+    });
+    await transport.start();
+    const raft = await RaftNode.start({
+      id: opts.nodeId,
+      storage: new FileStorage({ dir: join(opts.dataDir, 'raft') }),
+      transport,
+      stateMachine: store,
+      tickMs: opts.tickMs ?? 50,
+      snapshotEvery: 5000,
+      ...(opts.bootstrap ? { bootstrap: { voters: [opts.nodeId], learners: [] } } : {}),
+      raft: { electionTicks: 10, heartbeatTicks: 2 },
+      log: opts.log,
+    });
+    const manager = new Manager(opts, store, raft);
+    manager.leaderLoop = setInterval(() => manager.leaderTick(), 250);
+    await manager.serveProtocols();
+    return manager;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.leaderLoop) clearInterval(this.leaderLoop);
+    await this.raft.stop();
+  }
+
+  isLeader(): boolean {
+    return this.raft.isLeader();
+  }
+
+  leaderNodeId(): string | null {
+    return this.raft.status().leader;
+  }
+
+  cluster(): (ClusterRecord & { version: number }) | null {
+    return this.store.getCluster<ClusterRecord>();
+  }
+
+  /** Proposes a transaction; throws ConflictError when a precondition failed. */
+  async transact(ops: StoreOp[]): Promise<number> {
+    const result = (await this.raft.propose(
+      encodeTransaction({ ops, at: new Date().toISOString() }),
+    )) as TransactionResult;
+    if (!result.ok) throw new ConflictError(result.error);
+    return result.index;
+  }
+
+  /** Linearizable read barrier: after it, the local store reflects every completed write. */
+  async barrier(): Promise<void> {
+    await this.raft.read();
+  }
+
+  knownManagers(): KnownManager[] {
+    return this.store
+      .list<NodeRecord>('nodes')
+      .filter((n) => n.role === 'manager')
+      .map((n) => ({ nodeId: n.id, peerId: n.peerId, addrs: n.addresses }));
+  }
+
+  isDenied(nodeId: string, peerId: string): boolean {
+    const deny = this.cluster()?.denylist;
+    return deny !== undefined && (deny.nodeIds.includes(nodeId) || deny.peerIds.includes(peerId));
+  }
+
+  private caCache: { privateKey: string; ca: ClusterCa } | null = null;
+
+  /** Signs a membership certificate with the swarm CA. */
+  issueCert(nodeId: string, peerId: string, role: NodeRole): string {
+    const cluster = this.cluster();
+    if (!cluster) throw new Error('the swarm is not initialized yet');
+    if (this.caCache?.privateKey !== cluster.ca.privateKey) {
+      this.caCache = { privateKey: cluster.ca.privateKey, ca: ClusterCa.fromObject(cluster.ca) };
+    }
+    return issueCertificate(
+      this.caCache.ca,
+      { clusterId: cluster.id, nodeId, peerId, role },
+      { ttlMs: cluster.settings.certTtlMs },
+    );
+  }
+
+  /** Records a heartbeat; on the leader, a node coming back is marked ready. */
+  noteHeartbeat(nodeId: string): void {
+    this.lastSeen.set(nodeId, Date.now());
+  }
+
+  // ------------------------------------------------------------ protocols
+
+  private async serveProtocols(): Promise<void> {
+    await this.opts.host.handle(PROTOCOLS.join, (stream, remotePeer) => this.answerJoin(stream, remotePeer), {
+      open: true,
+      maxFrameBytes: 64 * 1024,
+    });
+    await this.opts.host.handle(
+      PROTOCOLS.dispatcher,
+      (stream, remotePeer) => this.answerHeartbeat(stream, remotePeer),
+      {
+        maxFrameBytes: 64 * 1024,
+      },
+    );
+  }
+
+  private async answerHeartbeat(stream: FramedStream, remotePeer: string): Promise<void> {
+    const request = (await stream.read(AbortSignal.timeout(10_000))) as Partial<HeartbeatRequest> | undefined;
+    const claims = this.opts.gate.claimsOf(remotePeer);
+    if (!request || !claims || request.nodeId !== claims.nodeId) {
+      stream.abort(new Error('heartbeat does not match the sender'));
+      return;
+    }
+    await stream.send(await this.heartbeatAnswer(request, claims));
+    await stream.close();
+  }
+
+  private async heartbeatAnswer(
+    request: Partial<HeartbeatRequest>,
+    claims: MembershipClaims,
+  ): Promise<HeartbeatResponse> {
+    const managers = this.knownManagers();
+    const leader = this.leaderNodeId();
+    if (!this.isLeader()) return { ok: false, redirect: leader, managers, error: 'not the leader' };
+    const cluster = this.cluster();
+    const node = this.store.get<NodeRecord>('nodes', claims.nodeId);
+    if (!cluster || !node) return { ok: false, redirect: null, managers, error: 'this node is not part of the swarm' };
+    this.noteHeartbeat(node.id);
+    const addresses = Array.isArray(request.addresses)
+      ? request.addresses.filter((a) => typeof a === 'string').slice(0, 16)
+      : [];
+    if (addresses.length > 0 && addresses.join(' ') !== node.addresses.join(' ')) {
+      const at = new Date().toISOString();
+      void this.transact([put('nodes', { ...node, addresses, updatedAt: at }, node.version)]).catch(() => {});
+    }
+    const renew = claims.role !== node.role || needsRenewal(claims, Date.now());
+    return {
+      ok: true,
+      leaderNodeId: this.opts.nodeId,
+      role: node.role,
+      managers,
+      denylist: cluster.denylist,
+      heartbeatPeriodMs: cluster.settings.heartbeatPeriodMs,
+      ...(renew ? { cert: this.issueCert(node.id, node.peerId, node.role) } : {}),
+    };
+  }
+
+  private async answerJoin(stream: FramedStream, remotePeer: string): Promise<void> {
+    const cluster = this.cluster();
+    if (!cluster) {
+      await stream.send({ error: 'this manager has no cluster state yet; try again' });
+      return stream.close();
+    }
+    const self = this.store.get<NodeRecord>('nodes', this.opts.nodeId);
+    await stream.send({
+      clusterId: cluster.id,
+      caPublicKey: cluster.ca.publicKey,
+      managerCert: this.issueCert(this.opts.nodeId, self?.peerId ?? this.opts.host.peerId, 'manager'),
+    });
+    const request = (await stream.read(AbortSignal.timeout(10_000))) as Record<string, unknown> | undefined;
+    if (!request || typeof request !== 'object') return stream.close();
+    try {
+      const answer = await this.admit(request, remotePeer);
+      await stream.send(answer);
+    } catch (error) {
+      await stream.send({ error: (error as Error).message });
+    }
+    await stream.close();
+  }
+
+  /** Checks a join request and, if the token is right, adds the node to the store. */
+  private async admit(request: Record<string, unknown>, peerId: string) {
+    const cluster = this.cluster()!;
+    const role = authorizeJoin({ presentedSecret: String(request.secret ?? ''), tokens: cluster.joinSecrets });
+    if (cluster.denylist.peerIds.includes(peerId)) {
+      throw new Error('this node was removed from the swarm; start it with a fresh data dir to join again');
+    }
+    const description = sanitizeDescription(request.description);
+    const addresses = Array.isArray(request.addresses)
+      ? request.addresses.filter((a): a is string => typeof a === 'string').slice(0, 16)
+      : [];
+    const existing = this.store.list<NodeRecord>('nodes').find((n) => n.peerId === peerId);
+    const nodeId = existing?.id ?? newNodeId();
+    const now = new Date().toISOString();
+    const record: NodeRecord = {
+      id: nodeId,
+      version: 0,
+      peerId,
+      role,
+      availability: 'active',
+      labels: existing?.labels ?? {},
+      description,
+      addresses,
+      status: { state: 'ready', message: '', since: now },
+      createdAt: existing?.createdAt ?? now,
+      updatedAt: now,
+    };
+    await this.transact([{ kind: 'put', table: 'nodes', object: record }]);
+    this.noteHeartbeat(nodeId);
+    return {
+      nodeId,
+      role,
+      cert: this.issueCert(nodeId, peerId, role),
+      managers: this.knownManagers(),
+      settings: cluster.settings,
+    };
+  }
+
+  // ------------------------------------------------------------ leader loops
+
+  private leaderTick(): void {
+    if (this.stopped) return;
+    const leader = this.isLeader();
+    if (leader && !this.wasLeader) {
+      // A new leader gives every node a full grace period before calling it down.
+      const now = Date.now();
+      for (const node of this.store.list<NodeRecord>('nodes')) this.lastSeen.set(node.id, now);
+      this.opts.log('info', `this manager (${this.opts.nodeId}) is now the leader`);
+    }
+    this.wasLeader = leader;
+    if (!leader) return;
+    this.noteHeartbeat(this.opts.nodeId);
+    void this.markNodeStates().catch((error) => this.leaderError(error));
+    void this.reconcileRaftMembers().catch((error) => this.leaderError(error));
+  }
+
+  private leaderError(error: unknown): void {
+    if (error instanceof ProposalDroppedError || error instanceof ConflictError) return; // retried next tick
+    this.opts.log('warn', `leader loop: ${(error as Error).message}`);
+  }
+
+  private markingStates = false;
+
+  /** Marks nodes down after missed heartbeats and ready again when they are back. */
+  private async markNodeStates(): Promise<void> {
+    if (this.markingStates) return;
+    this.markingStates = true;
+    try {
+      const cluster = this.cluster();
+      if (!cluster) return;
+      const now = Date.now();
+      const ops: StoreOp[] = [];
+      for (const node of this.store.list<NodeRecord>('nodes')) {
+        const seen = this.lastSeen.get(node.id) ?? 0;
+        const alive = now - seen < cluster.settings.nodeDownAfterMs;
+        const want = alive ? 'ready' : 'down';
+        if (node.status.state === want) continue;
+        const message = alive ? '' : `heartbeat missed for ${Math.round((now - seen) / 1000)} s`;
+        const at = new Date(now).toISOString();
+        ops.push(put('nodes', { ...node, status: { state: want, message, since: at }, updatedAt: at }, node.version));
+      }
+      if (ops.length > 0) await this.transact(ops);
+    } finally {
+      this.markingStates = false;
+    }
+  }
+
+  private reconciling = false;
+
+  /**
+   * Keeps Raft membership in line with the store: managers join as learners and are promoted once they
+   * have caught up; nodes that are no longer managers leave. One change at a time, as Raft requires.
+   */
+  private async reconcileRaftMembers(): Promise<void> {
+    if (this.reconciling) return;
+    this.reconciling = true;
+    try {
+      const status = this.raft.status();
+      const managers = new Set(
+        this.store
+          .list<NodeRecord>('nodes')
+          .filter((n) => n.role === 'manager')
+          .map((n) => n.id),
+      );
+      const inConf = new Set([...status.conf.voters, ...status.conf.learners]);
+      for (const id of managers) {
+        if (!inConf.has(id)) {
+          this.opts.log('info', `adding manager ${id} to raft as a learner`);
+          await this.raft.changeMembership({ type: 'addLearner', node: id });
+          return;
+        }
+      }
+      for (const id of status.conf.learners) {
+        const progress = status.progress[id];
+        if (managers.has(id) && progress && progress.match >= status.commit) {
+          this.opts.log('info', `manager ${id} caught up; promoting it to a raft voter`);
+          await this.raft.changeMembership({ type: 'addVoter', node: id });
+          return;
+        }
+      }
+      for (const id of inConf) {
+        if (managers.has(id)) continue;
+        if (id === this.opts.nodeId) {
+          // Demoting the leader: hand leadership over first, the next leader finishes the job.
+          const target = status.conf.voters.find((v) => v !== id && status.progress[v]?.recentActive);
+          if (target) this.raft.transferLeadership(target);
+          return;
+        }
+        this.opts.log('info', `removing ${id} from raft`);
+        await this.raft.changeMembership({ type: 'remove', node: id });
+        return;
+      }
+    } finally {
+      this.reconciling = false;
+    }
+  }
+}
+
+export function newNodeId(): string {
+  // 25 lowercase base36 characters, like Docker's node IDs.
+  const bytes = randomBytes(16);
+  let n = BigInt(`0x${bytes.toString('hex')}`);
+  let id = '';
+  while (id.length < 25) {
+    id += (n % 36n).toString(36);
+    n /= 36n;
+  }
+  return id;
+}
+
+function sanitizeDescription(raw: unknown): NodeRecord['description'] {
+  const d = (typeof raw === 'object' && raw !== null ? raw : {}) as Record<string, unknown>;
+  const platform = (typeof d.platform === 'object' && d.platform !== null ? d.platform : {}) as Record<string, unknown>;
+  const resources = (typeof d.resources === 'object' && d.resources !== null ? d.resources : {}) as Record<
+    string,
+    unknown
+  >;
+  const str = (v: unknown, max = 128) => (typeof v === 'string' ? v.slice(0, max) : '');
+  const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : 0);
+  return {
+    hostname: str(d.hostname) || 'unknown',
+    platform: { os: str(platform.os, 32), arch: str(platform.arch, 32) },
+    resources: { nanoCpus: num(resources.nanoCpus), memoryBytes: num(resources.memoryBytes) },
+    swarmdVersion: str(d.swarmdVersion, 32),
+  };
+}

@@ -1,0 +1,23 @@
+// Messages between the manager and worker halves of swarmd (which never import each other).
+import type { NodeRole } from '../api/types.ts';
+import type { KnownManager } from '../node-state.ts';
+
+/** A node's heartbeat to the leader, on PROTOCOLS.dispatcher. */
+export interface HeartbeatRequest {
+  nodeId: string;
+  description: unknown;
+  addresses: string[];
+  certSerial: string;
+}
+
+export type HeartbeatResponse =
+  | {
+      ok: true;
+      leaderNodeId: string;
+      role: NodeRole;
+      managers: KnownManager[];
+      denylist: { nodeIds: string[]; peerIds: string[] };
+      heartbeatPeriodMs: number;
+      cert?: string;
+    }
+  | { ok: false; redirect: string | null; managers: KnownManager[]; error: string };

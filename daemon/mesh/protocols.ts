@@ -1,0 +1,18 @@
+// Protocol IDs of the swarm mesh, and who may open them.
+
+export const PROTOCOLS = {
+  /** Open to anyone: how a new node presents a join token and gets its certificate. */
+  join: '/swarmd/join/1.0.0',
+  /** Open to anyone: mutual exchange of membership certificates; nothing else is served before it. */
+  hello: '/swarmd/hello/1.0.0',
+  /** Managers only: Raft messages. */
+  raft: '/swarmd/raft/1.0.0',
+  /** Managers only: control API requests forwarded to the leader. */
+  control: '/swarmd/control/1.0.0',
+  /** Members: heartbeats (and later task assignments) between a node and the leader. */
+  dispatcher: '/swarmd/dispatcher/1.0.0',
+  /** Members: certificate renewal. */
+  ca: '/swarmd/ca/1.0.0',
+} as const;
+
+export const MANAGER_ONLY = new Set<string>([PROTOCOLS.raft, PROTOCOLS.control]);

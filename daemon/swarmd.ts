@@ -1,0 +1,484 @@
+// One swarmd node: the mesh host and membership gate, the agent that heartbeats to the leader, the
+// manager components when this node is a manager, and the control API on a unix socket.
+import { rm } from 'node:fs/promises';
+import { arch, cpus, hostname, platform, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { ApiError, notManager } from './api/errors.ts';
+import type { ControlHandlers } from './api/handlers.ts';
+import { startApiServer } from './api/server.ts';
+import type { NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
+import { ManagerControl, tokensOf } from './manager/control.ts';
+import { type ClusterRecord, type ClusterSettings, DEFAULT_SETTINGS, Manager, newNodeId } from './manager/manager.ts';
+import type { NodeRecord } from './manager/nodes.ts';
+import type { StoreEvent } from './manager/store/store.ts';
+import { MembershipGate } from './mesh/gate.ts';
+import { createMeshHost, type MeshHost } from './mesh/host.ts';
+import type { HeartbeatResponse } from './mesh/messages.ts';
+import { loadOrCreateNodeKey } from './mesh/node-key.ts';
+import {
+  CertificateVerifier,
+  caFingerprint,
+  checkManagerBeforeJoin,
+  createClusterCa,
+  generateJoinSecret,
+  issueCertificate,
+  parseJoinToken,
+  verifyCertificate,
+} from './mesh/pki.ts';
+import { PROTOCOLS } from './mesh/protocols.ts';
+import { type KnownManager, loadNodeState, type NodeState, nodeStatePath, saveNodeState } from './node-state.ts';
+import { Agent } from './worker/agent.ts';
+
+export const SWARMD_VERSION = '0.1.0';
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+export interface SwarmdOptions {
+  dataDir: string;
+  listen?: HostPort;
+  advertise?: HostPort | null;
+  meshEncryption?: 'noise' | 'tls';
+  /** Raft tick (tests use shorter ones). */
+  raftTickMs?: number;
+  log?: (level: 'info' | 'warn' | 'error', message: string) => void;
+}
+
+export class SwarmdError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SwarmdError';
+  }
+}
+
+const DEFAULT_LISTEN: HostPort = { host: '0.0.0.0', port: 2377 };
+
+function describeThisHost(): NodeDescription {
+  return {
+    hostname: hostname(),
+    platform: { os: platform(), arch: arch() },
+    resources: { nanoCpus: cpus().length * 1e9, memoryBytes: totalmem() },
+    swarmdVersion: SWARMD_VERSION,
+  };
+}
+
+function toMultiaddr(target: HostPort): string {
+  const family = /^\d+\.\d+\.\d+\.\d+$/.test(target.host) ? 'ip4' : target.host.includes(':') ? 'ip6' : 'dns';
+  return `/${family}/${target.host}/tcp/${target.port}`;
+}
+
+export class Swarmd {
+  private state: NodeState;
+  private readonly opts: SwarmdOptions;
+  private readonly log: NonNullable<SwarmdOptions['log']>;
+  private host!: MeshHost;
+  private gate!: MembershipGate;
+  private agent!: Agent;
+  private manager: Manager | null = null;
+  private control: ManagerControl | null = null;
+  private api: { close(): Promise<void> } | null = null;
+  private denylist = { nodeIds: new Set<string>(), peerIds: new Set<string>() };
+  private readonly verifier: CertificateVerifier;
+  private stopping: Promise<void> | null = null;
+  /** Resolves when the node stops (leave, or a signal). */
+  readonly stopped: Promise<void>;
+  private resolveStopped!: () => void;
+
+  private constructor(opts: SwarmdOptions, state: NodeState) {
+    this.opts = opts;
+    this.state = state;
+    this.log = opts.log ?? ((level, message) => process.stderr.write(`${level}: ${message}\n`));
+    this.verifier = new CertificateVerifier(state.caPublicKey);
+    this.stopped = new Promise((resolve) => {
+      this.resolveStopped = resolve;
+    });
+  }
+
+  get nodeId(): string {
+    return this.state.nodeId;
+  }
+
+  get socketPath(): string {
+    return join(this.opts.dataDir, 'swarmd.sock');
+  }
+
+  // ------------------------------------------------------------ the three ways to start
+
+  /** `swarmd init`: a new swarm with this node as its first manager. */
+  static async init(opts: SwarmdOptions, settings: Partial<ClusterSettings> = {}): Promise<Swarmd> {
+    await assertFreshDataDir(opts.dataDir);
+    const key = await loadOrCreateNodeKey(opts.dataDir);
+    const { peerIdFromPrivateKey } = await import('@libp2p/peer-id');
+    const peerId = peerIdFromPrivateKey(key).toString();
+    const ca = createClusterCa();
+    const clusterId = newNodeId();
+    const nodeId = newNodeId();
+    const cluster: ClusterRecord = {
+      id: clusterId,
+      createdAt: new Date().toISOString(),
+      ca: ca.toObject(),
+      joinSecrets: { worker: generateJoinSecret(), manager: generateJoinSecret() },
+      settings: { ...DEFAULT_SETTINGS, ...settings },
+      denylist: { nodeIds: [], peerIds: [] },
+    };
+    const cert = issueCertificate(
+      ca,
+      { clusterId, nodeId, peerId, role: 'manager' },
+      { ttlMs: cluster.settings.certTtlMs },
+    );
+    const state: NodeState = {
+      v: 1,
+      nodeId,
+      clusterId,
+      role: 'manager',
+      caPublicKey: cluster.ca.publicKey,
+      cert,
+      listen: opts.listen ?? DEFAULT_LISTEN,
+      advertise: opts.advertise ?? null,
+      meshEncryption: opts.meshEncryption ?? 'noise',
+      managers: [],
+    };
+    const daemon = new Swarmd(opts, state);
+    await daemon.startMesh();
+    state.managers = [{ nodeId, peerId, addrs: daemon.host.multiaddrs() }];
+    await daemon.startManager(true);
+    const manager = daemon.manager!;
+    await manager.raft.waitForLeader(15_000);
+    const now = new Date().toISOString();
+    const self: NodeRecord = {
+      id: nodeId,
+      version: 0,
+      peerId,
+      role: 'manager',
+      availability: 'active',
+      labels: {},
+      description: describeThisHost(),
+      addresses: daemon.host.multiaddrs(),
+      status: { state: 'ready', message: '', since: now },
+      createdAt: now,
+      updatedAt: now,
+    };
+    await manager.transact([
+      { kind: 'setCluster', cluster: { ...cluster }, expectVersion: 'absent' },
+      { kind: 'put', table: 'nodes', object: self, expectVersion: 'absent' },
+    ]);
+    await saveNodeState(opts.dataDir, state);
+    await daemon.startNodeServices();
+    return daemon;
+  }
+
+  /** `swarmd join`: checks the swarm's CA against the token, presents the token, gets a certificate. */
+  static async join(opts: SwarmdOptions & { token: string; remote: HostPort }): Promise<Swarmd> {
+    const token = parseJoinToken(opts.token);
+    await assertFreshDataDir(opts.dataDir);
+    const key = await loadOrCreateNodeKey(opts.dataDir);
+    const listen = opts.listen ?? DEFAULT_LISTEN;
+    const encryption = opts.meshEncryption ?? 'noise';
+    // A host only for the join: the real one is started with the swarm's DHT once we are a member.
+    const joinHost = await createMeshHost({ privateKey: key, listen: { host: listen.host, port: 0 }, encryption });
+    let answer: { nodeId: string; role: NodeRole; cert: string; managers: KnownManager[] };
+    let caPublicKey: string;
+    let clusterId: string;
+    try {
+      const { stream, remotePeer } = await joinHost.openStream(toMultiaddr(opts.remote), PROTOCOLS.join, {
+        signal: AbortSignal.timeout(15_000),
+      });
+      const hello = (await stream.read(AbortSignal.timeout(15_000))) as Record<string, unknown> | undefined;
+      if (!hello || typeof hello.error === 'string') {
+        throw new SwarmdError(
+          `the manager at ${opts.remote.host}:${opts.remote.port} refused: ${String(hello?.error ?? 'no answer')}`,
+        );
+      }
+      caPublicKey = String(hello.caPublicKey);
+      clusterId = String(hello.clusterId);
+      // Before the secret leaves this machine: is this the swarm the token names?
+      checkManagerBeforeJoin({
+        token: opts.token,
+        caPublicKey,
+        managerCert: String(hello.managerCert),
+        managerPeerId: remotePeer,
+        clusterId,
+      });
+      await stream.send({ secret: token.secret, description: describeThisHost(), addresses: [] });
+      const reply = (await stream.read(AbortSignal.timeout(30_000))) as Record<string, unknown> | undefined;
+      await stream.close().catch(() => {});
+      if (!reply || typeof reply.error === 'string')
+        throw new SwarmdError(`join refused: ${String(reply?.error ?? 'no answer')}`);
+      answer = reply as unknown as typeof answer;
+      verifyCertificate(caPublicKey, answer.cert, { clusterId, expectedPeerId: joinHost.peerId });
+    } finally {
+      await joinHost.stop();
+    }
+    const state: NodeState = {
+      v: 1,
+      nodeId: answer.nodeId,
+      clusterId,
+      role: answer.role,
+      caPublicKey,
+      cert: answer.cert,
+      listen,
+      advertise: opts.advertise ?? null,
+      meshEncryption: encryption,
+      managers: answer.managers,
+    };
+    await saveNodeState(opts.dataDir, state);
+    return Swarmd.run(opts);
+  }
+
+  /** `swarmd run`: starts a node again from its data dir. */
+  static async run(opts: SwarmdOptions): Promise<Swarmd> {
+    const state = await loadNodeState(opts.dataDir);
+    if (!state) {
+      throw new SwarmdError(
+        `${nodeStatePath(opts.dataDir)} not found: this data dir is not part of a swarm (use swarmd init or swarmd join)`,
+      );
+    }
+    if (opts.listen) state.listen = opts.listen;
+    if (opts.advertise) state.advertise = opts.advertise;
+    const daemon = new Swarmd(opts, state);
+    await daemon.startMesh();
+    if (state.role === 'manager') await daemon.startManager(false);
+    await daemon.startNodeServices();
+    return daemon;
+  }
+
+  // ------------------------------------------------------------ components
+
+  private async startMesh(): Promise<void> {
+    const key = await loadOrCreateNodeKey(this.opts.dataDir);
+    const managerAddrs = this.state.managers.flatMap((m) =>
+      m.addrs.map((a) => (a.includes('/p2p/') ? a : `${a}/p2p/${m.peerId}`)),
+    );
+    this.host = await createMeshHost({
+      privateKey: key,
+      listen: this.state.listen,
+      ...(this.state.advertise ? { advertise: this.state.advertise } : {}),
+      encryption: this.state.meshEncryption,
+      dht: {
+        protocolPrefix: `/swarmd/${this.state.clusterId.slice(0, 12)}`,
+        server: this.state.role === 'manager',
+        bootstrap: managerAddrs,
+      },
+      authorize: (peer, protocol) => this.gate.authorize(peer, protocol),
+      log: (level, message) => this.log(level === 'debug' ? 'info' : level, message),
+    });
+    this.gate = new MembershipGate({
+      host: this.host,
+      verifier: this.verifier,
+      clusterId: this.state.clusterId,
+      ownCert: () => this.state.cert,
+      isDenied: (nodeId, peerId) =>
+        this.manager
+          ? this.manager.isDenied(nodeId, peerId)
+          : this.denylist.nodeIds.has(nodeId) || this.denylist.peerIds.has(peerId),
+      currentRole: (nodeId) => this.manager?.store.get<NodeRecord>('nodes', nodeId)?.role,
+      log: (level, message) => this.log(level, message),
+    });
+    await this.gate.start();
+    for (const m of this.state.managers) await this.host.addPeerAddresses(m.peerId, m.addrs);
+  }
+
+  private async startManager(bootstrap: boolean): Promise<void> {
+    this.manager = await Manager.start({
+      dataDir: this.opts.dataDir,
+      nodeId: this.state.nodeId,
+      host: this.host,
+      gate: this.gate,
+      bootstrap,
+      ...(this.opts.raftTickMs ? { tickMs: this.opts.raftTickMs } : {}),
+      peerHint: (nodeId) => this.state.managers.find((m) => m.nodeId === nodeId)?.peerId,
+      watch: (events) => this.onStoreEvents(events),
+      log: this.log,
+    });
+    this.control = new ManagerControl(this.manager, this.host, this.gate);
+    await this.control.start();
+  }
+
+  /** Keeps the address book and the list of managers in line with the node table; drops removed nodes. */
+  private onStoreEvents(events: StoreEvent[]): void {
+    let managersChanged = false;
+    for (const event of events) {
+      if (event.table !== 'nodes') continue;
+      const node = (event.object ?? event.previous) as NodeRecord | null;
+      if (!node) continue;
+      if (event.object) void this.host.addPeerAddresses(node.peerId, node.addresses).catch(() => {});
+      if (event.kind === 'delete') {
+        this.gate.forget(node.peerId);
+        void this.host.hangUp(node.peerId).catch(() => {});
+      }
+      if (node.role === 'manager' || (event.previous as NodeRecord | null)?.role === 'manager') managersChanged = true;
+    }
+    if (managersChanged && this.manager) {
+      this.state.managers = this.manager.knownManagers();
+      this.saveStateSoon();
+    }
+  }
+
+  private saveTimer: NodeJS.Timeout | null = null;
+
+  /** Writes node.json shortly after a burst of changes, once. */
+  private saveStateSoon(): void {
+    if (this.saveTimer) return;
+    this.saveTimer = setTimeout(() => {
+      this.saveTimer = null;
+      void saveNodeState(this.opts.dataDir, this.state).catch((error) =>
+        this.log('warn', `saving node state: ${(error as Error).message}`),
+      );
+    }, 200);
+  }
+
+  private async stopManager(): Promise<void> {
+    const manager = this.manager;
+    this.manager = null;
+    this.control = null;
+    if (manager) await manager.stop();
+    await rm(join(this.opts.dataDir, 'raft'), { recursive: true, force: true });
+  }
+
+  private async startNodeServices(): Promise<void> {
+    this.agent = new Agent({
+      host: this.host,
+      gate: this.gate,
+      request: () => ({
+        nodeId: this.state.nodeId,
+        description: describeThisHost(),
+        addresses: this.host.multiaddrs(),
+        certSerial: '',
+      }),
+      // Managers report to the leader too (from the live node table); workers use what they last heard.
+      managers: () =>
+        this.manager ? this.manager.knownManagers().filter((m) => m.nodeId !== this.state.nodeId) : this.state.managers,
+      isManager: () => this.manager !== null,
+      onResponse: (response) => this.onHeartbeat(response),
+      onManagersLearned: (managers) => {
+        if (managers.length > 0 && !this.manager) this.state.managers = managers;
+      },
+      log: this.log,
+    });
+    // A manager's own liveness is noted by its leader loop; others heartbeat. Managers that are not the
+    // leader heartbeat too, so the leader knows they are alive.
+    this.agent.start();
+    this.api = await startApiServer({
+      socketPath: this.socketPath,
+      handlers: this.handlers(),
+      log: { error: (message) => this.log('error', message) },
+    });
+  }
+
+  private async onHeartbeat(response: Extract<HeartbeatResponse, { ok: true }>): Promise<void> {
+    this.denylist = { nodeIds: new Set(response.denylist.nodeIds), peerIds: new Set(response.denylist.peerIds) };
+    let changed = false;
+    if (response.cert && response.cert !== this.state.cert) {
+      this.state.cert = response.cert;
+      changed = true;
+    }
+    if (response.role !== this.state.role) {
+      this.log('info', `role changed: ${this.state.role} -> ${response.role}`);
+      this.state.role = response.role;
+      changed = true;
+      if (response.role === 'manager' && !this.manager) await this.startManager(false);
+      if (response.role === 'worker' && this.manager) await this.stopManager();
+    }
+    const managers = JSON.stringify(response.managers);
+    if (managers !== JSON.stringify(this.state.managers)) {
+      this.state.managers = response.managers;
+      changed = true;
+    }
+    if (changed) await saveNodeState(this.opts.dataDir, this.state);
+  }
+
+  async stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.agent?.stop();
+      await this.api?.close().catch(() => {});
+      if (this.manager) await this.manager.stop().catch(() => {});
+      await this.host?.stop().catch(() => {});
+      this.resolveStopped();
+    })();
+    return this.stopping;
+  }
+
+  // ------------------------------------------------------------ API
+
+  private requireControl(): ManagerControl {
+    if (!this.control) throw notManager();
+    return this.control;
+  }
+
+  private handlers(): ControlHandlers {
+    return {
+      info: async () => this.info(),
+      listNodes: () => this.requireControl().listNodes(),
+      getNode: (ref) => this.requireControl().getNode(ref),
+      updateNode: (ref, update) => this.requireControl().updateNode(ref, update),
+      promoteNode: (ref) => this.requireControl().setRole(ref, 'manager'),
+      demoteNode: (ref) => this.requireControl().setRole(ref, 'worker'),
+      removeNode: (ref, options) => this.requireControl().removeNode(ref, options.force),
+      joinTokens: () => this.requireControl().joinTokens(),
+      rotateJoinToken: (request) => this.requireControl().rotateJoinToken(request),
+      leave: (request) => this.leave(request.force),
+    };
+  }
+
+  private info(): SwarmInfo {
+    const raft = this.manager?.raft.status();
+    const cluster = this.manager?.cluster();
+    const nodes = this.manager?.store.list<NodeRecord>('nodes');
+    return {
+      nodeId: this.state.nodeId,
+      clusterId: this.state.clusterId,
+      role: this.state.role,
+      isLeader: raft?.role === 'leader',
+      leaderNodeId: raft?.leader ?? null,
+      managers: nodes ? nodes.filter((n) => n.role === 'manager').length : this.state.managers.length,
+      nodes: nodes?.length ?? 0,
+      caFingerprint: caFingerprint(this.state.caPublicKey),
+      dataDir: this.opts.dataDir,
+      listenAddrs: this.host.multiaddrs(),
+      meshEncryption: this.state.meshEncryption,
+      raft: raft ? { term: raft.term, commit: raft.commit, applied: raft.applied } : null,
+      ...(cluster ? {} : {}),
+    };
+  }
+
+  private async leave(force: boolean): Promise<void> {
+    if (this.manager && !force) {
+      throw new ApiError(
+        409,
+        'this node is a manager: demote it first (swarm node demote), or use --force, which can cost the swarm its quorum',
+      );
+    }
+    // Answer first, then go: the client sees the reply.
+    setTimeout(() => {
+      void (async () => {
+        await this.stop();
+        for (const name of ['node.json', 'node.key', 'raft']) {
+          await rm(join(this.opts.dataDir, name), { recursive: true, force: true });
+        }
+        this.log('info', 'left the swarm');
+      })();
+    }, 50);
+  }
+}
+
+async function assertFreshDataDir(dataDir: string): Promise<void> {
+  if (await loadNodeState(dataDir).catch(() => ({}) as NodeState)) {
+    throw new SwarmdError(`${dataDir} already belongs to a swarm: use swarmd run to start it, or another --data-dir`);
+  }
+  const { stat } = await import('node:fs/promises');
+  const raftDir = join(dataDir, 'raft');
+  if (
+    await stat(raftDir).then(
+      () => true,
+      () => false,
+    )
+  ) {
+    throw new SwarmdError(
+      `${raftDir} exists without node.json (an interrupted init?): remove it or use another --data-dir`,
+    );
+  }
+}
+
+export { tokensOf };

@@ -1,0 +1,158 @@
+// Real swarmd processes on loopback, driven through the CLIs, for integration tests.
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const SWARMD = join(ROOT, 'cli/swarmd.ts');
+const SWARM = join(ROOT, 'cli/swarm.ts');
+
+export interface NodeProcess {
+  name: string;
+  dataDir: string;
+  port: number;
+  child: ChildProcess;
+  output: () => string;
+  socket: string;
+}
+
+export class SwarmProcesses {
+  readonly root = mkdtempSync(join(tmpdir(), 'swarmd-it-'));
+  readonly nodes = new Map<string, NodeProcess>();
+  private readonly basePort: number;
+  private nextPort = 0;
+
+  constructor(basePort: number) {
+    this.basePort = basePort;
+  }
+
+  private start(name: string, args: string[], port: number): NodeProcess {
+    const dataDir = join(this.root, name);
+    const child = spawn(process.execPath, [SWARMD, ...args, '--data-dir', dataDir], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, SWARMD_DATA_DIR: dataDir },
+    });
+    let output = '';
+    child.stdout!.on('data', (c: Buffer) => {
+      output += c.toString();
+    });
+    child.stderr!.on('data', (c: Buffer) => {
+      output += c.toString();
+    });
+    const node: NodeProcess = {
+      name,
+      dataDir,
+      port,
+      child,
+      output: () => output,
+      socket: join(dataDir, 'swarmd.sock'),
+    };
+    this.nodes.set(name, node);
+    return node;
+  }
+
+  /** `swarmd init`; resolves with the node once it printed its join instructions. */
+  async init(name: string, extra: string[] = []): Promise<NodeProcess> {
+    const port = this.basePort + this.nextPort++;
+    const node = this.start(name, ['init', '--listen-addr', `127.0.0.1:${port}`, ...extra], port);
+    await waitFor(
+      () => node.output().includes('swarmd join --token'),
+      30_000,
+      () => node.output(),
+    );
+    return node;
+  }
+
+  async join(name: string, token: string, manager: NodeProcess, extra: string[] = []): Promise<NodeProcess> {
+    const port = this.basePort + this.nextPort++;
+    const node = this.start(
+      name,
+      ['join', '--token', token, '--listen-addr', `127.0.0.1:${port}`, ...extra, `127.0.0.1:${manager.port}`],
+      port,
+    );
+    await waitFor(
+      () => node.output().includes('joined a swarm'),
+      30_000,
+      () => node.output(),
+    );
+    return node;
+  }
+
+  /** `swarmd run` on an existing data dir. */
+  async run(name: string): Promise<NodeProcess> {
+    const old = this.nodes.get(name)!;
+    const node = this.start(name, ['run', '--listen-addr', `127.0.0.1:${old.port}`], old.port);
+    await waitFor(
+      () => swarm(node, 'info').status === 0,
+      30_000,
+      () => node.output(),
+    );
+    return node;
+  }
+
+  kill9(name: string): Promise<void> {
+    const node = this.nodes.get(name)!;
+    return new Promise((resolveKill) => {
+      if (node.child.exitCode !== null || node.child.signalCode !== null) return resolveKill();
+      node.child.once('exit', () => resolveKill());
+      node.child.kill('SIGKILL');
+    });
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.all(
+      [...this.nodes.values()].map(
+        (n) =>
+          new Promise<void>((done) => {
+            if (n.child.exitCode !== null || n.child.signalCode !== null) return done();
+            n.child.once('exit', () => done());
+            n.child.kill('SIGTERM');
+            setTimeout(() => n.child.kill('SIGKILL'), 5000).unref();
+          }),
+      ),
+    );
+    rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+export interface CliResult {
+  status: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the `swarm` CLI against a node's socket. */
+export function swarm(node: NodeProcess, ...args: string[]): CliResult {
+  const result = spawnSync(process.execPath, [SWARM, '--host', node.socket, ...args], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
+}
+
+export function swarmdCli(...args: string[]): CliResult {
+  const result = spawnSync(process.execPath, [SWARMD, ...args], { encoding: 'utf8', timeout: 60_000 });
+  return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr };
+}
+
+export function swarmJson<T>(node: NodeProcess, ...args: string[]): T {
+  const result = swarm(node, ...args, '--format', 'json');
+  if (result.status !== 0) throw new Error(`swarm ${args.join(' ')} failed: ${result.stderr}`);
+  return JSON.parse(result.stdout) as T;
+}
+
+export async function waitFor(check: () => boolean, timeoutMs: number, describe?: () => string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let ok = false;
+    try {
+      ok = check();
+    } catch {
+      ok = false;
+    }
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms${describe ? `:\n${describe()}` : ''}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
