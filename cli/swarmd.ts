@@ -28,6 +28,7 @@ Options:
   --token TOKEN                  Join token (join)
   --heartbeat-period SECONDS     How often nodes report to the leader (init; default 1)
   --node-down-after SECONDS      Missed-heartbeat time before a node is marked down (init; default 4)
+  --cert-expiry SECONDS          Lifetime of membership certificates, renewed at half life (init; default 90 days)
   --force                        leave: even if this node is a manager
   -h, --help                     Show this help
 `;
@@ -45,11 +46,11 @@ function parseHostPort(flag: string, value: string, anyPort = false): HostPort {
   return { host: match[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
-function parseSeconds(flag: string, value: string | undefined): number | undefined {
+function parseSeconds(flag: string, value: string | undefined, max = 3600): number | undefined {
   if (value === undefined) return undefined;
   const seconds = Number(value);
-  if (!Number.isFinite(seconds) || seconds <= 0 || seconds > 3600) {
-    throw new UsageError(`${flag} must be a number of seconds between 0 and 3600, got "${value}"`);
+  if (!Number.isFinite(seconds) || seconds <= 0 || seconds > max) {
+    throw new UsageError(`${flag} must be a number of seconds between 0 and ${max}, got "${value}"`);
   }
   return Math.round(seconds * 1000);
 }
@@ -91,6 +92,7 @@ export async function main(argv: string[]): Promise<number> {
       token: { type: 'string' },
       'heartbeat-period': { type: 'string' },
       'node-down-after': { type: 'string' },
+      'cert-expiry': { type: 'string' },
       force: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -121,9 +123,16 @@ export async function main(argv: string[]): Promise<number> {
       if (positionals.length > 0) throw new UsageError(`init takes no arguments, got "${positionals[0]}"`);
       const heartbeatPeriodMs = parseSeconds('--heartbeat-period', values['heartbeat-period']);
       const nodeDownAfterMs = parseSeconds('--node-down-after', values['node-down-after']);
+      const certTtlMs = parseSeconds('--cert-expiry', values['cert-expiry'], 10 * 365 * 86400);
+      if (certTtlMs !== undefined && certTtlMs < 10_000)
+        throw new UsageError('--cert-expiry must be at least 10 seconds');
+      if (heartbeatPeriodMs && nodeDownAfterMs && nodeDownAfterMs <= heartbeatPeriodMs) {
+        throw new UsageError('--node-down-after must be longer than --heartbeat-period');
+      }
       const daemon = await Swarmd.init(common, {
         ...(heartbeatPeriodMs ? { heartbeatPeriodMs } : {}),
         ...(nodeDownAfterMs ? { nodeDownAfterMs } : {}),
+        ...(certTtlMs ? { certTtlMs } : {}),
       });
       const tokens = await new ApiClient(daemon.socketPath).joinTokens();
       const address = joinAddress(listen ?? { host: '0.0.0.0', port: 2377 }, advertise ?? null);

@@ -182,9 +182,15 @@ export class Swarmd {
     let caPublicKey: string;
     let clusterId: string;
     try {
-      const { stream, remotePeer } = await joinHost.openStream(toMultiaddr(opts.remote), PROTOCOLS.join, {
-        signal: AbortSignal.timeout(15_000),
-      });
+      const where = `${opts.remote.host}:${opts.remote.port}`;
+      const { stream, remotePeer } = await joinHost
+        .openStream(toMultiaddr(opts.remote), PROTOCOLS.join, { signal: AbortSignal.timeout(15_000) })
+        .catch((error: Error) => {
+          const hint = /negotiate|handshake|encrypt/i.test(error.message)
+            ? ` (this node uses --mesh-encryption ${encryption}; the swarm may use the other one)`
+            : '';
+          throw new SwarmdError(`cannot reach a manager at ${where}: ${error.message}${hint}`);
+        });
       const hello = (await stream.read(AbortSignal.timeout(15_000))) as Record<string, unknown> | undefined;
       if (!hello || typeof hello.error === 'string') {
         throw new SwarmdError(

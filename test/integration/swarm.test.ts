@@ -250,3 +250,66 @@ describe('bad CLI input', () => {
     }
   }, 120_000);
 });
+
+describe('role changes', () => {
+  it('promote makes a worker a Raft voter; demote makes it a worker again', async () => {
+    const w1 = cluster.nodes.get('w1')!;
+    const w1Id = swarmJson<{ nodeId: string }>(w1, 'info').nodeId;
+    const promote = swarm(m1, 'node', 'promote', w1Id);
+    expect(promote.status, promote.stderr).toBe(0);
+    await waitFor(
+      () => nodes(m1).find((n) => n.id === w1Id)?.managerStatus?.raftRole === 'voter',
+      60_000,
+      () => JSON.stringify(nodes(m1).find((n) => n.id === w1Id)),
+    );
+    // The promoted node now serves manager operations itself.
+    await waitFor(
+      () => swarm(w1, 'node', 'ls').status === 0,
+      30_000,
+      () => swarm(w1, 'node', 'ls').stderr,
+    );
+
+    const demote = swarm(m1, 'node', 'demote', w1Id);
+    expect(demote.status, demote.stderr).toBe(0);
+    await waitFor(
+      () => {
+        const node = nodes(m1).find((n) => n.id === w1Id);
+        return node?.role === 'worker' && node.managerStatus === null;
+      },
+      60_000,
+      () => JSON.stringify(nodes(m1).find((n) => n.id === w1Id)),
+    );
+    await waitFor(() => swarm(w1, 'node', 'ls').stderr.includes('not a manager'), 30_000);
+    await waitFor(
+      () => allReady(m1, 4),
+      30_000,
+      () => swarm(m1, 'node', 'ls').stdout,
+    );
+  }, 180_000);
+
+  it('demoting the leader hands leadership over first', async () => {
+    const leader = nodes(m1).find((n) => n.managerStatus?.leader)!;
+    const via = [...cluster.nodes.values()].find((n) => n.name.startsWith('m') && n.child.exitCode === null)!;
+    const demote = swarm(via, 'node', 'demote', leader.id);
+    expect(demote.status, demote.stderr).toBe(0);
+    const other = [...cluster.nodes.values()].find(
+      (n) => n.name.startsWith('m') && swarmJson<{ nodeId: string }>(n, 'info').nodeId !== leader.id,
+    )!;
+    await waitFor(
+      () => {
+        const list = nodes(other);
+        const newLeader = list.find((n) => n.managerStatus?.leader);
+        return (
+          newLeader !== undefined &&
+          newLeader.id !== leader.id &&
+          list.find((n) => n.id === leader.id)?.role === 'worker'
+        );
+      },
+      60_000,
+      () => swarm(other, 'node', 'ls').stdout,
+    );
+    const removedFromRaft = () =>
+      !swarmJson<SwarmNode[]>(other, 'node', 'ls').some((n) => n.id === leader.id && n.managerStatus !== null);
+    await waitFor(removedFromRaft, 60_000);
+  }, 180_000);
+});
