@@ -7,8 +7,9 @@ import { ApiError, notManager } from './api/errors.ts';
 import type { ControlHandlers } from './api/handlers.ts';
 import { startApiServer } from './api/server.ts';
 import type { NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
-import { ManagerControl, tokensOf } from './manager/control.ts';
-import { type ClusterRecord, type ClusterSettings, DEFAULT_SETTINGS, Manager, newNodeId } from './manager/manager.ts';
+// Manager code (Raft, storage, the store) is loaded only on managers: workers are often small devices.
+import type { ManagerControl } from './manager/control.ts';
+import type { ClusterRecord, ClusterSettings, Manager } from './manager/manager.ts';
 import type { NodeRecord } from './manager/nodes.ts';
 import type { StoreEvent } from './manager/store/store.ts';
 import { MembershipGate } from './mesh/gate.ts';
@@ -109,6 +110,7 @@ export class Swarmd {
   /** `swarmd init`: a new swarm with this node as its first manager. */
   static async init(opts: SwarmdOptions, settings: Partial<ClusterSettings> = {}): Promise<Swarmd> {
     await assertFreshDataDir(opts.dataDir);
+    const { DEFAULT_SETTINGS, newNodeId } = await import('./manager/manager.ts');
     const key = await loadOrCreateNodeKey(opts.dataDir);
     const { peerIdFromPrivateKey } = await import('@libp2p/peer-id');
     const peerId = peerIdFromPrivateKey(key).toString();
@@ -287,6 +289,8 @@ export class Swarmd {
   }
 
   private async startManager(bootstrap: boolean): Promise<void> {
+    const { Manager } = await import('./manager/manager.ts');
+    const { ManagerControl } = await import('./manager/control.ts');
     this.manager = await Manager.start({
       dataDir: this.opts.dataDir,
       nodeId: this.state.nodeId,
@@ -486,5 +490,3 @@ async function assertFreshDataDir(dataDir: string): Promise<void> {
     );
   }
 }
-
-export { tokensOf };

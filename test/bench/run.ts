@@ -1,8 +1,10 @@
 // npm run bench -- NAME: runs one benchmark; the last line it prints is one JSON object with its figures.
+import { benchFootprint } from './footprint.ts';
 import { benchRaft } from './raft/bench.ts';
 
 const benches: Record<string, () => Promise<Record<string, unknown>>> = {
   raft: benchRaft,
+  footprint: benchFootprint,
 };
 
 const name = process.argv[2];
