@@ -101,6 +101,11 @@ const update: Command = {
     'label-add': { type: 'string', multiple: true, valueName: 'key=value', description: 'Add or update a node label' },
     'label-rm': { type: 'string', multiple: true, valueName: 'key', description: 'Remove a node label' },
     role: { type: 'string', valueName: 'manager|worker', description: 'Role of the node' },
+    'heartbeat-period': {
+      type: 'string',
+      valueName: 'seconds|default',
+      description: 'How often this node reports (longer for WAN edge links; it is marked down after 4 periods)',
+    },
   },
   args: { min: 1, max: 1 },
   async run({ io, client }, flags, [ref]) {
@@ -119,6 +124,7 @@ const UPDATE_FLAGS: Record<string, string> = {
   labelAdd: '--label-add',
   labelRm: '--label-rm',
   role: '--role',
+  heartbeatPeriodSeconds: '--heartbeat-period',
 };
 
 function updateFromFlags(flags: FlagValues) {
@@ -137,6 +143,7 @@ function updateFromFlags(flags: FlagValues) {
     ...(Object.keys(labelAdd).length > 0 ? { labelAdd } : {}),
     ...(labelRm.length > 0 ? { labelRm } : {}),
     ...(stringFlag(flags, 'role') !== undefined ? { role: stringFlag(flags, 'role') } : {}),
+    ...heartbeatFromFlag(stringFlag(flags, 'heartbeat-period')),
   };
   const checked = checkBody(nodeUpdateSchema, candidate);
   if (checked.ok) {
@@ -153,6 +160,14 @@ function updateFromFlags(flags: FlagValues) {
         ? String(key)
         : (candidate as Record<string, unknown>)[String(field)];
   throw new UsageError(`invalid ${flag} "${String(given)}": ${message}`);
+}
+
+/** `--heartbeat-period 30` (seconds) or `--heartbeat-period default`; anything else goes to the schema as is. */
+function heartbeatFromFlag(value: string | undefined): { heartbeatPeriodSeconds?: unknown } {
+  if (value === undefined) return {};
+  if (value === 'default') return { heartbeatPeriodSeconds: null };
+  const seconds = Number(value);
+  return { heartbeatPeriodSeconds: value.trim() !== '' && Number.isFinite(seconds) ? seconds : value };
 }
 
 function membershipCommand(name: 'promote' | 'demote', summary: string): Command {

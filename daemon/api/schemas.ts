@@ -25,6 +25,8 @@ export const nodeUpdateSchema = z
     labelAdd: z.record(labelKeySchema, z.string().max(LABEL_VALUE_MAX)).optional(),
     labelRm: z.array(labelKeySchema).optional(),
     role: roleSchema.optional(),
+    /** Heartbeat period for this node (slow or flaky WAN links), in seconds; null = the swarm's default. */
+    heartbeatPeriodSeconds: z.number().positive().max(3600).nullable().optional(),
   })
   .superRefine((update, ctx) => {
     // Adding and removing the same key in one update has no obvious meaning; refuse rather than guess an order.

@@ -30,6 +30,8 @@ export interface SwarmNode {
   /** Multiaddrs the node can be reached at. */
   addresses: string[];
   status: { state: NodeState; message: string; since: string };
+  /** This node's own heartbeat period, or null for the swarm's default. */
+  heartbeatPeriodMs: number | null;
   managerStatus: ManagerStatus | null;
   /** Raft index of the last change (optimistic concurrency for updates). */
   version: number;

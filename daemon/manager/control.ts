@@ -140,6 +140,12 @@ export class ManagerControl {
       labels,
       availability: update.availability ?? node.availability,
       role: update.role ?? node.role,
+      heartbeatPeriodMs:
+        update.heartbeatPeriodSeconds === undefined
+          ? (node.heartbeatPeriodMs ?? null)
+          : update.heartbeatPeriodSeconds === null
+            ? null
+            : Math.round(update.heartbeatPeriodSeconds * 1000),
       updatedAt: new Date().toISOString(),
     };
     await this.manager.transact([{ kind: 'put', table: 'nodes', object: changed, expectVersion: node.version }]);

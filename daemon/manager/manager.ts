@@ -21,7 +21,7 @@ import {
 import { PROTOCOLS } from '../mesh/protocols.ts';
 import { MeshRaftTransport } from '../mesh/raft-transport.ts';
 import type { KnownManager } from '../node-state.ts';
-import type { NodeRecord } from './nodes.ts';
+import { downAfterMs, type NodeRecord } from './nodes.ts';
 import {
   ClusterStore,
   encodeTransaction,
@@ -235,7 +235,7 @@ export class Manager {
       role: node.role,
       managers,
       denylist: cluster.denylist,
-      heartbeatPeriodMs: cluster.settings.heartbeatPeriodMs,
+      heartbeatPeriodMs: node.heartbeatPeriodMs ?? cluster.settings.heartbeatPeriodMs,
       ...(renew ? { cert: this.issueCert(node.id, node.peerId, node.role) } : {}),
     };
   }
@@ -337,7 +337,7 @@ export class Manager {
       const ops: StoreOp[] = [];
       for (const node of this.store.list<NodeRecord>('nodes')) {
         const seen = this.lastSeen.get(node.id) ?? 0;
-        const alive = now - seen < cluster.settings.nodeDownAfterMs;
+        const alive = now - seen < downAfterMs(node, cluster.settings);
         const want = alive ? 'ready' : 'down';
         if (node.status.state === want) continue;
         const message = alive ? '' : `heartbeat missed for ${Math.round((now - seen) / 1000)} s`;

@@ -10,8 +10,17 @@ export interface NodeRecord extends StoreObject {
   description: NodeDescription;
   addresses: string[];
   status: { state: NodeState; message: string; since: string };
+  /** Overrides the swarm's heartbeat period for this node (WAN edge links); absent or null = default. */
+  heartbeatPeriodMs?: number | null;
   createdAt: string;
   updatedAt: string;
+}
+
+/** How long a node may stay silent before the leader marks it down. */
+export function downAfterMs(node: NodeRecord, swarm: { heartbeatPeriodMs: number; nodeDownAfterMs: number }): number {
+  const period = node.heartbeatPeriodMs ?? swarm.heartbeatPeriodMs;
+  // The swarm's ratio of down-after to period, applied to this node's own period.
+  return Math.max(swarm.nodeDownAfterMs, Math.round((period * swarm.nodeDownAfterMs) / swarm.heartbeatPeriodMs));
 }
 
 /** The API view; managerStatus is computed from Raft on the manager answering. */
@@ -25,6 +34,7 @@ export function toSwarmNode(record: NodeRecord, managerStatus: ManagerStatus | n
     description: record.description,
     addresses: [...record.addresses],
     status: { ...record.status },
+    heartbeatPeriodMs: record.heartbeatPeriodMs ?? null,
     managerStatus,
     version: record.version,
     createdAt: record.createdAt,

@@ -99,9 +99,26 @@ export class Agent {
     throw lastError ?? new Error('no manager answered');
   }
 
+  /**
+   * Says hello to a manager at its known addresses; when that fails (it moved: a new DHCP lease, a NAT
+   * rebinding), asks the swarm's DHT where it is now and tries once more.
+   */
+  private async connect(manager: KnownManager): Promise<void> {
+    try {
+      await this.opts.gate.ensureHello(manager.peerId);
+    } catch (error) {
+      const found = await this.opts.host.findPeer(manager.peerId, AbortSignal.timeout(5000)).catch(() => []);
+      const fresh = found.filter((addr) => !manager.addrs.some((known) => addr.startsWith(known)));
+      if (fresh.length === 0) throw error;
+      this.opts.log('info', `manager ${manager.nodeId} found at new addresses through the DHT: ${fresh.join(', ')}`);
+      await this.opts.host.addPeerAddresses(manager.peerId, fresh);
+      await this.opts.gate.ensureHello(manager.peerId);
+    }
+  }
+
   private async ask(manager: KnownManager): Promise<HeartbeatResponse> {
     await this.opts.host.addPeerAddresses(manager.peerId, manager.addrs);
-    await this.opts.gate.ensureHello(manager.peerId);
+    await this.connect(manager);
     const signal = AbortSignal.timeout(Math.max(2000, this.periodMs));
     const { stream } = await this.opts.host.openStream(manager.peerId, PROTOCOLS.dispatcher, { signal });
     try {

@@ -20,6 +20,10 @@ function m1Addr(): string {
   return swarmJson<{ listenAddrs: string[] }>(m1, 'info').listenAddrs[0]!;
 }
 
+function inspect(via: NodeProcess, id: string): SwarmNode {
+  return swarmJson<SwarmNode[]>(via, 'node', 'inspect', id)[0]!;
+}
+
 function nodes(via: NodeProcess): SwarmNode[] {
   return swarmJson<SwarmNode[]>(via, 'node', 'ls');
 }
@@ -312,4 +316,71 @@ describe('role changes', () => {
       !swarmJson<SwarmNode[]>(other, 'node', 'ls').some((n) => n.id === leader.id && n.managerStatus !== null);
     await waitFor(removedFromRaft, 60_000);
   }, 180_000);
+});
+
+describe('node management', () => {
+  it('updates labels, availability and a per-node heartbeat period', () => {
+    const w1 = cluster.nodes.get('w1')!;
+    const id = swarmJson<{ nodeId: string }>(w1, 'info').nodeId;
+    const via = [...cluster.nodes.values()].find(
+      (n) => n.name.startsWith('m') && n.child.exitCode === null && n.child.signalCode === null,
+    )!;
+    const update = swarm(
+      via,
+      'node',
+      'update',
+      '--label-add',
+      'zone=edge',
+      '--availability',
+      'drain',
+      '--heartbeat-period',
+      '5',
+      id,
+    );
+    expect(update.status, update.stderr).toBe(0);
+    const node = inspect(via, id);
+    expect(node.labels).toEqual({ zone: 'edge' });
+    expect(node.availability).toBe('drain');
+    expect(node.heartbeatPeriodMs).toBe(5000);
+    expect(swarm(via, 'node', 'update', '--heartbeat-period', 'default', '--label-rm', 'zone', id).status).toBe(0);
+    const after = inspect(via, id);
+    expect(after.heartbeatPeriodMs).toBeNull();
+    expect(after.labels).toEqual({});
+    const bad = swarm(via, 'node', 'update', '--heartbeat-period', '-3', id);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/--heartbeat-period/);
+  }, 60_000);
+
+  it('a rotated join token replaces the old one; a worker can leave, and a manager must be forced to', async () => {
+    const via = [...cluster.nodes.values()].find(
+      (n) => n.name.startsWith('m') && n.child.exitCode === null && n.child.signalCode === null,
+    )!;
+    const rotated = swarm(via, 'join-token', '--rotate', '-q', 'worker').stdout.trim();
+    expect(rotated).toMatch(/^SWMTKN-1-/);
+    expect(rotated).not.toBe(workerToken);
+    const stale = swarmdCli(
+      'join',
+      '--token',
+      workerToken,
+      '--data-dir',
+      join(cluster.root, 'stale'),
+      '--listen-addr',
+      '127.0.0.1:0',
+      `127.0.0.1:${via.port}`,
+    );
+    expect(stale.status).toBe(1);
+    expect(stale.stderr).toMatch(/invalid join token/);
+
+    const w3 = await cluster.join('w3', rotated, via);
+    const w3Id = swarmJson<{ nodeId: string }>(w3, 'info').nodeId;
+    const leave = swarmdCli('leave', '--data-dir', w3.dataDir);
+    expect(leave.status, leave.stderr).toBe(0);
+    await waitFor(() => w3.child.exitCode !== null, 20_000);
+    await waitFor(() => inspect(via, w3Id).status.state === 'down', 30_000);
+    expect(swarm(via, 'node', 'rm', w3Id).status).toBe(0); // down: no --force needed
+
+    const refused = swarmdCli('leave', '--data-dir', via.dataDir);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toMatch(/demote it first/);
+  }, 120_000);
 });

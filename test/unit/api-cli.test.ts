@@ -30,6 +30,7 @@ function makeNode(id: string, hostname: string, overrides: Partial<SwarmNode> = 
     },
     addresses: [`/ip4/10.0.0.${hostname.length}/tcp/4242`],
     status: { state: 'ready', message: '', since: '2026-01-01T00:00:00.000Z' },
+    heartbeatPeriodMs: null,
     managerStatus: null,
     version: 7,
     createdAt: '2026-01-01T00:00:00.000Z',
