@@ -5,6 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { buildBundle } from '../../cli/build.ts';
 import { SwarmProcesses, swarm } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
 import { killHard, sleep, startProcess } from './lib/processes.ts';
@@ -50,8 +51,9 @@ async function etcdIdleRss(): Promise<number | null> {
   return rss;
 }
 
-export async function benchFootprint(): Promise<Record<string, unknown>> {
-  const cluster = new SwarmProcesses(34000 + Math.floor(Math.random() * 500) * 5);
+/** A 3-manager swarm with one worker, idle for IDLE_SECONDS; the RSS of each process. */
+async function measureSwarm(label: string, swarmdArgs?: string[]) {
+  const cluster = new SwarmProcesses(34000 + Math.floor(Math.random() * 500) * 5, swarmdArgs ? { swarmdArgs } : {});
   try {
     const m1 = await cluster.init('m1');
     const managerToken = swarm(m1, 'join-token', '-q', 'manager').stdout.trim();
@@ -59,27 +61,41 @@ export async function benchFootprint(): Promise<Record<string, unknown>> {
     await cluster.join('m2', managerToken, m1);
     await cluster.join('m3', managerToken, m1);
     const w1 = await cluster.join('w1', workerToken, m1);
-    process.stdout.write(`swarm of 3 managers and 1 worker up; idling ${IDLE_SECONDS} s\n`);
+    process.stdout.write(`${label}: 3 managers and 1 worker up; idling ${IDLE_SECONDS} s\n`);
     await sleep(IDLE_SECONDS * 1000);
     const managers = ['m1', 'm2', 'm3'].map((n) => rssMiB(cluster.nodes.get(n)!.child.pid!));
     const worker = rssMiB(w1.child.pid!);
-    process.stdout.write(`swarmd worker ${worker} MiB, managers ${managers.join(' / ')} MiB\n`);
-    await cluster.stopAll();
-    const etcd = await etcdIdleRss();
-    if (etcd !== null) process.stdout.write(`anchor: one idle etcd member ${etcd} MiB\n`);
-    const target = 84; // dockerd idle with swarm mode, measured on this machine (shared/anchors/baselines.md)
-    return {
-      bench: 'footprint',
-      idleSeconds: IDLE_SECONDS,
-      workerRssMiB: worker,
-      managerRssMiB: managers,
-      etcdMemberRssMiB: etcd,
-      ratios: {
-        workerToDockerdSwarmTarget: round(worker / target),
-        managerToEtcdMember: etcd ? round(Math.max(...managers) / etcd) : null,
-      },
-    };
+    process.stdout.write(`${label}: worker ${worker} MiB, managers ${managers.join(' / ')} MiB\n`);
+    return { workerRssMiB: worker, managerRssMiB: managers };
   } finally {
     await cluster.stopAll();
   }
+}
+
+export async function benchFootprint(): Promise<Record<string, unknown>> {
+  // What `npm run build` ships (bundled, manager code split off, small young generation), and the
+  // TypeScript sources run directly, as in development and tests.
+  const outdir = mkdtempSync(join(tmpdir(), 'swarmd-bench-dist-'));
+  let bundled: Awaited<ReturnType<typeof measureSwarm>>;
+  try {
+    await buildBundle(outdir);
+    bundled = await measureSwarm('bundled build', ['--max-semi-space-size=1', join(outdir, 'swarmd.mjs')]);
+  } finally {
+    rmSync(outdir, { recursive: true, force: true });
+  }
+  const source = await measureSwarm('TypeScript sources');
+  const etcd = await etcdIdleRss();
+  if (etcd !== null) process.stdout.write(`anchor: one idle etcd member ${etcd} MiB\n`);
+  const target = 84; // dockerd idle with swarm mode, measured on this machine (shared/anchors/baselines.md)
+  return {
+    bench: 'footprint',
+    idleSeconds: IDLE_SECONDS,
+    bundled,
+    source,
+    etcdMemberRssMiB: etcd,
+    ratios: {
+      bundledWorkerToDockerdSwarm: round(bundled.workerRssMiB / target),
+      bundledManagerToEtcdMember: etcd ? round(Math.max(...bundled.managerRssMiB) / etcd) : null,
+    },
+  };
 }

@@ -22,14 +22,17 @@ export class SwarmProcesses {
   readonly nodes = new Map<string, NodeProcess>();
   private readonly basePort: number;
   private nextPort = 0;
+  /** Node arguments that run swarmd: the TypeScript entry point by default, or a bundle with V8 flags. */
+  private readonly swarmdArgs: string[];
 
-  constructor(basePort: number) {
+  constructor(basePort: number, opts: { swarmdArgs?: string[] } = {}) {
     this.basePort = basePort;
+    this.swarmdArgs = opts.swarmdArgs ?? [SWARMD];
   }
 
   private start(name: string, args: string[], port: number): NodeProcess {
     const dataDir = join(this.root, name);
-    const child = spawn(process.execPath, [SWARMD, ...args, '--data-dir', dataDir], {
+    const child = spawn(process.execPath, [...this.swarmdArgs, ...args, '--data-dir', dataDir], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, SWARMD_DATA_DIR: dataDir },
     });
