@@ -78,6 +78,22 @@ export function ensureDependencies(nodeBin) {
   if (status !== 0) throw new Error(`npm install failed (exit ${status})`);
 }
 
+/**
+ * Runs a command of this repo (the `swarmd` and `swarm` bin shims): the esbuild bundle from `npm run build`
+ * when there is one (it needs far less memory, with a small young generation for an idle daemon), else the
+ * TypeScript entry point. Exits with the command's status.
+ */
+export function runCommand(name, args) {
+  const nodeBin = ensureModernNode();
+  ensureDependencies(nodeBin);
+  const bundle = join(REPO_ROOT, 'dist', `${name}.mjs`);
+  const entry = existsSync(bundle) ? ['--max-semi-space-size=1', bundle] : [join(REPO_ROOT, 'cli', `${name}.ts`)];
+  const result = spawnSync(nodeBin, [...entry, ...args], { stdio: 'inherit', env: envFor(nodeBin) });
+  if (result.error) throw result.error;
+  if (result.signal) process.kill(process.pid, result.signal);
+  process.exit(result.status ?? 1);
+}
+
 function main(argv) {
   const [script, ...args] = argv;
   if (!script) {

@@ -1,19 +1,14 @@
 // Node records in the store: the internal shape, and how the API presents them.
-import type { ManagerStatus, NodeAvailability, NodeDescription, NodeRole, NodeState, SwarmNode } from '../api/types.ts';
+import type { ManagerStatus, SwarmNode } from '../api/types.ts';
 import type { StoreObject } from './store/store.ts';
 
-export interface NodeRecord extends StoreObject {
-  peerId: string;
-  role: NodeRole;
-  availability: NodeAvailability;
-  labels: Record<string, string>;
-  description: NodeDescription;
-  addresses: string[];
-  status: { state: NodeState; message: string; since: string };
+/**
+ * What the store keeps of a node: the API's shape, less what is computed on the fly (managerStatus), with
+ * the per-node heartbeat period optional (absent in records written before it existed).
+ */
+export interface NodeRecord extends StoreObject, Omit<SwarmNode, 'managerStatus' | 'heartbeatPeriodMs'> {
   /** Overrides the swarm's heartbeat period for this node (WAN edge links); absent or null = default. */
   heartbeatPeriodMs?: number | null;
-  createdAt: string;
-  updatedAt: string;
 }
 
 /** How long a node may stay silent before the leader marks it down. */
@@ -26,18 +21,8 @@ export function downAfterMs(node: NodeRecord, swarm: { heartbeatPeriodMs: number
 /** The API view; managerStatus is computed from Raft on the manager answering. */
 export function toSwarmNode(record: NodeRecord, managerStatus: ManagerStatus | null): SwarmNode {
   return {
-    id: record.id,
-    peerId: record.peerId,
-    role: record.role,
-    availability: record.availability,
-    labels: { ...record.labels },
-    description: record.description,
-    addresses: [...record.addresses],
-    status: { ...record.status },
+    ...structuredClone(record),
     heartbeatPeriodMs: record.heartbeatPeriodMs ?? null,
     managerStatus,
-    version: record.version,
-    createdAt: record.createdAt,
-    updatedAt: record.updatedAt,
   };
 }

@@ -3,9 +3,10 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generateKeyPair } from '@libp2p/crypto/keys';
+import type { PrivateKey } from '@libp2p/interface';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SwarmNode } from '../../daemon/api/types.ts';
-import { createMeshHost } from '../../daemon/mesh/host.ts';
+import { createMeshHost, type MeshHost } from '../../daemon/mesh/host.ts';
 import { loadOrCreateNodeKey } from '../../daemon/mesh/node-key.ts';
 import { PROTOCOLS } from '../../daemon/mesh/protocols.ts';
 import { type NodeProcess, SwarmProcesses, swarm, swarmdCli, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
@@ -18,6 +19,16 @@ let managerToken: string;
 /** m1's full multiaddr, with /p2p/: dials reuse one connection instead of opening one per stream. */
 function m1Addr(): string {
   return swarmJson<{ listenAddrs: string[] }>(m1, 'info').listenAddrs[0]!;
+}
+
+/** A bare libp2p host with the given key (an outsider, or an impostor using a node's own key). */
+async function withHost(key: PrivateKey, body: (host: MeshHost) => Promise<void>): Promise<void> {
+  const host = await createMeshHost({ privateKey: key, listen: { host: '127.0.0.1', port: 0 }, encryption: 'noise' });
+  try {
+    await body(host);
+  } finally {
+    await host.stop();
+  }
 }
 
 function inspect(via: NodeProcess, id: string): SwarmNode {
@@ -110,12 +121,7 @@ describe('swarm formation', () => {
 describe('membership security', () => {
   it('an outsider gets only the join protocol: every other protocol is refused', async () => {
     const key = await generateKeyPair('Ed25519');
-    const outsider = await createMeshHost({
-      privateKey: key,
-      listen: { host: '127.0.0.1', port: 0 },
-      encryption: 'noise',
-    });
-    try {
+    await withHost(key, async (outsider) => {
       const target = m1Addr();
       for (const protocol of [PROTOCOLS.raft, PROTOCOLS.control, PROTOCOLS.dispatcher]) {
         const attempt = async () => {
@@ -134,9 +140,7 @@ describe('membership security', () => {
       await stream.send({ secret: 'aaaaaaaaaaaaaaaaaaaaaaaaaa' });
       const reply = (await stream.read(AbortSignal.timeout(5000))) as { error?: string };
       expect(reply.error).toMatch(/invalid join token/);
-    } finally {
-      await outsider.stop();
-    }
+    });
   }, 60_000);
 
   it('a token with the wrong CA fingerprint is refused before the secret is sent', () => {
@@ -160,12 +164,7 @@ describe('membership security', () => {
     const state = JSON.parse(readFileSync(join(w2.dataDir, 'node.json'), 'utf8')) as { cert: string };
     // Act as w2 with its own key and certificate from a second host.
     const key = await loadOrCreateNodeKey(w2.dataDir);
-    const impostor = await createMeshHost({
-      privateKey: key,
-      listen: { host: '127.0.0.1', port: 0 },
-      encryption: 'noise',
-    });
-    try {
+    await withHost(key, async (impostor) => {
       const target = m1Addr();
       const hello = await impostor.openStream(target, PROTOCOLS.hello, { signal: AbortSignal.timeout(5000) });
       await hello.stream.send({ cert: state.cert });
@@ -178,9 +177,7 @@ describe('membership security', () => {
         if (reply === undefined) throw new Error('closed');
       };
       await expect(attempt()).rejects.toThrow();
-    } finally {
-      await impostor.stop();
-    }
+    });
   }, 60_000);
 
   it('a removed node is dropped within seconds and cannot come back with its old certificate', async () => {
@@ -196,29 +193,17 @@ describe('membership security', () => {
     const state = JSON.parse(readFileSync(join(w2.dataDir, 'node.json'), 'utf8')) as { cert: string };
     await cluster.kill9('w2');
     const key = await loadOrCreateNodeKey(w2.dataDir);
-    const comeback = await createMeshHost({
-      privateKey: key,
-      listen: { host: '127.0.0.1', port: 0 },
-      encryption: 'noise',
-    });
-    try {
+    await withHost(key, async (comeback) => {
       const { stream } = await comeback.openStream(m1Addr(), PROTOCOLS.hello, { signal: AbortSignal.timeout(5000) });
       await stream.send({ cert: state.cert });
       const answer = (await stream.read(AbortSignal.timeout(5000))) as { error?: string };
       expect(answer.error).toMatch(/removed from the swarm/);
-    } finally {
-      await comeback.stop();
-    }
+    });
   }, 60_000);
 
   it('malformed, oversized and truncated frames close that stream and the daemon keeps running', async () => {
     const key = await generateKeyPair('Ed25519');
-    const outsider = await createMeshHost({
-      privateKey: key,
-      listen: { host: '127.0.0.1', port: 0 },
-      encryption: 'noise',
-    });
-    try {
+    await withHost(key, async (outsider) => {
       const target = m1Addr();
       for (const protocol of [PROTOCOLS.join, PROTOCOLS.hello]) {
         for (const payload of [{ secret: 12 }, { cert: 'x'.repeat(5000) }, 'not an object', [1, 2, 3]]) {
@@ -230,9 +215,7 @@ describe('membership security', () => {
       }
       expect(swarm(m1, 'info').status).toBe(0);
       expect(m1.child.exitCode).toBeNull();
-    } finally {
-      await outsider.stop();
-    }
+    });
   }, 60_000);
 });
 
