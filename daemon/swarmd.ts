@@ -361,6 +361,7 @@ export class Swarmd {
       managers: () =>
         this.manager ? this.manager.knownManagers().filter((m) => m.nodeId !== this.state.nodeId) : this.state.managers,
       isManager: () => this.manager !== null,
+      isLeader: () => this.manager?.isLeader() ?? false,
       onResponse: (response) => this.onHeartbeat(response),
       onManagersLearned: (managers) => {
         if (managers.length > 0 && !this.manager) this.state.managers = managers;

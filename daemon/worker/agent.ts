@@ -13,6 +13,7 @@ export interface AgentOptions {
   request: () => HeartbeatRequest;
   managers: () => KnownManager[];
   isManager: () => boolean;
+  isLeader: () => boolean;
   onResponse: (response: Extract<HeartbeatResponse, { ok: true }>) => Promise<void> | void;
   onManagersLearned: (managers: KnownManager[]) => void;
   log: (level: 'info' | 'warn', message: string) => void;
@@ -59,8 +60,10 @@ export class Agent {
   }
 
   private async sendHeartbeat(): Promise<void> {
+    // The leader reports to nobody: its own leader loop notes that it is alive.
+    if (this.opts.isLeader()) return;
     const managers = this.opts.managers();
-    // A lone manager has nobody to report to: its own leader loop notes that it is alive.
+    // A lone manager has nobody to report to either.
     if (managers.length === 0 && this.opts.isManager()) return;
     if (managers.length === 0) throw new Error('no manager known');
     // Try the leader we know of first, then the others, so a leader change costs one round.
