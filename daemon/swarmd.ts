@@ -1,6 +1,6 @@
 // One swarmd node: the mesh host and membership gate, the agent that heartbeats to the leader, the
 // manager components when this node is a manager, and the control API on a unix socket.
-import { rm } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { arch, cpus, hostname, platform, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { ApiError, notManager } from './api/errors.ts';
@@ -29,6 +29,9 @@ import {
 import { PROTOCOLS } from './mesh/protocols.ts';
 import { type KnownManager, loadNodeState, type NodeState, nodeStatePath, saveNodeState } from './node-state.ts';
 import { Agent } from './worker/agent.ts';
+import { ProcessExecutor } from './worker/executors/process.ts';
+import type { Executor, Runtime } from './worker/executors/types.ts';
+import { TaskRunner } from './worker/task-runner.ts';
 
 export const SWARMD_VERSION = '0.1.0';
 
@@ -77,6 +80,8 @@ export class Swarmd {
   private host!: MeshHost;
   private gate!: MembershipGate;
   private agent!: Agent;
+  private runner!: TaskRunner;
+  private executors = new Map<Runtime, Executor>();
   private manager: Manager | null = null;
   private control: ManagerControl | null = null;
   private api: { close(): Promise<void> } | null = null;
@@ -347,7 +352,37 @@ export class Swarmd {
     await rm(join(this.opts.dataDir, 'raft'), { recursive: true, force: true });
   }
 
+  /** The runtimes this node offers: plain processes always, Docker when an engine answers. */
+  private async startExecutors(): Promise<void> {
+    const warn = (message: string) => this.log('warn', message);
+    this.executors.set('process', new ProcessExecutor({ stateDir: join(this.opts.dataDir, 'process-tasks'), warn }));
+    const dockerHost = process.env.DOCKER_HOST ?? 'unix:///var/run/docker.sock';
+    if (
+      dockerHost.startsWith('unix://') &&
+      (await stat(dockerHost.slice(7)).then(
+        () => true,
+        () => false,
+      ))
+    ) {
+      const { default: Docker } = await import('dockerode');
+      const { DockerExecutor } = await import('./worker/executors/docker.ts');
+      const docker = new Docker({ socketPath: dockerHost.slice(7) });
+      const executor = new DockerExecutor({ docker, nodeId: this.state.nodeId, warn });
+      const available = await executor.available();
+      if (available.ok) this.executors.set('docker', executor);
+      else this.log('info', `docker runtime not offered: ${available.reason ?? 'engine not available'}`);
+    }
+  }
+
   private async startNodeServices(): Promise<void> {
+    await this.startExecutors();
+    this.runner = new TaskRunner({
+      nodeId: this.state.nodeId,
+      executors: this.executors,
+      stateFile: join(this.opts.dataDir, 'tasks.json'),
+      onStatusChange: () => this.agent?.beatSoon(),
+      log: (level, message) => this.log(level, message),
+    });
     this.agent = new Agent({
       host: this.host,
       gate: this.gate,
@@ -356,6 +391,7 @@ export class Swarmd {
         description: describeThisHost(),
         addresses: this.host.multiaddrs(),
         certSerial: '',
+        taskStatuses: this.runner.pendingStatuses(),
       }),
       // Managers report to the leader too (from the live node table); workers use what they last heard.
       managers: () =>
@@ -378,7 +414,17 @@ export class Swarmd {
     });
   }
 
+  private recovered = false;
+
   private async onHeartbeat(response: Extract<HeartbeatResponse, { ok: true }>): Promise<void> {
+    const tasks = Array.isArray(response.tasks) ? response.tasks : [];
+    if (!this.recovered) {
+      // First word from the leader since start: re-attach to tasks still running from before.
+      this.recovered = true;
+      await this.runner.recover(tasks);
+    }
+    this.runner.acknowledge(tasks.map((t) => ({ taskId: t.id, status: t.status })));
+    this.runner.sync(tasks);
     this.denylist = { nodeIds: new Set(response.denylist.nodeIds), peerIds: new Set(response.denylist.peerIds) };
     let changed = false;
     if (response.cert && response.cert !== this.state.cert) {
@@ -403,6 +449,7 @@ export class Swarmd {
   async stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.agent?.stop();
+      (this.executors.get('process') as ProcessExecutor | undefined)?.close();
       await this.api?.close().catch(() => {});
       if (this.manager) await this.manager.stop().catch(() => {});
       await this.host?.stop().catch(() => {});

@@ -3,6 +3,7 @@
 import { ApiError, noLeader, versionConflict } from '../api/errors.ts';
 import { resolveNodeRef } from '../api/node-ref.ts';
 import type { JoinTokenRotate, NodeUpdate } from '../api/schemas.ts';
+import type { Service, ServiceSpec, Task } from '../api/services.ts';
 import type { JoinTokens, ManagerStatus, SwarmNode } from '../api/types.ts';
 import type { FramedStream } from '../mesh/framed-stream.ts';
 import type { MembershipGate } from '../mesh/gate.ts';
@@ -11,9 +12,14 @@ import { caFingerprint, formatJoinToken, generateJoinSecret } from '../mesh/pki.
 import { PROTOCOLS } from '../mesh/protocols.ts';
 import { type ClusterRecord, ConflictError, type Manager } from './manager.ts';
 import { type NodeRecord, toSwarmNode } from './nodes.ts';
+import { newTaskId } from './orchestrator.ts';
+import { put } from './store/store.ts';
 
 /** Writes the leader performs; followers send these over PROTOCOLS.control. */
 type LeaderOp =
+  | { op: 'createService'; spec: ServiceSpec }
+  | { op: 'updateService'; ref: string; version: number; spec: ServiceSpec }
+  | { op: 'removeService'; ref: string }
   | { op: 'updateNode'; ref: string; update: NodeUpdate }
   | { op: 'setRole'; ref: string; role: 'manager' | 'worker' }
   | { op: 'removeNode'; ref: string; force: boolean }
@@ -53,7 +59,45 @@ export class ManagerControl {
     return tokensOf(this.requireCluster());
   }
 
+  async listServices(): Promise<Service[]> {
+    await this.manager.barrier();
+    return this.manager.store.list<Service>('services');
+  }
+
+  async getService(ref: string): Promise<Service> {
+    await this.manager.barrier();
+    return resolveService(this.manager.store.list<Service>('services'), ref);
+  }
+
+  async listTasks(filter: { service?: string; node?: string }): Promise<Task[]> {
+    await this.manager.barrier();
+    let tasks = this.manager.store.list<Task>('tasks');
+    if (filter.service) {
+      const service = resolveService(this.manager.store.list<Service>('services'), filter.service);
+      tasks = tasks.filter((t) => t.serviceId === service.id);
+    }
+    if (filter.node) {
+      const node = resolveNodeRef(this.manager.store.list<NodeRecord>('nodes'), filter.node);
+      tasks = tasks.filter((t) => t.nodeId === node.id);
+    }
+    return tasks.sort(
+      (a, b) => a.serviceName.localeCompare(b.serviceName) || a.slot - b.slot || b.createdAt.localeCompare(a.createdAt),
+    );
+  }
+
   // ------------------------------------------------------------ writes
+
+  async createService(spec: ServiceSpec): Promise<Service> {
+    return (await this.onLeader({ op: 'createService', spec })) as Service;
+  }
+
+  async updateService(ref: string, version: number, spec: ServiceSpec): Promise<Service> {
+    return (await this.onLeader({ op: 'updateService', ref, version, spec })) as Service;
+  }
+
+  async removeService(ref: string): Promise<void> {
+    await this.onLeader({ op: 'removeService', ref });
+  }
 
   async updateNode(ref: string, update: NodeUpdate): Promise<SwarmNode> {
     return (await this.onLeader({ op: 'updateNode', ref, update })) as SwarmNode;
@@ -112,6 +156,17 @@ export class ManagerControl {
   private async execute(op: LeaderOp): Promise<unknown> {
     try {
       switch (op.op) {
+        case 'createService':
+          return await this.executeCreateService(op.spec);
+        case 'updateService':
+          return await this.executeUpdateService(op.ref, op.version, op.spec);
+        case 'removeService': {
+          const service = resolveService(this.manager.store.list<Service>('services'), op.ref);
+          await this.manager.transact([
+            { kind: 'delete', table: 'services', id: service.id, expectVersion: service.version },
+          ]);
+          return null;
+        }
         case 'updateNode':
           return await this.executeUpdate(op.ref, op.update);
         case 'setRole':
@@ -127,6 +182,30 @@ export class ManagerControl {
       if (error instanceof ConflictError) throw new ApiError(409, error.message);
       throw error;
     }
+  }
+
+  private async executeCreateService(spec: ServiceSpec): Promise<Service> {
+    const services = this.manager.store.list<Service>('services');
+    if (services.some((s) => s.spec.name === spec.name))
+      throw new ApiError(409, `a service named ${spec.name} already exists`);
+    const at = new Date().toISOString();
+    const service: Service = { id: newTaskId(), spec, specVersion: 1, version: 0, createdAt: at, updatedAt: at };
+    await this.manager.transact([put('services', service, 'absent')]);
+    return this.manager.store.get<Service>('services', service.id)!;
+  }
+
+  private async executeUpdateService(ref: string, version: number, spec: ServiceSpec): Promise<Service> {
+    const service = resolveService(this.manager.store.list<Service>('services'), ref);
+    if (version !== service.version) throw versionConflict('service', service.id, version, service.version);
+    if (spec.name !== service.spec.name) throw new ApiError(400, 'a service cannot be renamed', 'name');
+    const changed: Service = {
+      ...service,
+      spec,
+      specVersion: service.specVersion + 1,
+      updatedAt: new Date().toISOString(),
+    };
+    await this.manager.transact([put('services', changed, service.version)]);
+    return this.manager.store.get<Service>('services', service.id)!;
   }
 
   private async executeUpdate(ref: string, update: NodeUpdate): Promise<SwarmNode> {
@@ -235,6 +314,17 @@ export class ManagerControl {
     if (progress && node.id !== status.id) reachability = progress.recentActive ? 'reachable' : 'unreachable';
     return { leader: status.leader === node.id, reachability, raftRole };
   }
+}
+
+/** A service by full ID, name, or unique ID prefix. */
+export function resolveService(services: Service[], ref: string): Service {
+  const exact = services.find((s) => s.id === ref || s.spec.name === ref);
+  if (exact) return exact;
+  const byPrefix = services.filter((s) => ref !== '' && s.id.startsWith(ref));
+  if (byPrefix.length === 1) return byPrefix[0]!;
+  if (byPrefix.length > 1)
+    throw new ApiError(409, `ambiguous service prefix ${ref}: ${byPrefix.length} services match`);
+  throw new ApiError(404, `no such service: ${ref}`);
 }
 
 export function tokensOf(cluster: ClusterRecord): JoinTokens {

@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { ProposalDroppedError } from '../../raft/core/raft.ts';
 import { RaftNode } from '../../raft/driver/raft-node.ts';
 import { FileStorage } from '../../raft/storage/file-storage.ts';
+import type { Service, Task, TaskStatus } from '../api/services.ts';
+import { TASK_STATES, TERMINAL_STATES } from '../api/services.ts';
 import type { NodeRole } from '../api/types.ts';
 import type { FramedStream } from '../mesh/framed-stream.ts';
 import type { MembershipGate } from '../mesh/gate.ts';
@@ -22,6 +24,8 @@ import { PROTOCOLS } from '../mesh/protocols.ts';
 import { MeshRaftTransport } from '../mesh/raft-transport.ts';
 import type { KnownManager } from '../node-state.ts';
 import { downAfterMs, type NodeRecord } from './nodes.ts';
+import { reconcile } from './orchestrator.ts';
+import { scheduleInChunks, toSchedulerNode } from './scheduling.ts';
 import {
   ClusterStore,
   encodeTransaction,
@@ -94,6 +98,11 @@ export class Manager {
   static async start(opts: ManagerOptions): Promise<Manager> {
     const store = new ClusterStore();
     if (opts.watch) store.watch(opts.watch);
+    let self: Manager | undefined;
+    // Any change to services, tasks or nodes may call for new tasks or placements: react at once.
+    store.watch((events) => {
+      if (events.some((e) => e.table !== 'cluster')) self?.orchestrateSoon();
+    });
     const transport = new MeshRaftTransport({
       host: opts.host,
       gate: opts.gate,
@@ -113,6 +122,7 @@ export class Manager {
       log: opts.log,
     });
     const manager = new Manager(opts, store, raft);
+    self = manager;
     manager.leaderLoop = setInterval(() => manager.leaderTick(), 250);
     await manager.serveProtocols();
     return manager;
@@ -228,6 +238,7 @@ export class Manager {
       const at = new Date().toISOString();
       void this.transact([put('nodes', { ...node, addresses, updatedAt: at }, node.version)]).catch(() => {});
     }
+    await this.applyTaskStatuses(node.id, request.taskStatuses ?? []);
     const renew = claims.role !== node.role || needsRenewal(claims, Date.now());
     return {
       ok: true,
@@ -237,7 +248,28 @@ export class Manager {
       denylist: cluster.denylist,
       heartbeatPeriodMs: node.heartbeatPeriodMs ?? cluster.settings.heartbeatPeriodMs,
       ...(renew ? { cert: this.issueCert(node.id, node.peerId, node.role) } : {}),
+      tasks: this.store.list<Task>('tasks').filter((t) => t.nodeId === node.id),
     };
+  }
+
+  /** Status reports from a node, for its own tasks only, and only moving forward; one transaction. */
+  private async applyTaskStatuses(nodeId: string, reports: { taskId: string; status: TaskStatus }[]): Promise<void> {
+    const ops: StoreOp[] = [];
+    for (const report of reports.slice(0, 1000)) {
+      const task = this.store.get<Task>('tasks', String(report?.taskId));
+      const state = report?.status?.state;
+      if (!task || task.nodeId !== nodeId || !TASK_STATES.includes(state)) continue;
+      if (TASK_STATES.indexOf(state) <= TASK_STATES.indexOf(task.status.state)) continue;
+      const status: TaskStatus = {
+        state,
+        since: String(report.status.since ?? new Date().toISOString()).slice(0, 40),
+        message: String(report.status.message ?? '').slice(0, 500),
+        ...(typeof report.status.error === 'string' ? { error: report.status.error.slice(0, 2000) } : {}),
+        ...(typeof report.status.exitCode === 'number' ? { exitCode: report.status.exitCode } : {}),
+      };
+      ops.push(put('tasks', { ...task, status, updatedAt: new Date().toISOString() }, task.version));
+    }
+    if (ops.length > 0) await this.transact(ops).catch(() => {}); // a conflict: the node reports again
   }
 
   private async answerJoin(stream: FramedStream, remotePeer: string): Promise<void> {
@@ -315,6 +347,7 @@ export class Manager {
     this.wasLeader = leader;
     if (!leader) return;
     this.noteHeartbeat(this.opts.nodeId);
+    this.orchestrateSoon();
     void this.markNodeStates().catch((error) => this.leaderError(error));
     void this.reconcileRaftMembers().catch((error) => this.leaderError(error));
   }
@@ -322,6 +355,73 @@ export class Manager {
   private leaderError(error: unknown): void {
     if (error instanceof ProposalDroppedError || error instanceof ConflictError) return; // retried next tick
     this.opts.log('warn', `leader loop: ${(error as Error).message}`);
+  }
+
+  private orchestrating = false;
+  private orchestrateAgain = false;
+
+  /** Runs an orchestration and scheduling pass soon (coalescing bursts of store changes into one). */
+  orchestrateSoon(): void {
+    if (!this.isLeader() || this.stopped) return;
+    if (this.orchestrating) {
+      this.orchestrateAgain = true;
+      return;
+    }
+    this.orchestrating = true;
+    setImmediate(() => {
+      void this.orchestrate()
+        .catch((error) => this.leaderError(error))
+        .finally(() => {
+          this.orchestrating = false;
+          if (this.orchestrateAgain) {
+            this.orchestrateAgain = false;
+            this.orchestrateSoon();
+          }
+        });
+    });
+  }
+
+  private async orchestrate(): Promise<void> {
+    const services = this.store.list<Service>('services');
+    const nodes = this.store.list<NodeRecord>('nodes');
+    const ops = reconcile({ services, tasks: this.store.list<Task>('tasks'), nodes, now: Date.now() });
+    if (ops.length > 0) await this.transact(ops);
+    const tasks = this.store.list<Task>('tasks');
+    const pending = tasks.filter(
+      (t) => t.status.state === 'pending' && t.nodeId === null && t.desiredState !== 'shutdown',
+    );
+    if (pending.length === 0) return;
+    const placed = tasks.filter(
+      (t) => t.nodeId !== null && !TERMINAL_STATES.has(t.status.state) && t.desiredState !== 'shutdown',
+    );
+    const result = await scheduleInChunks({ nodes: nodes.map((n) => toSchedulerNode(n)), placed, pending });
+    const at = new Date().toISOString();
+    const byId = new Map(pending.map((t) => [t.id, t]));
+    const placeOps: StoreOp[] = [];
+    for (const p of result.placements) {
+      const task = byId.get(p.taskId)!;
+      placeOps.push(
+        put(
+          'tasks',
+          {
+            ...task,
+            nodeId: p.nodeId,
+            devices: p.devices,
+            status: { state: 'assigned', since: at, message: '' },
+            updatedAt: at,
+          },
+          task.version,
+        ),
+      );
+    }
+    for (const u of result.unplaced) {
+      const task = byId.get(u.taskId)!;
+      if (task.status.pendingReason === u.reason) continue;
+      placeOps.push(
+        put('tasks', { ...task, status: { ...task.status, pendingReason: u.reason }, updatedAt: at }, task.version),
+      );
+    }
+    if (placeOps.length > 0) await this.transact(placeOps);
   }
 
   private markingStates = false;

@@ -1,4 +1,5 @@
 // Messages between the manager and worker halves of swarmd (which never import each other).
+import type { Task, TaskStatus } from '../api/services.ts';
 import type { NodeRole } from '../api/types.ts';
 import type { KnownManager } from '../node-state.ts';
 
@@ -8,6 +9,8 @@ export interface HeartbeatRequest {
   description: unknown;
   addresses: string[];
   certSerial: string;
+  /** Task status changes since the last acknowledged heartbeat. */
+  taskStatuses?: { taskId: string; status: TaskStatus }[];
 }
 
 export type HeartbeatResponse =
@@ -19,5 +22,7 @@ export type HeartbeatResponse =
       denylist: { nodeIds: string[]; peerIds: string[] };
       heartbeatPeriodMs: number;
       cert?: string;
+      /** Every task the managers have for this node (what it must run, stop, or has finished). */
+      tasks: Task[];
     }
   | { ok: false; redirect: string | null; managers: KnownManager[]; error: string };

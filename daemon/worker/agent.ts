@@ -35,6 +35,17 @@ export class Agent {
     this.schedule(0);
   }
 
+  /** Sends the next heartbeat right away (a task status changed), at most one extra in flight. */
+  beatSoon(): void {
+    if (this.stopped) return;
+    if (this.beating) {
+      this.beatAgain = true;
+      return;
+    }
+    if (this.timer) clearTimeout(this.timer);
+    this.schedule(0);
+  }
+
   stop(): void {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
@@ -45,7 +56,11 @@ export class Agent {
     this.timer = setTimeout(() => void this.beat(), delayMs);
   }
 
+  private beating = false;
+  private beatAgain = false;
+
   private async beat(): Promise<void> {
+    this.beating = true;
     try {
       await this.sendHeartbeat();
       this.failures = 0;
@@ -56,7 +71,10 @@ export class Agent {
       }
       this.leaderHint = null;
     }
-    this.schedule(this.periodMs);
+    this.beating = false;
+    const again = this.beatAgain;
+    this.beatAgain = false;
+    this.schedule(again ? 0 : this.periodMs);
   }
 
   private async sendHeartbeat(): Promise<void> {
