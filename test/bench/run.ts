@@ -5,6 +5,7 @@ import { benchRaft } from './raft/bench.ts';
 const benches: Record<string, () => Promise<Record<string, unknown>>> = {
   raft: benchRaft,
   footprint: benchFootprint,
+  scheduler: async () => (await import('./scheduler.ts')).benchScheduler(),
 };
 
 const name = process.argv[2];
