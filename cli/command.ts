@@ -1,7 +1,7 @@
 // The shape of a `swarm` command. Commands are declared as data (name, flags, arguments, run) so that the
 // dispatcher can parse and check them, and print their help, the same way for every one; a new area of
 // commands (services, ...) is one more module exporting a CommandGroup.
-import type { ApiClient } from '../daemon/api/client.ts';
+import { type ApiClient, ApiClientError } from '../daemon/api/client.ts';
 
 export interface Output {
   write(text: string): unknown;
@@ -40,6 +40,11 @@ export interface Command {
   usage: string;
   flags?: Record<string, FlagSpec>;
   args: { min: number; max?: number };
+  /**
+   * Flags end at the first argument, as docker's `service create IMAGE [COMMAND] [ARG...]` has it: what follows
+   * is the task's own command line, whose `-x` words are not ours.
+   */
+  flagsBeforeArgs?: boolean;
   run(context: Context, flags: FlagValues, args: string[]): Promise<number>;
 }
 
@@ -70,4 +75,22 @@ export function listFlag(flags: FlagValues, name: string): string[] {
 
 export function booleanFlag(flags: FlagValues, name: string): boolean {
   return flags[name] === true;
+}
+
+/**
+ * Runs `action` for each object named, like docker: one failure is reported and the rest still run. Resolves
+ * to whether any failed. An unreachable daemon stops at once, rather than saying so once per object.
+ */
+export async function forEachRef(context: Context, refs: string[], action: (ref: string) => Promise<void>) {
+  let failed = false;
+  for (const ref of refs) {
+    try {
+      await action(ref);
+    } catch (error) {
+      if (!(error instanceof ApiClientError) || error.status === undefined) throw error;
+      context.io.stderr.write(`swarm: ${error.message}\n`);
+      failed = true;
+    }
+  }
+  return failed;
 }

@@ -61,7 +61,9 @@ export async function dispatch(root: CommandGroup, argv: readonly string[], io: 
 
 async function runCommand(command: Command, path: string, argv: string[], globals: GlobalValues, io: Io) {
   const specs = { ...GLOBAL_FLAGS, ...command.flags };
-  const { values, positionals } = parseFlags(argv, specs, true, path);
+  const { values, positionals } = command.flagsBeforeArgs
+    ? parseFlagsBeforeArgs(argv, specs, path)
+    : parseFlags(argv, specs, true, path);
   if (values.help === true) {
     io.stdout.write(commandHelp(command, path));
     return 0;
@@ -117,6 +119,23 @@ function parseFlags(args: readonly string[], specs: Record<string, FlagSpec>, al
   } catch (error) {
     throw translateParseError(error, path);
   }
+}
+
+/**
+ * Flags up to the first argument (or `--`), then everything after it as arguments, untouched. A lenient pass
+ * finds where the flags end (it knows which flags take a value); the strict pass then checks those flags.
+ */
+function parseFlagsBeforeArgs(args: readonly string[], specs: Record<string, FlagSpec>, path: string) {
+  const options: ParseArgsOptionsConfig = {};
+  for (const [name, spec] of Object.entries(specs)) {
+    options[name] = { type: spec.type, multiple: true, ...(spec.short ? { short: spec.short } : {}) };
+  }
+  const { tokens } = parseArgs({ args: [...args], options, strict: false, allowPositionals: true, tokens: true });
+  const end = tokens.find((token) => token.kind === 'positional' || token.kind === 'option-terminator');
+  if (!end) return parseFlags(args, specs, false, path);
+  const { values } = parseFlags(args.slice(0, end.index), specs, false, path);
+  const rest = args.slice(end.kind === 'option-terminator' ? end.index + 1 : end.index);
+  return { values, positionals: rest };
 }
 
 /** parseArgs' messages are written for programmers; say the same thing in one line for the user. */

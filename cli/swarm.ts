@@ -8,12 +8,13 @@ import { type CommandGroup, type Io, UsageError } from './command.ts';
 import { infoCommand } from './commands/info.ts';
 import { joinTokenCommand } from './commands/join-token.ts';
 import { nodeGroup } from './commands/node.ts';
+import { serviceGroup } from './commands/service.ts';
 import { dispatch } from './dispatch.ts';
 
 export const swarmCommands: CommandGroup = {
   name: 'swarm',
   summary: 'Manage a swarmd swarm: its nodes, join tokens and services',
-  commands: [infoCommand, nodeGroup, joinTokenCommand],
+  commands: [infoCommand, nodeGroup, serviceGroup, joinTokenCommand],
 };
 
 export async function main(argv: readonly string[], io: Io): Promise<number> {

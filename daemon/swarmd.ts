@@ -1,11 +1,12 @@
 // One swarmd node: the mesh host and membership gate, the agent that heartbeats to the leader, the
 // manager components when this node is a manager, and the control API on a unix socket.
-import { rm, stat } from 'node:fs/promises';
+import { chmod, rm, stat } from 'node:fs/promises';
 import { arch, cpus, hostname, platform, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { ApiError, notManager } from './api/errors.ts';
 import type { ControlHandlers } from './api/handlers.ts';
 import { startApiServer } from './api/server.ts';
+import type { Task } from './api/services.ts';
 import type { NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
 // Manager code (Raft, storage, the store) is loaded only on managers: workers are often small devices.
 import type { ManagerControl } from './manager/control.ts';
@@ -355,6 +356,9 @@ export class Swarmd {
   /** The runtimes this node offers: plain processes always, Docker when an engine answers. */
   private async startExecutors(): Promise<void> {
     const warn = (message: string) => this.log('warn', message);
+    // Tasks run as an unprivileged user must reach their directories under the data dir: others may
+    // traverse it (not list it; node.key and node.json stay 0600).
+    await chmod(this.opts.dataDir, 0o711);
     this.executors.set('process', new ProcessExecutor({ stateDir: join(this.opts.dataDir, 'process-tasks'), warn }));
     const dockerHost = process.env.DOCKER_HOST ?? 'unix:///var/run/docker.sock';
     if (
@@ -398,6 +402,7 @@ export class Swarmd {
         this.manager ? this.manager.knownManagers().filter((m) => m.nodeId !== this.state.nodeId) : this.state.managers,
       isManager: () => this.manager !== null,
       isLeader: () => this.manager?.isLeader() ?? false,
+      reportLocally: () => this.reportLocally(),
       onResponse: (response) => this.onHeartbeat(response),
       onManagersLearned: (managers) => {
         if (managers.length > 0 && !this.manager) this.state.managers = managers;
@@ -415,6 +420,20 @@ export class Swarmd {
   }
 
   private recovered = false;
+
+  /** The leader's own heartbeat: its task statuses straight into the store, its tasks straight out. */
+  private async reportLocally(): Promise<void> {
+    const manager = this.manager;
+    if (!manager) return;
+    await manager.applyTaskStatuses(this.state.nodeId, this.runner.pendingStatuses());
+    const tasks = manager.store.list<Task>('tasks').filter((t) => t.nodeId === this.state.nodeId);
+    if (!this.recovered) {
+      this.recovered = true;
+      await this.runner.recover(tasks);
+    }
+    this.runner.acknowledge(tasks.map((t) => ({ taskId: t.id, status: t.status })));
+    this.runner.sync(tasks);
+  }
 
   private async onHeartbeat(response: Extract<HeartbeatResponse, { ok: true }>): Promise<void> {
     const tasks = Array.isArray(response.tasks) ? response.tasks : [];
@@ -477,6 +496,12 @@ export class Swarmd {
       joinTokens: () => this.requireControl().joinTokens(),
       rotateJoinToken: (request) => this.requireControl().rotateJoinToken(request),
       leave: (request) => this.leave(request.force),
+      createService: (spec) => this.requireControl().createService(spec),
+      listServices: () => this.requireControl().listServices(),
+      getService: (ref) => this.requireControl().getService(ref),
+      updateService: (ref, update) => this.requireControl().updateService(ref, update.version, update.spec),
+      removeService: (ref) => this.requireControl().removeService(ref),
+      listTasks: (filter) => this.requireControl().listTasks(filter),
     };
   }
 

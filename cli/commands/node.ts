@@ -1,13 +1,12 @@
 // `swarm node ...`: list, inspect and change the nodes of the swarm. Runs against a manager.
-import { ApiClientError } from '../../daemon/api/client.ts';
 import { checkBody, formatPath, nodeUpdateSchema } from '../../daemon/api/schemas.ts';
 import type { SwarmNode } from '../../daemon/api/types.ts';
 import {
   booleanFlag,
   type Command,
   type CommandGroup,
-  type Context,
   type FlagValues,
+  forEachRef,
   listFlag,
   stringFlag,
   UsageError,
@@ -207,24 +206,6 @@ const rm: Command = {
     return failed ? 1 : 0;
   },
 };
-
-/**
- * Runs `action` for each node named, like docker: one failure is reported and the rest still run. Resolves to
- * whether any failed. An unreachable daemon stops at once, rather than saying so once per node.
- */
-async function forEachRef(context: Context, refs: string[], action: (ref: string) => Promise<void>) {
-  let failed = false;
-  for (const ref of refs) {
-    try {
-      await action(ref);
-    } catch (error) {
-      if (!(error instanceof ApiClientError) || error.status === undefined) throw error;
-      context.io.stderr.write(`swarm: ${error.message}\n`);
-      failed = true;
-    }
-  }
-  return failed;
-}
 
 export const nodeGroup: CommandGroup = {
   name: 'node',

@@ -1,7 +1,10 @@
 // Client of the control API, for the CLI (and tests): one typed method per route. Every failure, from the
 // server or from the socket, becomes an ApiClientError whose message can be shown to a person as is.
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import type { ServiceLogLine } from './handlers.ts';
 import type { JoinTokenRotate, NodeUpdate } from './schemas.ts';
+import type { ServiceSpecInput } from './service-schema.ts';
+import type { Service, ServiceSpec, Task } from './services.ts';
 import type { ApiErrorBody, JoinTokens, SwarmInfo, SwarmNode } from './types.ts';
 
 export class ApiClientError extends Error {
@@ -71,6 +74,80 @@ export class ApiClient {
     await this.request('POST', '/v1/swarm/leave', { force });
   }
 
+  createService(spec: ServiceSpecInput): Promise<Service> {
+    return this.request('POST', '/v1/services', spec);
+  }
+
+  listServices(): Promise<Service[]> {
+    return this.request('GET', '/v1/services');
+  }
+
+  getService(ref: string): Promise<Service> {
+    return this.request('GET', `/v1/services/${encodeURIComponent(ref)}`);
+  }
+
+  /** Replaces the spec; refused (409) if the service changed since `version` was read. */
+  updateService(ref: string, update: { version: number; spec: ServiceSpec | ServiceSpecInput }): Promise<Service> {
+    return this.request('POST', `/v1/services/${encodeURIComponent(ref)}/update`, update);
+  }
+
+  async removeService(ref: string): Promise<void> {
+    await this.request('DELETE', `/v1/services/${encodeURIComponent(ref)}`);
+  }
+
+  /** Tasks of one service and/or one node (refs as the user typed them), or all tasks. */
+  listTasks(filter: { service?: string; node?: string } = {}): Promise<Task[]> {
+    const query = new URLSearchParams();
+    if (filter.service) query.set('service', filter.service);
+    if (filter.node) query.set('node', filter.node);
+    const text = query.toString();
+    return this.request('GET', text ? `/v1/tasks?${text}` : '/v1/tasks');
+  }
+
+  serviceLogs(
+    ref: string,
+    options: { follow: boolean; tail?: number; signal?: AbortSignal },
+  ): AsyncIterable<ServiceLogLine> {
+    const query = new URLSearchParams({ follow: String(options.follow) });
+    if (options.tail !== undefined) query.set('tail', String(options.tail));
+    return this.stream(`/v1/services/${encodeURIComponent(ref)}/logs?${query}`, options.signal);
+  }
+
+  /**
+   * A streamed GET (one JSON value per line). The timeout covers only the wait for the answer to start: a
+   * followed stream may then stay quiet for as long as it likes. Stops when `signal` aborts.
+   */
+  async *stream<T>(path: string, signal?: AbortSignal): AsyncGenerator<T> {
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = httpRequest({ socketPath: this.socketPath, method: 'GET', path, agent: false, signal }, resolve);
+      req.setTimeout(this.#timeoutMs, () => {
+        req.destroy(new ApiClientError(`swarmd at ${this.socketPath} did not answer within ${this.#timeoutMs} ms`));
+      });
+      req.on('response', () => req.setTimeout(0));
+      req.on('error', (error) => reject(error instanceof ApiClientError ? error : this.#connectionError(error)));
+      req.end();
+    });
+    if (res.statusCode !== 200) {
+      const chunks: Buffer[] = [];
+      for await (const chunk of res) chunks.push(chunk as Buffer);
+      decodeResponse(res.statusCode ?? 0, Buffer.concat(chunks).toString('utf8'));
+      throw new ApiClientError(`unexpected answer from swarmd (HTTP ${res.statusCode})`, res.statusCode);
+    }
+    let pending = '';
+    try {
+      for await (const chunk of res) {
+        pending += (chunk as Buffer).toString('utf8');
+        const lines = pending.split('\n');
+        pending = lines.pop()!;
+        for (const line of lines) if (line.trim() !== '') yield decodeStreamLine<T>(line);
+      }
+    } catch (error) {
+      if (signal?.aborted) return;
+      throw error instanceof ApiClientError ? error : this.#connectionError(error as NodeJS.ErrnoException);
+    }
+    if (pending.trim() !== '') yield decodeStreamLine<T>(pending);
+  }
+
   /** Any route; `body`, when given, is sent as JSON. Resolves to the parsed answer (undefined for 204). */
   request<T>(method: string, path: string, body?: unknown): Promise<T> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
@@ -120,6 +197,19 @@ export class ApiClient {
         return new ApiClientError(`lost the connection to swarmd at ${this.socketPath}: ${error.message}`);
     }
   }
+}
+
+/** One line of a streamed answer; a line `{"error": ...}` is the server reporting a failure mid-stream. */
+function decodeStreamLine<T>(line: string): T {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    throw new ApiClientError(`unexpected line from swarmd (not JSON): ${line.slice(0, 200)}`);
+  }
+  const error = (value as Partial<ApiErrorBody> | null)?.error;
+  if (typeof error === 'string') throw new ApiClientError(error, 200);
+  return value as T;
 }
 
 function decodeResponse<T>(status: number, text: string): T {

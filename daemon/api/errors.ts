@@ -55,3 +55,16 @@ export function noLeader(): ApiError {
     'the swarm has no leader right now (an election is running, or a majority of managers is unreachable); try again',
   );
 }
+
+export function noSuchService(ref: string): ApiError {
+  return new ApiError(404, `no such service: ${ref}`);
+}
+
+export function ambiguousServicePrefix(ref: string, matches: number): ApiError {
+  return new ApiError(409, `ambiguous prefix: ${ref} matches ${matches} services; give more of the ID or the name`);
+}
+
+/** 501: this daemon's handlers do not serve the route (yet). */
+export function notImplemented(what: string): ApiError {
+  return new ApiError(501, `${what}: not supported by this swarmd yet`);
+}

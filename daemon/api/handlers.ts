@@ -2,7 +2,28 @@
 // implementation of this interface (the manager's, or a fake in tests) does the work. Every method may throw
 // an ApiError (errors.ts) to answer with a specific status; anything else it throws becomes a 500.
 import type { JoinTokenRotate, LeaveRequest, NodeUpdate } from './schemas.ts';
+import type { ServiceUpdate } from './service-schema.ts';
+import type { Service, ServiceSpec, Task } from './services.ts';
 import type { JoinTokens, SwarmInfo, SwarmNode } from './types.ts';
+
+/** One line of a service's logs, as `GET /v1/services/:ref/logs` streams them (one JSON object per line). */
+export interface ServiceLogLine {
+  taskId: string;
+  /** Replica slot, or 0 for a global service's task. */
+  slot: number;
+  nodeId: string;
+  stream: 'stdout' | 'stderr';
+  time: string;
+  line: string;
+}
+
+export interface ServiceLogOptions {
+  follow: boolean;
+  /** Only the last N lines of each task; undefined = all. */
+  tail?: number;
+  /** Aborted when the client goes away: a followed stream must stop then. */
+  signal: AbortSignal;
+}
 
 export interface ControlHandlers {
   info(): Promise<SwarmInfo>;
@@ -19,4 +40,17 @@ export interface ControlHandlers {
   rotateJoinToken(request: JoinTokenRotate): Promise<JoinTokens>;
   /** Answered before the node actually leaves, so the client sees the reply. */
   leave(request: LeaveRequest): Promise<void>;
+
+  // Services and tasks. Optional while the manager grows them: a route whose method is missing answers 501.
+  // Every `ref` is a full ID, a unique ID prefix or a name, as typed by the user (see resolveServiceRef).
+  /** `spec` is already validated and defaulted by serviceSpecSchema. Refuses (409) a name already in use. */
+  createService?(spec: ServiceSpec): Promise<Service>;
+  listServices?(): Promise<Service[]>;
+  getService?(ref: string): Promise<Service>;
+  /** Replaces the spec. Refuses (409) if `update.version` is not the service's current one. */
+  updateService?(ref: string, update: ServiceUpdate): Promise<Service>;
+  removeService?(ref: string): Promise<void>;
+  /** Tasks in any state (history included), of one service and/or node when given (refs as typed by the user). */
+  listTasks?(filter: { service?: string; node?: string }): Promise<Task[]>;
+  serviceLogs?(ref: string, options: ServiceLogOptions): AsyncIterable<ServiceLogLine>;
 }

@@ -1,8 +1,9 @@
 // The control API's routes: which handler answers which method and path, and how the request is turned into
 // its arguments. Versioned under /v1 so a later, incompatible API can live beside this one.
-import { badRequest } from './errors.ts';
+import { badRequest, notImplemented } from './errors.ts';
 import type { ControlHandlers } from './handlers.ts';
 import { joinTokenRotateSchema, leaveSchema, nodeUpdateSchema, parseBody } from './schemas.ts';
+import { serviceSpecSchema, serviceUpdateSchema } from './service-schema.ts';
 
 export type HttpMethod = 'GET' | 'POST' | 'DELETE';
 
@@ -12,6 +13,19 @@ export interface RouteRequest {
   query: URLSearchParams;
   /** The parsed JSON body, or undefined when the request had none. */
   body: unknown;
+  /** Aborted when the client disconnects (ends a streamed answer). */
+  signal: AbortSignal;
+}
+
+/**
+ * A route answers with this to stream: each item is sent as one line of JSON (application/x-ndjson) as it
+ * comes, for as long as the client stays.
+ */
+export class StreamedAnswer {
+  readonly items: AsyncIterable<unknown>;
+  constructor(items: AsyncIterable<unknown>) {
+    this.items = items;
+  }
 }
 
 export interface Route {
@@ -45,7 +59,56 @@ export const routes: readonly Route[] = [
     run: (h, r) => h.rotateJoinToken(parseBody(joinTokenRotateSchema, r.body)),
   },
   { method: 'POST', path: '/v1/swarm/leave', run: (h, r) => h.leave(parseBody(leaveSchema, r.body)) },
+  {
+    method: 'POST',
+    path: '/v1/services',
+    run: (h, r) => optional(h, 'createService')(parseBody(serviceSpecSchema, r.body)),
+  },
+  { method: 'GET', path: '/v1/services', run: (h) => optional(h, 'listServices')() },
+  { method: 'GET', path: '/v1/services/:ref', run: (h, r) => optional(h, 'getService')(param(r, 'ref')) },
+  {
+    method: 'POST',
+    path: '/v1/services/:ref/update',
+    run: (h, r) => optional(h, 'updateService')(param(r, 'ref'), parseBody(serviceUpdateSchema, r.body)),
+  },
+  { method: 'DELETE', path: '/v1/services/:ref', run: (h, r) => optional(h, 'removeService')(param(r, 'ref')) },
+  {
+    method: 'GET',
+    path: '/v1/services/:ref/logs',
+    run: async (h, r) => {
+      const logs = optional(h, 'serviceLogs');
+      const tail = r.query.get('tail');
+      if (tail !== null && !/^\d+$/.test(tail)) throw badRequest('tail: must be a whole number of lines', 'tail');
+      const options = { follow: booleanQuery(r.query, 'follow'), signal: r.signal };
+      return new StreamedAnswer(logs(param(r, 'ref'), tail === null ? options : { ...options, tail: Number(tail) }));
+    },
+  },
+  {
+    method: 'GET',
+    path: '/v1/tasks',
+    run: (h, r) => {
+      const filter: { service?: string; node?: string } = {};
+      for (const key of ['service', 'node'] as const) {
+        const value = r.query.get(key);
+        if (value) filter[key] = value;
+      }
+      return optional(h, 'listTasks')(filter);
+    },
+  },
 ];
+
+type OptionalHandler = {
+  [K in keyof ControlHandlers]-?: undefined extends ControlHandlers[K] ? K : never;
+}[keyof ControlHandlers];
+
+/** The handler's method, or a 501 for a daemon that does not implement it yet. */
+function optional<K extends OptionalHandler>(handlers: ControlHandlers, name: K): NonNullable<ControlHandlers[K]> {
+  const method = handlers[name];
+  if (typeof method !== 'function') {
+    throw notImplemented(name === 'serviceLogs' ? 'service logs' : name === 'listTasks' ? 'tasks' : 'services');
+  }
+  return method.bind(handlers) as NonNullable<ControlHandlers[K]>;
+}
 
 export type RouteMatch =
   | { kind: 'found'; route: Route; params: Record<string, string> }

@@ -5,7 +5,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { connect } from 'node:net';
 import { ApiError } from './errors.ts';
 import type { ControlHandlers } from './handlers.ts';
-import { matchRoute } from './routes.ts';
+import { matchRoute, StreamedAnswer } from './routes.ts';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
 export const SOCKET_MODE = 0o660;
@@ -136,6 +136,9 @@ async function handleRequest(
 ): Promise<void> {
   const method = req.method ?? 'GET';
   const url = new URL(req.url ?? '/', 'http://swarmd');
+  // Tells a handler streaming an answer (followed logs) that nobody listens any more.
+  const gone = new AbortController();
+  res.once('close', () => gone.abort());
   try {
     const segments = decodeSegments(url.pathname);
     const match = matchRoute(method, segments);
@@ -145,7 +148,12 @@ async function handleRequest(
       throw new ApiError(405, `method ${method} not allowed on ${url.pathname} (allowed: ${match.allowed.join(', ')})`);
     }
     const body = await readJsonBody(req);
-    const result = await match.route.run(handlers, { params: match.params, query: url.searchParams, body });
+    const request = { params: match.params, query: url.searchParams, body, signal: gone.signal };
+    const result = await match.route.run(handlers, request);
+    if (result instanceof StreamedAnswer) {
+      await sendStream(res, result, gone.signal);
+      return;
+    }
     if (result === undefined) {
       res.writeHead(204).end();
       return;
@@ -212,6 +220,28 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
     req.on('end', () => resolve(Buffer.concat(chunks)));
     req.on('error', reject);
   });
+}
+
+/**
+ * One JSON object per line, each written as it comes. A failure before the first item is an ordinary error
+ * answer; after it the status is already sent, so the error becomes a last line `{"error": ...}`.
+ */
+async function sendStream(res: ServerResponse, answer: StreamedAnswer, signal: AbortSignal): Promise<void> {
+  const iterator = answer.items[Symbol.asyncIterator]();
+  let next = await iterator.next();
+  res.writeHead(200, { 'Content-Type': 'application/x-ndjson', 'Cache-Control': 'no-store' });
+  try {
+    while (!next.done && !signal.aborted) {
+      res.write(`${JSON.stringify(next.value)}\n`);
+      next = await iterator.next();
+    }
+  } catch (error) {
+    if (!signal.aborted)
+      res.write(`${JSON.stringify({ error: error instanceof Error ? error.message : String(error) })}\n`);
+  } finally {
+    if (signal.aborted) await iterator.return?.();
+  }
+  res.end();
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {

@@ -3,6 +3,7 @@
 import { ApiError, noLeader, versionConflict } from '../api/errors.ts';
 import { resolveNodeRef } from '../api/node-ref.ts';
 import type { JoinTokenRotate, NodeUpdate } from '../api/schemas.ts';
+import { resolveServiceRef } from '../api/service-ref.ts';
 import type { Service, ServiceSpec, Task } from '../api/services.ts';
 import type { JoinTokens, ManagerStatus, SwarmNode } from '../api/types.ts';
 import type { FramedStream } from '../mesh/framed-stream.ts';
@@ -66,14 +67,14 @@ export class ManagerControl {
 
   async getService(ref: string): Promise<Service> {
     await this.manager.barrier();
-    return resolveService(this.manager.store.list<Service>('services'), ref);
+    return resolveServiceRef(this.manager.store.list<Service>('services'), ref);
   }
 
   async listTasks(filter: { service?: string; node?: string }): Promise<Task[]> {
     await this.manager.barrier();
     let tasks = this.manager.store.list<Task>('tasks');
     if (filter.service) {
-      const service = resolveService(this.manager.store.list<Service>('services'), filter.service);
+      const service = resolveServiceRef(this.manager.store.list<Service>('services'), filter.service);
       tasks = tasks.filter((t) => t.serviceId === service.id);
     }
     if (filter.node) {
@@ -161,7 +162,7 @@ export class ManagerControl {
         case 'updateService':
           return await this.executeUpdateService(op.ref, op.version, op.spec);
         case 'removeService': {
-          const service = resolveService(this.manager.store.list<Service>('services'), op.ref);
+          const service = resolveServiceRef(this.manager.store.list<Service>('services'), op.ref);
           await this.manager.transact([
             { kind: 'delete', table: 'services', id: service.id, expectVersion: service.version },
           ]);
@@ -195,7 +196,7 @@ export class ManagerControl {
   }
 
   private async executeUpdateService(ref: string, version: number, spec: ServiceSpec): Promise<Service> {
-    const service = resolveService(this.manager.store.list<Service>('services'), ref);
+    const service = resolveServiceRef(this.manager.store.list<Service>('services'), ref);
     if (version !== service.version) throw versionConflict('service', service.id, version, service.version);
     if (spec.name !== service.spec.name) throw new ApiError(400, 'a service cannot be renamed', 'name');
     const changed: Service = {
@@ -314,17 +315,6 @@ export class ManagerControl {
     if (progress && node.id !== status.id) reachability = progress.recentActive ? 'reachable' : 'unreachable';
     return { leader: status.leader === node.id, reachability, raftRole };
   }
-}
-
-/** A service by full ID, name, or unique ID prefix. */
-export function resolveService(services: Service[], ref: string): Service {
-  const exact = services.find((s) => s.id === ref || s.spec.name === ref);
-  if (exact) return exact;
-  const byPrefix = services.filter((s) => ref !== '' && s.id.startsWith(ref));
-  if (byPrefix.length === 1) return byPrefix[0]!;
-  if (byPrefix.length > 1)
-    throw new ApiError(409, `ambiguous service prefix ${ref}: ${byPrefix.length} services match`);
-  throw new ApiError(404, `no such service: ${ref}`);
 }
 
 export function tokensOf(cluster: ClusterRecord): JoinTokens {

@@ -253,7 +253,7 @@ export class Manager {
   }
 
   /** Status reports from a node, for its own tasks only, and only moving forward; one transaction. */
-  private async applyTaskStatuses(nodeId: string, reports: { taskId: string; status: TaskStatus }[]): Promise<void> {
+  async applyTaskStatuses(nodeId: string, reports: { taskId: string; status: TaskStatus }[]): Promise<void> {
     const ops: StoreOp[] = [];
     for (const report of reports.slice(0, 1000)) {
       const task = this.store.get<Task>('tasks', String(report?.taskId));

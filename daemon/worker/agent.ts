@@ -14,6 +14,8 @@ export interface AgentOptions {
   managers: () => KnownManager[];
   isManager: () => boolean;
   isLeader: () => boolean;
+  /** What a heartbeat does, for the leader itself. */
+  reportLocally: () => Promise<void>;
   onResponse: (response: Extract<HeartbeatResponse, { ok: true }>) => Promise<void> | void;
   onManagersLearned: (managers: KnownManager[]) => void;
   log: (level: 'info' | 'warn', message: string) => void;
@@ -78,8 +80,11 @@ export class Agent {
   }
 
   private async sendHeartbeat(): Promise<void> {
-    // The leader reports to nobody: its own leader loop notes that it is alive.
-    if (this.opts.isLeader()) return;
+    // The leader reports to nobody: it reads and writes its own tasks in the store directly.
+    if (this.opts.isLeader()) {
+      await this.opts.reportLocally();
+      return;
+    }
     const managers = this.opts.managers();
     // A lone manager has nobody to report to either.
     if (managers.length === 0 && this.opts.isManager()) return;

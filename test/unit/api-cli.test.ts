@@ -450,9 +450,9 @@ describe('control API server', () => {
   });
 
   it('answers unknown routes with 404 and wrong methods with 405', async () => {
-    const unknown = await rawRequest(socketPath, 'GET', '/v1/services');
+    const unknown = await rawRequest(socketPath, 'GET', '/v1/secrets');
     expect(unknown.status).toBe(404);
-    expect(JSON.parse(unknown.body)).toEqual({ error: 'no such endpoint: GET /v1/services' });
+    expect(JSON.parse(unknown.body)).toEqual({ error: 'no such endpoint: GET /v1/secrets' });
     expect((await rawRequest(socketPath, 'GET', '/v2/info')).status).toBe(404);
     const wrong = await rawRequest(socketPath, 'DELETE', '/v1/info');
     expect(wrong.status).toBe(405);

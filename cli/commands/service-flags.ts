@@ -1,0 +1,350 @@
+// `swarm service create` flags → a ServiceSpec, checked in full with the API's own schema before anything is
+// sent. Every problem is reported as `invalid --flag "what you typed": why`, so the user sees which of many
+// flags to fix (exit 2, nothing sent).
+import { randomBytes } from 'node:crypto';
+import { checkBody, formatPath } from '../../daemon/api/schemas.ts';
+import {
+  parseConstraint,
+  parseSpreadDescriptor,
+  RUNTIMES,
+  SERVICE_MODES,
+  serviceSpecSchema,
+} from '../../daemon/api/service-schema.ts';
+import type { ServiceSpec, TaskTemplate } from '../../daemon/api/services.ts';
+import { InvalidValueError, parseBytes, parseCpus, parseDuration } from '../../daemon/api/units.ts';
+import { type FlagSpec, type FlagValues, listFlag, stringFlag, UsageError } from '../command.ts';
+
+type Mount = TaskTemplate['mounts'][number];
+
+/** The embedded default: it runs anywhere, with no container engine (demo, edge devices). */
+export const DEFAULT_RUNTIME = 'process';
+
+const string = (valueName: string, description: string): FlagSpec => ({ type: 'string', valueName, description });
+const list = (valueName: string, description: string): FlagSpec => ({
+  type: 'string',
+  multiple: true,
+  valueName,
+  description,
+});
+
+export const CREATE_FLAGS: Record<string, FlagSpec> = {
+  name: string('string', 'Service name (default: derived from the image or program)'),
+  mode: string('mode', 'replicated, global, replicated-job or global-job (default: replicated)'),
+  replicas: string('uint', 'Number of tasks (replicated: default 1; replicated-job: completions)'),
+  'max-concurrent': string('uint', 'Number of job tasks to run at once (default: --replicas)'),
+  'total-completions': string('uint', 'Number of job tasks to complete (default: --replicas)'),
+  runtime: string('docker|singularity|process', `Runtime that runs the tasks (default: ${DEFAULT_RUNTIME})`),
+  env: { ...list('KEY=VALUE', 'Set an environment variable'), short: 'e' },
+  workdir: { ...string('dir', 'Working directory inside the task (absolute)'), short: 'w' },
+  user: { ...string('user[:group]', 'User the task runs as'), short: 'u' },
+  label: { ...list('key=value', 'Service label'), short: 'l' },
+  'container-label': list('key=value', 'Task (container) label'),
+  constraint: list('expr', 'Placement constraint, e.g. node.labels.zone==edge'),
+  'placement-pref': list('spread=attr', 'Placement preference, e.g. spread=node.labels.rack'),
+  'replicas-max-per-node': string('uint', 'Maximum number of tasks per node (default 0 = unlimited)'),
+  'reserve-cpu': string('decimal', 'Reserve CPUs'),
+  'reserve-memory': string('bytes', 'Reserve memory, e.g. 512m'),
+  'limit-cpu': string('decimal', 'Limit CPUs'),
+  'limit-memory': string('bytes', 'Limit memory, e.g. 1g'),
+  'limit-pids': string('uint', 'Limit the number of processes (default 0 = unlimited)'),
+  gpus: string('uint', 'Number of GPUs to reserve for each task'),
+  'restart-condition': string('none|on-failure|any', 'Restart when condition is met (default: any)'),
+  'restart-delay': string('duration', 'Delay between restart attempts (default 5s)'),
+  'restart-max-attempts': string('uint', 'Maximum number of restarts before giving up (default 0 = unlimited)'),
+  'restart-window': string('duration', 'Window used to evaluate the restart policy (default 0 = unbounded)'),
+  'stop-signal': string('signal', 'Signal to stop the task (default: SIGTERM)'),
+  'stop-grace-period': string('duration', 'Time to wait before force killing a task (default 10s)'),
+  mount: list('mount', 'Mount, e.g. type=bind,source=/srv,target=/data,readonly (or type=volume|tmpfs)'),
+  detach: {
+    type: 'boolean',
+    short: 'd',
+    description: 'Exit immediately instead of waiting for the service to converge',
+  },
+};
+
+/** Where in the spec each flag lands: a schema problem at that path is reported against the flag. */
+const FIELD_FLAGS: readonly [path: string, flag: string][] = [
+  ['name', 'name'],
+  ['labels', 'label'],
+  ['mode.kind', 'mode'],
+  ['mode.replicas', 'replicas'],
+  ['mode.maxConcurrent', 'max-concurrent'],
+  ['mode.totalCompletions', 'total-completions'],
+  ['task.runtime', 'runtime'],
+  ['task.env', 'env'],
+  ['task.workdir', 'workdir'],
+  ['task.user', 'user'],
+  ['task.labels', 'container-label'],
+  ['task.mounts', 'mount'],
+  ['task.resources.reservations.nanoCpus', 'reserve-cpu'],
+  ['task.resources.reservations.memoryBytes', 'reserve-memory'],
+  ['task.resources.reservations.gpus', 'gpus'],
+  ['task.resources.limits.nanoCpus', 'limit-cpu'],
+  ['task.resources.limits.memoryBytes', 'limit-memory'],
+  ['task.resources.limits.pids', 'limit-pids'],
+  ['task.restart.condition', 'restart-condition'],
+  ['task.restart.delayMs', 'restart-delay'],
+  ['task.restart.maxAttempts', 'restart-max-attempts'],
+  ['task.restart.windowMs', 'restart-window'],
+  ['task.placement.constraints', 'constraint'],
+  ['task.placement.spread', 'placement-pref'],
+  ['task.placement.maxReplicasPerNode', 'replicas-max-per-node'],
+  ['task.stopSignal', 'stop-signal'],
+  ['task.stopGracePeriodMs', 'stop-grace-period'],
+];
+
+/**
+ * Builds and checks the spec. `args` are IMAGE [COMMAND] [ARG...], or PROGRAM [ARG...] for the process
+ * runtime. `env` is the CLI's environment (a bare `-e KEY` copies KEY from it, as docker does).
+ */
+export function specFromFlags(flags: FlagValues, args: readonly string[], env: Record<string, string | undefined>) {
+  const reader = new FlagReader(flags);
+  const runtime = stringFlag(flags, 'runtime') ?? DEFAULT_RUNTIME;
+  if (!(RUNTIMES as readonly string[]).includes(runtime)) {
+    throw invalid('runtime', runtime, `unknown runtime; must be one of ${RUNTIMES.join(', ')}`);
+  }
+  const [first = '', ...rest] = args;
+  // docker keeps the image's entrypoint and passes COMMAND ARG... as its arguments; for a plain process the
+  // first word is the program itself.
+  const program = runtime === 'process' ? { image: '', command: first ? [first] : [], args: rest } : undefined;
+  const candidate = {
+    name: stringFlag(flags, 'name') ?? defaultName(runtime === 'process' ? first : imageBase(first)),
+    labels: reader.pairs('label'),
+    mode: reader.mode(),
+    task: {
+      runtime,
+      ...(program ?? { image: first, command: [], args: rest }),
+      env: reader.env(env),
+      workdir: stringFlag(flags, 'workdir') ?? null,
+      user: stringFlag(flags, 'user') ?? null,
+      labels: reader.pairs('container-label'),
+      mounts: listFlag(flags, 'mount').map((text) => reader.checked('mount', text, parseMount)),
+      resources: {
+        reservations: {
+          nanoCpus: reader.unit('reserve-cpu', parseCpus),
+          memoryBytes: reader.unit('reserve-memory', parseBytes),
+          gpus: reader.integer('gpus'),
+        },
+        limits: {
+          nanoCpus: reader.unit('limit-cpu', parseCpus),
+          memoryBytes: reader.unit('limit-memory', parseBytes),
+          pids: reader.integer('limit-pids'),
+        },
+      },
+      restart: {
+        condition: stringFlag(flags, 'restart-condition'),
+        delayMs: reader.unit('restart-delay', parseDuration),
+        maxAttempts: reader.integer('restart-max-attempts'),
+        windowMs: reader.unit('restart-window', parseDuration),
+      },
+      placement: {
+        constraints: listFlag(flags, 'constraint').map((text) => {
+          reader.checked('constraint', text, parseConstraint);
+          return text;
+        }),
+        spread: listFlag(flags, 'placement-pref').map((text) => reader.checked('placement-pref', text, parseSpread)),
+        maxReplicasPerNode: reader.integer('replicas-max-per-node'),
+      },
+      stopSignal: stringFlag(flags, 'stop-signal'),
+      stopGracePeriodMs: reader.unit('stop-grace-period', parseDuration),
+    },
+  };
+  const checked = checkBody(serviceSpecSchema, candidate);
+  if (checked.ok) return checked.value satisfies ServiceSpec;
+  throw usageErrorFor(checked.problem.path, checked.problem.message, flags, args);
+}
+
+/** Reads flags into the shapes the schema takes, refusing what cannot even be read as such. */
+class FlagReader {
+  readonly flags: FlagValues;
+
+  constructor(flags: FlagValues) {
+    this.flags = flags;
+  }
+
+  /** A whole number as typed ("-1" included: the schema says what range is allowed). */
+  integer(flag: string): number | undefined {
+    const text = stringFlag(this.flags, flag);
+    if (text === undefined) return undefined;
+    if (!/^[-+]?\d+$/.test(text.trim())) throw invalid(flag, text, 'must be a whole number');
+    return Number(text);
+  }
+
+  unit(flag: string, parse: (text: string) => number): number | undefined {
+    const text = stringFlag(this.flags, flag);
+    return text === undefined ? undefined : this.checked(flag, text, parse);
+  }
+
+  checked<T>(flag: string, text: string, parse: (text: string) => T): T {
+    try {
+      return parse(text);
+    } catch (error) {
+      throw invalid(flag, text, error instanceof InvalidValueError ? error.reason : (error as Error).message);
+    }
+  }
+
+  /** `key=value` pairs; a bare `key` has an empty value, as in docker's --label. */
+  pairs(flag: string): Record<string, string> {
+    const record: Record<string, string> = {};
+    for (const text of listFlag(this.flags, flag)) {
+      const equals = text.indexOf('=');
+      if (equals === 0) throw invalid(flag, text, 'expected key=value');
+      record[keyOf(text)] = equals === -1 ? '' : text.slice(equals + 1);
+    }
+    return record;
+  }
+
+  /** `KEY=VALUE`; a bare `KEY` takes its value from the environment `swarm` runs in, as docker's --env does. */
+  env(env: Record<string, string | undefined>): Record<string, string> {
+    const record: Record<string, string> = {};
+    for (const text of listFlag(this.flags, 'env')) {
+      const equals = text.indexOf('=');
+      if (equals === 0) throw invalid('env', text, 'expected KEY=VALUE');
+      if (equals === -1) {
+        const value = env[text];
+        if (value === undefined) throw invalid('env', text, `expected KEY=VALUE (${text} is not set here to copy)`);
+        record[text] = value;
+      } else {
+        record[text.slice(0, equals)] = text.slice(equals + 1);
+      }
+    }
+    return record;
+  }
+
+  mode() {
+    const kind = stringFlag(this.flags, 'mode') ?? 'replicated';
+    if (!(SERVICE_MODES as readonly string[]).includes(kind)) {
+      throw invalid('mode', kind, `must be one of ${SERVICE_MODES.join(', ')}`);
+    }
+    const replicas = this.integer('replicas');
+    const maxConcurrent = this.integer('max-concurrent');
+    const totalCompletions = this.integer('total-completions');
+    // As docker does: these flags mean nothing in the other modes, and ignoring them would hide a mistake.
+    if (replicas !== undefined && kind !== 'replicated' && kind !== 'replicated-job') {
+      throw new UsageError(`--replicas can only be used with replicated or replicated-job mode, not ${kind}`);
+    }
+    if ((maxConcurrent !== undefined || totalCompletions !== undefined) && kind !== 'replicated-job') {
+      const flag = maxConcurrent !== undefined ? '--max-concurrent' : '--total-completions';
+      throw new UsageError(`${flag} can only be used with replicated-job mode, not ${kind}`);
+    }
+    if (kind === 'replicated') return { kind, replicas };
+    // docker: for a job, --replicas is the number of completions, and how many run at once unless told otherwise.
+    if (kind === 'replicated-job') {
+      return { kind, maxConcurrent: maxConcurrent ?? replicas, totalCompletions: totalCompletions ?? replicas };
+    }
+    return { kind };
+  }
+}
+
+/** docker's CSV syntax: `type=bind,source=/a,target=/b,readonly`; type defaults to volume, as in docker. */
+export function parseMount(text: string): Mount {
+  const fields: Record<string, string> = {};
+  for (const part of text.split(',')) {
+    const equals = part.indexOf('=');
+    const key = (equals === -1 ? part : part.slice(0, equals)).trim().toLowerCase();
+    const value = equals === -1 ? undefined : part.slice(equals + 1);
+    const name = MOUNT_KEYS[key];
+    if (name === undefined) {
+      throw new Error(`unknown key "${key}" (expected type, source|src, target|destination|dst, readonly|ro)`);
+    }
+    if (name === 'readonly') {
+      const flag = value === undefined ? 'true' : value.toLowerCase();
+      if (!['true', '1', 'false', '0'].includes(flag)) throw new Error(`invalid readonly value "${value}"`);
+      fields.readonly = flag === 'true' || flag === '1' ? 'true' : 'false';
+    } else {
+      if (value === undefined || value === '') throw new Error(`${key} needs a value`);
+      fields[name] = value;
+    }
+  }
+  if (fields.target === undefined) throw new Error('target is required');
+  return {
+    type: (fields.type ?? 'volume') as Mount['type'],
+    ...(fields.source !== undefined ? { source: fields.source } : {}),
+    target: fields.target,
+    readOnly: fields.readonly === 'true',
+  };
+}
+
+const MOUNT_KEYS: Record<string, string> = {
+  type: 'type',
+  source: 'source',
+  src: 'source',
+  target: 'target',
+  destination: 'target',
+  dst: 'target',
+  readonly: 'readonly',
+  ro: 'readonly',
+};
+
+/** `spread=node.labels.rack`: the only kind of preference docker (and swarmkit) has. */
+function parseSpread(text: string): string {
+  const equals = text.indexOf('=');
+  const kind = equals === -1 ? text : text.slice(0, equals);
+  if (kind !== 'spread' || equals === -1)
+    throw new Error('expected spread=<node attribute>, e.g. spread=node.labels.rack');
+  return parseSpreadDescriptor(text.slice(equals + 1));
+}
+
+function invalid(flag: string, text: string, reason: string): UsageError {
+  return new UsageError(`invalid --${flag} "${text}": ${reason}`);
+}
+
+/** A schema problem, told in terms of the flag (or argument) that set the field. */
+function usageErrorFor(
+  path: readonly PropertyKey[],
+  message: string,
+  flags: FlagValues,
+  args: readonly string[],
+): UsageError {
+  const field = formatPath(path);
+  if (field === 'task.image') return new UsageError(`IMAGE ${message} (see 'swarm service create --help')`);
+  if (field === 'task.command') {
+    const example = 'swarm service create --name web -- python3 -m http.server';
+    return new UsageError(
+      `the program to run ${message.replace(/ \(.*\)$/, '')}: give it after the flags, e.g. ${example}`,
+    );
+  }
+  const entry = FIELD_FLAGS.find(
+    ([prefix]) => field === prefix || field.startsWith(`${prefix}.`) || field.startsWith(`${prefix}[`),
+  );
+  if (!entry) return new UsageError(`${field}: ${message}`);
+  const [prefix, flag] = entry;
+  const next = path[prefix.split('.').length];
+  const value = flags[flag];
+  let given: string | undefined;
+  if (Array.isArray(value)) {
+    // A list flag (the n-th --mount) or a KEY=VALUE flag (the --env that set this key).
+    given = typeof next === 'number' ? String(value[next]) : value.map(String).find((text) => keyOf(text) === next);
+  } else if (typeof value === 'string') {
+    given = value;
+  }
+  if (given === undefined && flag === 'name' && args.length > 0) {
+    return new UsageError(`the name derived from "${args[0]}" is not a valid service name; give one with --name`);
+  }
+  return given === undefined ? new UsageError(`invalid --${flag}: ${message}`) : invalid(flag, given, message);
+}
+
+function keyOf(text: string): string {
+  const equals = text.indexOf('=');
+  return equals === -1 ? text : text.slice(0, equals);
+}
+
+/** "registry:5000/library/nginx:1.27@sha256:..." → "nginx". */
+function imageBase(image: string): string {
+  const withoutDigest = image.split('@')[0]!;
+  const last = withoutDigest.split('/').pop() ?? '';
+  return last.replace(/:[^:]*$/, '');
+}
+
+/**
+ * docker names an unnamed service with a random adjective_surname; a name that says what runs reads better
+ * in `service ls`: the image or program base name and a random suffix.
+ */
+function defaultName(base: string): string {
+  const cleaned = (base.split('/').pop() ?? '')
+    .replace(/[^a-zA-Z0-9_.-]/g, '-')
+    .replace(/^[^a-zA-Z0-9]+/, '')
+    .slice(0, 50);
+  const suffix = randomBytes(3).toString('hex');
+  return cleaned ? `${cleaned}-${suffix}` : `service-${suffix}`;
+}

@@ -1,0 +1,154 @@
+// Services end to end on a 3-node swarm of real processes (1 manager, 2 workers), with the process
+// runtime: tasks are placed, scaled, restarted per policy, moved off a dead node, re-attached after a
+// swarmd restart (never duplicated), and removed.
+import { execFileSync } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Task } from '../../daemon/api/services.ts';
+import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
+
+const cluster = new SwarmProcesses(38000 + Math.floor(Math.random() * 400) * 5);
+let m1: NodeProcess;
+const MARK = `swarmd-it-${process.pid}`;
+
+function tasks(service: string): Task[] {
+  return swarmJson<Task[]>(m1, 'service', 'ps', service);
+}
+
+function running(service: string): Task[] {
+  return tasks(service).filter((t) => t.status.state === 'running' && t.desiredState === 'running');
+}
+
+/** Processes on this machine whose command line carries the test's mark and the given tag. */
+function programs(tag: string): number[] {
+  try {
+    return execFileSync('pgrep', ['-f', `${MARK}-${tag}`], { encoding: 'utf8' })
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map(Number)
+      .filter((pid) => {
+        // pgrep also matches the supervisor shell: count only the program itself (sleep).
+        const comm = execFileSync('cat', [`/proc/${pid}/comm`], { encoding: 'utf8' }).trim();
+        return comm === 'sleep';
+      });
+  } catch {
+    return [];
+  }
+}
+
+beforeAll(async () => {
+  m1 = await cluster.init('m1');
+  const token = swarm(m1, 'join-token', '-q', 'worker').stdout.trim();
+  await cluster.join('w1', token, m1);
+  await cluster.join('w2', token, m1);
+}, 120_000);
+
+afterAll(async () => {
+  for (const name of ['sleeper', 'mover']) swarm(m1, 'service', 'rm', name);
+  await new Promise((r) => setTimeout(r, 2000));
+  await cluster.stopAll();
+  for (const pid of programs('')) process.kill(pid, 'SIGKILL');
+});
+
+describe('services on the process runtime', () => {
+  it('places 3 replicas on 3 nodes, scales up and down', async () => {
+    const create = swarm(
+      m1,
+      'service',
+      'create',
+      '--detach',
+      '--runtime',
+      'process',
+      '--name',
+      'sleeper',
+      '--replicas',
+      '3',
+      '--restart-delay',
+      '0s',
+      '--',
+      '/bin/bash',
+      '-c',
+      `exec -a ${MARK}-sleeper sleep 1000`,
+    );
+    expect(create.status, create.stderr).toBe(0);
+    await waitFor(
+      () => running('sleeper').length === 3,
+      60_000,
+      () => swarm(m1, 'service', 'ps', 'sleeper').stdout,
+    );
+    expect(new Set(running('sleeper').map((t) => t.nodeId)).size).toBe(3);
+    expect(programs('sleeper')).toHaveLength(3);
+
+    expect(swarm(m1, 'service', 'scale', '--detach', 'sleeper=5').status).toBe(0);
+    await waitFor(() => running('sleeper').length === 5, 60_000);
+    expect(swarm(m1, 'service', 'scale', '--detach', 'sleeper=2').status).toBe(0);
+    await waitFor(
+      () => running('sleeper').length === 2 && programs('sleeper').length === 2,
+      60_000,
+      () => swarm(m1, 'service', 'ps', 'sleeper').stdout,
+    );
+    expect(tasks('sleeper').filter((t) => t.status.state === 'shutdown')).toHaveLength(3);
+  }, 180_000);
+
+  it('replaces a task whose program was killed, per the restart policy', async () => {
+    const [victim] = programs('sleeper');
+    process.kill(victim!, 'SIGKILL');
+    await waitFor(() => tasks('sleeper').some((t) => t.status.state === 'failed' && t.status.exitCode === 137), 30_000);
+    await waitFor(() => running('sleeper').length === 2 && programs('sleeper').length === 2, 30_000);
+  }, 60_000);
+
+  it('re-attaches to running tasks after swarmd restarts on a worker: no duplicates', async () => {
+    const w1 = cluster.nodes.get('w1')!;
+    const w1Id = swarmJson<{ nodeId: string }>(w1, 'info').nodeId;
+    const before = running('sleeper')
+      .filter((t) => t.nodeId === w1Id)
+      .map((t) => t.id);
+    const pidsBefore = programs('sleeper').sort();
+    await cluster.kill9('w1');
+    await cluster.run('w1');
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(
+      running('sleeper')
+        .filter((t) => t.nodeId === w1Id)
+        .map((t) => t.id),
+    ).toEqual(before);
+    expect(programs('sleeper').sort()).toEqual(pidsBefore);
+  }, 90_000);
+
+  it('rm stops every task of the service', async () => {
+    expect(swarm(m1, 'service', 'rm', 'sleeper').status).toBe(0);
+    await waitFor(() => programs('sleeper').length === 0, 30_000);
+    expect(
+      swarmJson<unknown[]>(m1, 'service', 'ls').some((s) => (s as { spec: { name: string } }).spec.name === 'sleeper'),
+    ).toBe(false);
+  }, 60_000);
+
+  it('moves the tasks of a dead worker to the other nodes', async () => {
+    const create = swarm(
+      m1,
+      'service',
+      'create',
+      '--detach',
+      '--runtime',
+      'process',
+      '--name',
+      'mover',
+      '--replicas',
+      '3',
+      '--',
+      '/bin/bash',
+      '-c',
+      `exec -a ${MARK}-mover sleep 1000`,
+    );
+    expect(create.status, create.stderr).toBe(0);
+    await waitFor(() => running('mover').length === 3, 60_000);
+    const w2 = cluster.nodes.get('w2')!;
+    const w2Id = swarmJson<{ nodeId: string }>(w2, 'info').nodeId;
+    await cluster.kill9('w2');
+    await waitFor(
+      () => running('mover').length === 3 && running('mover').every((t) => t.nodeId !== w2Id),
+      60_000,
+      () => swarm(m1, 'service', 'ps', 'mover').stdout,
+    );
+  }, 120_000);
+});
