@@ -4,10 +4,11 @@ import { chmod, rm, stat } from 'node:fs/promises';
 import { arch, cpus, hostname, platform, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { ApiError, notManager } from './api/errors.ts';
-import type { ControlHandlers } from './api/handlers.ts';
+import type { ControlHandlers, ServiceLogLine, ServiceLogOptions } from './api/handlers.ts';
 import { startApiServer } from './api/server.ts';
 import type { Task } from './api/services.ts';
 import type { NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
+import { collectServiceLogs, serveLogs } from './logs.ts';
 // Manager code (Raft, storage, the store) is loaded only on managers: workers are often small devices.
 import type { ManagerControl } from './manager/control.ts';
 import type { ClusterRecord, ClusterSettings, Manager } from './manager/manager.ts';
@@ -387,6 +388,7 @@ export class Swarmd {
       onStatusChange: () => this.agent?.beatSoon(),
       log: (level, message) => this.log(level, message),
     });
+    await serveLogs(this.host, () => this.runner);
     this.agent = new Agent({
       host: this.host,
       gate: this.gate,
@@ -502,7 +504,25 @@ export class Swarmd {
       updateService: (ref, update) => this.requireControl().updateService(ref, update.version, update.spec),
       removeService: (ref) => this.requireControl().removeService(ref),
       listTasks: (filter) => this.requireControl().listTasks(filter),
+      serviceLogs: (ref, options) => this.serviceLogs(ref, options),
     };
+  }
+
+  private async *serviceLogs(ref: string, options: ServiceLogOptions): AsyncIterable<ServiceLogLine> {
+    const control = this.requireControl();
+    const tasks = await control.listTasks({ service: ref });
+    const manager = this.manager!;
+    yield* collectServiceLogs(
+      {
+        host: this.host,
+        gate: this.gate,
+        selfNodeId: this.state.nodeId,
+        runner: this.runner,
+        peerOf: (nodeId) => manager.store.get<NodeRecord>('nodes', nodeId)?.peerId,
+      },
+      tasks,
+      options,
+    );
   }
 
   private info(): SwarmInfo {

@@ -11,8 +11,8 @@ export const PROTOCOLS = {
   control: '/swarmd/control/1.0.0',
   /** Members: heartbeats (and later task assignments) between a node and the leader. */
   dispatcher: '/swarmd/dispatcher/1.0.0',
-  /** Members: certificate renewal. */
-  ca: '/swarmd/ca/1.0.0',
+  /** Managers only: a task's logs, read from the node that runs it. */
+  logs: '/swarmd/logs/1.0.0',
 } as const;
 
-export const MANAGER_ONLY = new Set<string>([PROTOCOLS.raft, PROTOCOLS.control]);
+export const MANAGER_ONLY = new Set<string>([PROTOCOLS.raft, PROTOCOLS.control, PROTOCOLS.logs]);

@@ -9,6 +9,7 @@ import {
   type Executor,
   ExecutorError,
   type ExitStatus,
+  type LogLine,
   type Runtime,
   type TaskHandle,
   type TaskRunSpec,
@@ -107,6 +108,21 @@ export class TaskRunner {
         void this.remove(local);
       }
     }
+  }
+
+  /** A task's log lines from its executor; empty when this node never ran it. */
+  async *logs(
+    taskId: string,
+    options: { follow: boolean; tail?: number; signal: AbortSignal },
+  ): AsyncIterable<LogLine> {
+    const local = this.tasks.get(taskId);
+    const executor = local ? this.opts.executors.get(local.task.template.runtime) : undefined;
+    if (!local?.handle || !executor) return;
+    yield* executor.logs(local.handle, {
+      follow: options.follow && !TERMINAL_STATES.has(local.status.state),
+      ...(options.tail === undefined ? {} : { tail: options.tail }),
+      signal: options.signal,
+    });
   }
 
   private step(local: Local): void {

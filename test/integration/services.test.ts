@@ -115,6 +115,33 @@ describe('services on the process runtime', () => {
     expect(programs('sleeper').sort()).toEqual(pidsBefore);
   }, 90_000);
 
+  it('service logs gathers the lines of every task, from every node', async () => {
+    const create = swarm(
+      m1,
+      'service',
+      'create',
+      '--detach',
+      '--runtime',
+      'process',
+      '--name',
+      'talker',
+      '--replicas',
+      '3',
+      '--',
+      '/bin/bash',
+      '-c',
+      `echo hello-from-$HOSTNAME-slot; echo oops >&2; exec -a ${MARK}-talker sleep 1000`,
+    );
+    expect(create.status, create.stderr).toBe(0);
+    await waitFor(() => running('talker').length === 3, 60_000);
+    await new Promise((r) => setTimeout(r, 1500)); // let the log watchers see the lines
+    const logs = swarm(m1, 'service', 'logs', 'talker');
+    expect(logs.status, logs.stderr).toBe(0);
+    expect(logs.stdout.match(/hello-from-/g)).toHaveLength(3);
+    expect(logs.stdout.match(/oops/g) ?? logs.stderr.match(/oops/g)).toHaveLength(3);
+    expect(swarm(m1, 'service', 'rm', 'talker').status).toBe(0);
+  }, 90_000);
+
   it('rm stops every task of the service', async () => {
     expect(swarm(m1, 'service', 'rm', 'sleeper').status).toBe(0);
     await waitFor(() => programs('sleeper').length === 0, 30_000);
