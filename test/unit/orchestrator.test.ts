@@ -4,6 +4,7 @@ import type { Service, ServiceSpec, Task } from '../../daemon/api/services.ts';
 import type { NodeRecord } from '../../daemon/manager/nodes.ts';
 import { reconcile } from '../../daemon/manager/orchestrator.ts';
 import type { StoreOp } from '../../daemon/manager/store/store.ts';
+import { taskTemplate } from '../helpers/fixtures.ts';
 
 const now = Date.parse('2026-01-01T00:01:00Z');
 const at = '2026-01-01T00:00:00.000Z';
@@ -13,25 +14,7 @@ function spec(mode: ServiceSpec['mode'], restart: Partial<ServiceSpec['task']['r
     name: 'web',
     labels: {},
     mode,
-    task: {
-      runtime: 'process',
-      image: '',
-      command: ['/bin/sleep', '1000'],
-      args: [],
-      env: {},
-      workdir: null,
-      user: null,
-      labels: {},
-      mounts: [],
-      resources: {
-        reservations: { nanoCpus: 0, memoryBytes: 0, gpus: 0 },
-        limits: { nanoCpus: 0, memoryBytes: 0, pids: 0 },
-      },
-      restart: { condition: 'any', delayMs: 0, maxAttempts: 0, windowMs: 0, ...restart },
-      placement: { constraints: [], spread: [], maxReplicasPerNode: 0 },
-      stopSignal: 'SIGTERM',
-      stopGracePeriodMs: 10_000,
-    },
+    task: taskTemplate({ command: ['/bin/sleep', '1000'], restart }),
   };
 }
 

@@ -8,6 +8,7 @@ import {
   schedule,
   scheduleInChunks,
 } from '../../daemon/manager/scheduler/index.ts';
+import { taskTemplate } from '../helpers/fixtures.ts';
 
 const GiB = 2 ** 30;
 const CPU = 1e9;
@@ -39,29 +40,14 @@ interface Want {
 }
 
 function template(want: Want): TaskTemplate {
-  return {
-    runtime: 'process',
-    image: '',
-    command: ['/bin/true'],
-    args: [],
-    env: {},
-    workdir: null,
-    user: null,
-    labels: {},
-    mounts: [],
-    resources: {
-      reservations: { nanoCpus: want.cpu ?? 0, memoryBytes: want.mem ?? 0, gpus: want.gpus ?? 0 },
-      limits: { nanoCpus: 0, memoryBytes: 0, pids: 0 },
-    },
-    restart: { condition: 'any', delayMs: 0, maxAttempts: 0, windowMs: 0 },
+  return taskTemplate({
+    reservations: { nanoCpus: want.cpu ?? 0, memoryBytes: want.mem ?? 0, gpus: want.gpus ?? 0 },
     placement: {
       constraints: want.constraints ?? [],
       spread: want.spread ?? [],
       maxReplicasPerNode: want.maxPerNode ?? 0,
     },
-    stopSignal: 'SIGTERM',
-    stopGracePeriodMs: 10_000,
-  };
+  });
 }
 
 /** n pending tasks of one service, ids `${service}.${slot}`. */
