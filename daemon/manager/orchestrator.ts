@@ -7,6 +7,8 @@ import { randomBytes } from 'node:crypto';
 import type { Service, Task, TaskStatus } from '../api/services.ts';
 import { TERMINAL_STATES } from '../api/services.ts';
 import type { NodeRecord } from './nodes.ts';
+import { allMatch, type NodeConstraint, parseNodeConstraint } from './scheduler/constraints.ts';
+import { schedulerNode } from './scheduler/types.ts';
 import { put, type StoreOp } from './store/store.ts';
 
 /** Ended tasks kept per slot for `service ps` history; older ones are deleted. */
@@ -90,9 +92,17 @@ export function reconcile({ services, tasks, nodes, now }: OrchestrationInput): 
     }
     if (!isLive(task, lost) || !task.nodeId) continue;
     const node = nodesById.get(task.nodeId);
-    // A node that is gone, down or drained loses its tasks; the slot gets a replacement below.
-    if (!node || node.status.state === 'down' || node.availability === 'drain') {
-      const message = !node ? 'node removed' : node.status.state === 'down' ? 'node is down' : 'node drained';
+    // A node that is gone, down or drained loses its tasks, and so does one whose labels no longer meet
+    // the service's constraints; the slot gets a replacement below.
+    const misfit = node !== undefined && !meetsConstraints(node, service.spec.task.placement.constraints);
+    if (!node || node.status.state === 'down' || node.availability === 'drain' || misfit) {
+      const message = !node
+        ? 'node removed'
+        : node.status.state === 'down'
+          ? 'node is down'
+          : misfit
+            ? 'node no longer meets the placement constraints'
+            : 'node drained';
       const state = node?.status.state === 'down' || !node ? 'orphaned' : task.status.state;
       ops.push(
         put(
@@ -159,6 +169,14 @@ function reconcileReplicated(
   return ops;
 }
 
+function meetsConstraints(node: NodeRecord, constraints: readonly string[]): boolean {
+  if (constraints.length === 0) return true;
+  const parsed = constraints.map(parseNodeConstraint);
+  // An invalid constraint is the scheduler's to report (it leaves new tasks pending); don't evict for it.
+  if (parsed.some((c) => c === null)) return true;
+  return allMatch(parsed as NodeConstraint[], schedulerNode(node));
+}
+
 function reconcileGlobal(
   service: Service,
   tasks: Task[],
@@ -168,7 +186,12 @@ function reconcileGlobal(
   now: number,
 ): StoreOp[] {
   const ops: StoreOp[] = [];
-  const eligible = nodes.filter((n) => n.status.state === 'ready' && n.availability === 'active');
+  const eligible = nodes.filter(
+    (n) =>
+      n.status.state === 'ready' &&
+      n.availability === 'active' &&
+      meetsConstraints(n, service.spec.task.placement.constraints),
+  );
   for (const node of eligible) {
     const onNode = tasks.filter((t) => t.nodeId === node.id).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
     if (onNode.some((t) => isLive(t, lost))) continue;

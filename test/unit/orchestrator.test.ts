@@ -137,6 +137,22 @@ describe('orchestrator', () => {
     expect(objects[1]).toMatchObject({ slot: 1, nodeId: null, attempt: 0, status: { state: 'pending' } });
   });
 
+  it('moves a task off a node whose labels no longer meet the constraints', () => {
+    const s = service({
+      ...spec({ kind: 'replicated', replicas: 1 }),
+      task: {
+        ...spec({ kind: 'replicated', replicas: 1 }).task,
+        placement: { constraints: ['node.labels.zone==edge'], spread: [], maxReplicasPerNode: 0 },
+      },
+    });
+    const edge = { ...node('n1'), labels: { zone: 'edge' } };
+    expect(reconcile({ services: [s], tasks: [task(1, 'n1', 'running')], nodes: [edge], now })).toEqual([]);
+    const relabelled = { ...edge, labels: { zone: 'core' } };
+    const objects = puts(reconcile({ services: [s], tasks: [task(1, 'n1', 'running')], nodes: [relabelled], now }));
+    expect(objects[0]).toMatchObject({ slot: 1, desiredState: 'shutdown' });
+    expect(objects[1]).toMatchObject({ slot: 1, nodeId: null, status: { state: 'pending' } });
+  });
+
   it('runs one task per ready, active node for a global service', () => {
     const s = service(spec({ kind: 'global' }));
     const nodes = [node('n1'), node('n2'), node('n3', 'down'), node('n4', 'ready', 'drain')];
