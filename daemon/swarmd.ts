@@ -317,6 +317,10 @@ export class Swarmd {
   private onStoreEvents(events: StoreEvent[]): void {
     let managersChanged = false;
     for (const event of events) {
+      // A task assigned to (or stopped on) this node: act now rather than at the next heartbeat.
+      if (event.table === 'tasks' && ((event.object ?? event.previous) as Task | null)?.nodeId === this.state.nodeId) {
+        this.agent?.beatSoon();
+      }
       if (event.table !== 'nodes') continue;
       const node = (event.object ?? event.previous) as NodeRecord | null;
       if (!node) continue;

@@ -250,7 +250,16 @@ export class TaskRunner {
     };
   }
 
-  private async saveHandles(): Promise<void> {
+  private saving: Promise<void> = Promise.resolve();
+
+  /** Writes the handles file; writes are serialized (tasks start concurrently, and share one temp file). */
+  private saveHandles(): Promise<void> {
+    const next = this.saving.then(() => this.writeHandles());
+    this.saving = next.catch(() => {});
+    return next;
+  }
+
+  private async writeHandles(): Promise<void> {
     const handles: Record<string, TaskHandle> = {};
     for (const [id, local] of this.tasks) if (local.handle) handles[id] = local.handle;
     await mkdir(dirname(this.opts.stateFile), { recursive: true });

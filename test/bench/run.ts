@@ -6,6 +6,7 @@ const benches: Record<string, () => Promise<Record<string, unknown>>> = {
   raft: benchRaft,
   footprint: benchFootprint,
   scheduler: async () => (await import('./scheduler.ts')).benchScheduler(),
+  deploy: async () => (await import('./deploy.ts')).benchDeploy(),
 };
 
 const name = process.argv[2];

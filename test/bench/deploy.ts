@@ -1,0 +1,170 @@
+// npm run bench -- deploy
+// On a real dockerd (SWARMD_TEST_DOCKER_HOST or DOCKER_HOST): create a service of 10 replicas and time
+// until all run, scale it to 50, remove it. First with a one-node swarmd (a separate process) on that
+// engine, then with Docker Swarm on the same engine (swarm mode, run after swarmd is gone), and the ratios.
+// Both are driven through their APIs and polled every 50 ms. Last line: one JSON object.
+import type Docker from 'dockerode';
+import { ApiClient } from '../../daemon/api/client.ts';
+import type { ServiceSpec } from '../../daemon/api/services.ts';
+import { ensureTestImage, probeDocker, TEST_IMAGE } from '../helpers/docker.ts';
+import { taskTemplate } from '../helpers/fixtures.ts';
+import { SwarmProcesses } from '../helpers/swarm-processes.ts';
+import { round } from './lib/http-load.ts';
+
+const POLL_MS = 50;
+const TIMEOUT_MS = 180_000;
+
+interface Steps {
+  create10Seconds: number;
+  scale10To50Seconds: number;
+  removeSeconds: number;
+}
+
+async function until(what: string, check: () => Promise<boolean>): Promise<number> {
+  const started = performance.now();
+  while (performance.now() - started < TIMEOUT_MS) {
+    if (await check().catch(() => false)) return round((performance.now() - started) / 1000, 3);
+    await new Promise((r) => setTimeout(r, POLL_MS));
+  }
+  throw new Error(`${what}: not done within ${TIMEOUT_MS / 1000} s`);
+}
+
+async function containersOf(docker: Docker, label: string): Promise<number> {
+  return (await docker.listContainers({ filters: { label: [label] } })).length;
+}
+
+async function measureSwarmd(docker: Docker, host: string): Promise<Steps> {
+  process.env.DOCKER_HOST = host;
+  const cluster = new SwarmProcesses(45000 + Math.floor(Math.random() * 400) * 5);
+  try {
+    const node = await cluster.init('m1');
+    const api = new ApiClient(node.socket);
+    const spec: ServiceSpec = {
+      name: 'bench',
+      labels: {},
+      mode: { kind: 'replicated', replicas: 10 },
+      task: { ...taskTemplate({ runtime: 'docker', image: TEST_IMAGE, command: [] }), args: ['sleep', '1000'] },
+    };
+    const running = async (n: number) => {
+      const tasks = await api.listTasks({ service: 'bench' });
+      return tasks.filter((t) => t.status.state === 'running' && t.desiredState === 'running').length === n;
+    };
+    let t0 = performance.now();
+    const service = await api.createService(spec);
+    const create10Seconds = round(
+      (performance.now() - t0) / 1000 + (await until('swarmd: 10 running', () => running(10))),
+      3,
+    );
+    t0 = performance.now();
+    const current = await api.getService(service.id);
+    await api.updateService(service.id, {
+      version: current.version,
+      spec: { ...current.spec, mode: { kind: 'replicated', replicas: 50 } },
+    });
+    const scale10To50Seconds = round(
+      (performance.now() - t0) / 1000 + (await until('swarmd: 50 running', () => running(50))),
+      3,
+    );
+    t0 = performance.now();
+    await api.removeService(service.id);
+    const removeSeconds = round(
+      (performance.now() - t0) / 1000 +
+        (await until('swarmd: removed', async () => (await containersOf(docker, 'swarmd.service.name=bench')) === 0)),
+      3,
+    );
+    return { create10Seconds, scale10To50Seconds, removeSeconds };
+  } finally {
+    await cluster.stopAll();
+    const left = await docker.listContainers({ all: true, filters: { label: ['swarmd.task.id'] } });
+    await Promise.all(
+      left.map((c) =>
+        docker
+          .getContainer(c.Id)
+          .remove({ force: true })
+          .catch(() => {}),
+      ),
+    );
+  }
+}
+
+async function measureDockerSwarm(docker: Docker): Promise<Steps | { error: string }> {
+  try {
+    await docker.swarmInit({ ListenAddr: '127.0.0.1:2377', AdvertiseAddr: '127.0.0.1' });
+  } catch (error) {
+    return { error: `docker swarm init failed: ${(error as Error).message}` };
+  }
+  try {
+    const running = async (n: number) => {
+      const tasks = (await docker.listTasks({ filters: { service: ['bench'], 'desired-state': ['running'] } })) as {
+        Status: { State: string };
+      }[];
+      return tasks.filter((t) => t.Status.State === 'running').length === n;
+    };
+    const spec = (replicas: number) => ({
+      Name: 'bench',
+      TaskTemplate: { ContainerSpec: { Image: TEST_IMAGE, Command: ['sleep', '1000'] } },
+      Mode: { Replicated: { Replicas: replicas } },
+    });
+    let t0 = performance.now();
+    const created = (await docker.createService(spec(10))) as { id?: string; ID?: string };
+    const id = created.id ?? created.ID!;
+    const create10Seconds = round(
+      (performance.now() - t0) / 1000 + (await until('docker swarm: 10 running', () => running(10))),
+      3,
+    );
+    t0 = performance.now();
+    const service = docker.getService(id);
+    const info = (await service.inspect()) as { Version: { Index: number } };
+    await service.update({ version: info.Version.Index, ...spec(50) });
+    const scale10To50Seconds = round(
+      (performance.now() - t0) / 1000 + (await until('docker swarm: 50 running', () => running(50))),
+      3,
+    );
+    t0 = performance.now();
+    await service.remove();
+    const removeSeconds = round(
+      (performance.now() - t0) / 1000 +
+        (await until(
+          'docker swarm: removed',
+          async () => (await containersOf(docker, 'com.docker.swarm.service.name=bench')) === 0,
+        )),
+      3,
+    );
+    return { create10Seconds, scale10To50Seconds, removeSeconds };
+  } finally {
+    await docker.swarmLeave({ force: true }).catch(() => {});
+  }
+}
+
+export async function benchDeploy(): Promise<Record<string, unknown>> {
+  const probe = await probeDocker();
+  if (!probe.ok || !probe.docker) {
+    process.stdout.write(`no Docker engine: ${probe.reason}\n`);
+    return { bench: 'deploy', skipped: probe.reason };
+  }
+  const docker = probe.docker;
+  await ensureTestImage(docker, probe.host);
+  const swarmd = await measureSwarmd(docker, probe.host);
+  process.stdout.write(
+    `swarmd: 10 running in ${swarmd.create10Seconds} s, 10 -> 50 in ${swarmd.scale10To50Seconds} s, removed in ${swarmd.removeSeconds} s\n`,
+  );
+  const dockerSwarm = await measureDockerSwarm(docker);
+  if ('error' in dockerSwarm) process.stdout.write(`anchor: ${dockerSwarm.error}\n`);
+  else {
+    process.stdout.write(
+      `docker swarm: 10 running in ${dockerSwarm.create10Seconds} s, 10 -> 50 in ${dockerSwarm.scale10To50Seconds} s, removed in ${dockerSwarm.removeSeconds} s\n`,
+    );
+  }
+  const ratio = (k: keyof Steps) => ('error' in dockerSwarm ? null : round(swarmd[k] / dockerSwarm[k]));
+  return {
+    bench: 'deploy',
+    engine: probe.reason,
+    swarmd,
+    dockerSwarm,
+    ratios: {
+      create10: ratio('create10Seconds'),
+      scale10To50: ratio('scale10To50Seconds'),
+      remove: ratio('removeSeconds'),
+    },
+  };
+}
