@@ -317,9 +317,11 @@ export class Swarmd {
   private onStoreEvents(events: StoreEvent[]): void {
     let managersChanged = false;
     for (const event of events) {
-      // A task assigned to (or stopped on) this node: act now rather than at the next heartbeat.
-      if (event.table === 'tasks' && ((event.object ?? event.previous) as Task | null)?.nodeId === this.state.nodeId) {
-        this.agent?.beatSoon();
+      // A task assigned to (or stopped on) a node: it acts now rather than at its next heartbeat.
+      if (event.table === 'tasks') {
+        const nodeId = ((event.object ?? event.previous) as Task | null)?.nodeId;
+        if (nodeId === this.state.nodeId) this.agent?.beatSoon();
+        else if (nodeId && this.manager?.isLeader()) this.nudgeSoon(nodeId);
       }
       if (event.table !== 'nodes') continue;
       const node = (event.object ?? event.previous) as NodeRecord | null;
@@ -335,6 +337,25 @@ export class Swarmd {
       this.state.managers = this.manager.knownManagers();
       this.saveStateSoon();
     }
+  }
+
+  private readonly nudges = new Set<string>();
+
+  /** Tells a node (once per turn of the event loop) to heartbeat now: its tasks changed. Best effort. */
+  private nudgeSoon(nodeId: string): void {
+    if (this.nudges.has(nodeId)) return;
+    this.nudges.add(nodeId);
+    setImmediate(() => {
+      this.nudges.delete(nodeId);
+      const peerId = this.manager?.store.get<NodeRecord>('nodes', nodeId)?.peerId;
+      if (!peerId) return;
+      void (async () => {
+        await this.gate.ensureHello(peerId);
+        const { stream } = await this.host.openStream(peerId, PROTOCOLS.nudge, { signal: AbortSignal.timeout(2000) });
+        await stream.send({});
+        await stream.close();
+      })().catch(() => {}); // the node's next heartbeat brings the change anyway
+    });
   }
 
   private saveTimer: NodeJS.Timeout | null = null;
@@ -393,6 +414,14 @@ export class Swarmd {
       log: (level, message) => this.log(level, message),
     });
     await serveLogs(this.host, () => this.runner);
+    await this.host.handle(
+      PROTOCOLS.nudge,
+      async (stream) => {
+        await stream.read(AbortSignal.timeout(2000)).catch(() => undefined);
+        this.agent?.beatSoon();
+      },
+      { maxFrameBytes: 1024 },
+    );
     this.agent = new Agent({
       host: this.host,
       gate: this.gate,

@@ -11,8 +11,10 @@ export const PROTOCOLS = {
   control: '/swarmd/control/1.0.0',
   /** Members: heartbeats (and later task assignments) between a node and the leader. */
   dispatcher: '/swarmd/dispatcher/1.0.0',
+  /** Managers only: "your tasks changed, report now" from the leader to a node (assignments without delay). */
+  nudge: '/swarmd/nudge/1.0.0',
   /** Managers only: a task's logs, read from the node that runs it. */
   logs: '/swarmd/logs/1.0.0',
 } as const;
 
-export const MANAGER_ONLY = new Set<string>([PROTOCOLS.raft, PROTOCOLS.control, PROTOCOLS.logs]);
+export const MANAGER_ONLY = new Set<string>([PROTOCOLS.raft, PROTOCOLS.control, PROTOCOLS.logs, PROTOCOLS.nudge]);

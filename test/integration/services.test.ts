@@ -142,6 +142,39 @@ describe('services on the process runtime', () => {
     expect(swarm(m1, 'service', 'rm', 'talker').status).toBe(0);
   }, 90_000);
 
+  it('the leader pushes assignments: a node with a 30 s heartbeat period starts its task at once', async () => {
+    const w1 = cluster.nodes.get('w1')!;
+    const w1Id = swarmJson<{ nodeId: string }>(w1, 'info').nodeId;
+    expect(swarm(m1, 'node', 'update', '--heartbeat-period', '30', w1Id).status).toBe(0);
+    await new Promise((r) => setTimeout(r, 1500)); // w1 takes the new period at its next heartbeat
+    const started = Date.now();
+    const create = swarm(
+      m1,
+      'service',
+      'create',
+      '--detach',
+      '--runtime',
+      'process',
+      '--name',
+      'pushed',
+      '--constraint',
+      `node.id==${w1Id}`,
+      '--',
+      '/bin/bash',
+      '-c',
+      `exec -a ${MARK}-pushed sleep 1000`,
+    );
+    expect(create.status, create.stderr).toBe(0);
+    await waitFor(
+      () => running('pushed').length === 1,
+      10_000,
+      () => swarm(m1, 'service', 'ps', 'pushed').stdout,
+    );
+    expect(Date.now() - started).toBeLessThan(10_000); // far less than the 30 s period
+    expect(swarm(m1, 'service', 'rm', 'pushed').status).toBe(0);
+    expect(swarm(m1, 'node', 'update', '--heartbeat-period', 'default', w1Id).status).toBe(0);
+  }, 60_000);
+
   it('rm stops every task of the service', async () => {
     expect(swarm(m1, 'service', 'rm', 'sleeper').status).toBe(0);
     await waitFor(() => programs('sleeper').length === 0, 30_000);
