@@ -17,6 +17,7 @@ import {
   schedule,
   scheduleInChunks,
 } from '../../daemon/manager/scheduler/index.ts';
+import { taskTemplate } from '../helpers/fixtures.ts';
 import { round } from './lib/http-load.ts';
 
 const NODES = Number(process.env.BENCH_NODES ?? 10_000);
@@ -84,33 +85,22 @@ const SPREAD: string[][] = [[], ['node.labels.zone'], ['node.labels.zone', 'node
 
 function template(s: number, rand: () => number): TaskTemplate {
   const gpu = s % 25 === 7; // 4 of 100 services want a GPU each
-  return {
+  return taskTemplate({
     runtime: 'docker',
     image: `registry.local/app-${s}:1`,
     command: [],
-    args: [],
-    env: {},
-    workdir: null,
-    user: null,
-    labels: {},
-    mounts: [],
-    resources: {
-      reservations: {
-        nanoCpus: Math.round((0.05 + rand() * 0.95) * 10) * 0.1 * CPU,
-        memoryBytes: (64 + Math.floor(rand() * 16) * 64) * MiB,
-        gpus: gpu ? 1 : 0,
-      },
-      limits: { nanoCpus: 0, memoryBytes: 0, pids: 0 },
+    reservations: {
+      nanoCpus: Math.round((0.05 + rand() * 0.95) * 10) * 0.1 * CPU,
+      memoryBytes: (64 + Math.floor(rand() * 16) * 64) * MiB,
+      gpus: gpu ? 1 : 0,
     },
-    restart: { condition: 'any', delayMs: 5000, maxAttempts: 0, windowMs: 0 },
+    restart: { delayMs: 5000 },
     placement: {
       constraints: gpu ? [] : CONSTRAINTS[s % CONSTRAINTS.length]!,
       spread: SPREAD[s % SPREAD.length]!,
       maxReplicasPerNode: s % 10 === 3 ? 2 : 0,
     },
-    stopSignal: 'SIGTERM',
-    stopGracePeriodMs: 10_000,
-  };
+  });
 }
 
 function task(service: number, slot: number, t: TaskTemplate): Task {

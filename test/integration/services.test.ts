@@ -36,6 +36,26 @@ function programs(tag: string): number[] {
   }
 }
 
+/** A process-runtime service running `sleep 1000` as `<MARK>-<name>` (see programs()), after an optional script. */
+function createService(name: string, flags: string[], script = ''): void {
+  const result = swarm(
+    m1,
+    'service',
+    'create',
+    '--detach',
+    '--runtime',
+    'process',
+    '--name',
+    name,
+    ...flags,
+    '--',
+    '/bin/bash',
+    '-c',
+    `${script}exec -a ${MARK}-${name} sleep 1000`,
+  );
+  expect(result.status, result.stderr).toBe(0);
+}
+
 beforeAll(async () => {
   m1 = await cluster.init('m1');
   const token = swarm(m1, 'join-token', '-q', 'worker').stdout.trim();
@@ -52,25 +72,7 @@ afterAll(async () => {
 
 describe('services on the process runtime', () => {
   it('places 3 replicas on 3 nodes, scales up and down', async () => {
-    const create = swarm(
-      m1,
-      'service',
-      'create',
-      '--detach',
-      '--runtime',
-      'process',
-      '--name',
-      'sleeper',
-      '--replicas',
-      '3',
-      '--restart-delay',
-      '0s',
-      '--',
-      '/bin/bash',
-      '-c',
-      `exec -a ${MARK}-sleeper sleep 1000`,
-    );
-    expect(create.status, create.stderr).toBe(0);
+    createService('sleeper', ['--replicas', '3', '--restart-delay', '0s']);
     await waitFor(
       () => running('sleeper').length === 3,
       60_000,
@@ -116,23 +118,7 @@ describe('services on the process runtime', () => {
   }, 90_000);
 
   it('service logs gathers the lines of every task, from every node', async () => {
-    const create = swarm(
-      m1,
-      'service',
-      'create',
-      '--detach',
-      '--runtime',
-      'process',
-      '--name',
-      'talker',
-      '--replicas',
-      '3',
-      '--',
-      '/bin/bash',
-      '-c',
-      `echo hello-from-$HOSTNAME-slot; echo oops >&2; exec -a ${MARK}-talker sleep 1000`,
-    );
-    expect(create.status, create.stderr).toBe(0);
+    createService('talker', ['--replicas', '3'], 'echo hello-from-$HOSTNAME-slot; echo oops >&2; ');
     await waitFor(() => running('talker').length === 3, 60_000);
     await new Promise((r) => setTimeout(r, 1500)); // let the log watchers see the lines
     const logs = swarm(m1, 'service', 'logs', 'talker');
@@ -148,23 +134,7 @@ describe('services on the process runtime', () => {
     expect(swarm(m1, 'node', 'update', '--heartbeat-period', '30', w1Id).status).toBe(0);
     await new Promise((r) => setTimeout(r, 1500)); // w1 takes the new period at its next heartbeat
     const started = Date.now();
-    const create = swarm(
-      m1,
-      'service',
-      'create',
-      '--detach',
-      '--runtime',
-      'process',
-      '--name',
-      'pushed',
-      '--constraint',
-      `node.id==${w1Id}`,
-      '--',
-      '/bin/bash',
-      '-c',
-      `exec -a ${MARK}-pushed sleep 1000`,
-    );
-    expect(create.status, create.stderr).toBe(0);
+    createService('pushed', ['--constraint', `node.id==${w1Id}`]);
     await waitFor(
       () => running('pushed').length === 1,
       10_000,
@@ -184,23 +154,7 @@ describe('services on the process runtime', () => {
   }, 60_000);
 
   it('moves the tasks of a dead worker to the other nodes', async () => {
-    const create = swarm(
-      m1,
-      'service',
-      'create',
-      '--detach',
-      '--runtime',
-      'process',
-      '--name',
-      'mover',
-      '--replicas',
-      '3',
-      '--',
-      '/bin/bash',
-      '-c',
-      `exec -a ${MARK}-mover sleep 1000`,
-    );
-    expect(create.status, create.stderr).toBe(0);
+    createService('mover', ['--replicas', '3']);
     await waitFor(() => running('mover').length === 3, 60_000);
     const w2 = cluster.nodes.get('w2')!;
     const w2Id = swarmJson<{ nodeId: string }>(w2, 'info').nodeId;
