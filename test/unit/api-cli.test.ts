@@ -6,7 +6,6 @@ import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { main } from '../../cli/swarm.ts';
 import { ApiClient, ApiClientError } from '../../daemon/api/client.ts';
 import { ApiError, notManager } from '../../daemon/api/errors.ts';
 import type { ControlHandlers } from '../../daemon/api/handlers.ts';
@@ -14,6 +13,7 @@ import { resolveNodeRef } from '../../daemon/api/node-ref.ts';
 import type { NodeUpdate } from '../../daemon/api/schemas.ts';
 import { type ApiServer, MAX_BODY_BYTES, startApiServer } from '../../daemon/api/server.ts';
 import type { JoinTokens, SwarmInfo, SwarmNode } from '../../daemon/api/types.ts';
+import { runSwarm } from '../helpers/swarm-cli.ts';
 
 function makeNode(id: string, hostname: string, overrides: Partial<SwarmNode> = {}): SwarmNode {
   return {
@@ -161,15 +161,8 @@ let server: ApiServer;
 const handlers = new FakeHandlers();
 const logged: { message: string; fields?: Record<string, unknown> }[] = [];
 
-async function swarm(args: string[], env: Record<string, string | undefined> = {}) {
-  let stdout = '';
-  let stderr = '';
-  const code = await main(args, {
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    env: { SWARM_HOST: socketPath, ...env },
-  });
-  return { code, stdout, stderr };
+function swarm(args: string[], env: Record<string, string | undefined> = {}) {
+  return runSwarm(socketPath, args, env);
 }
 
 beforeAll(async () => {

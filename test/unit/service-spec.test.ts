@@ -5,7 +5,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { waitForConvergence } from '../../cli/commands/service-progress.ts';
-import { main } from '../../cli/swarm.ts';
 import { ApiClient, ApiClientError } from '../../daemon/api/client.ts';
 import type { ControlHandlers, ServiceLogLine, ServiceLogOptions } from '../../daemon/api/handlers.ts';
 import { resolveNodeRef } from '../../daemon/api/node-ref.ts';
@@ -16,6 +15,7 @@ import { parseConstraint, type ServiceUpdate, serviceSpecSchema } from '../../da
 import type { Service, ServiceSpec, Task, TaskState } from '../../daemon/api/services.ts';
 import type { JoinTokens, SwarmInfo, SwarmNode } from '../../daemon/api/types.ts';
 import { parseBytes, parseCpus, parseDuration } from '../../daemon/api/units.ts';
+import { runSwarm } from '../helpers/swarm-cli.ts';
 
 // ---------------------------------------------------------------- schema
 
@@ -582,15 +582,8 @@ let socketPath: string;
 let server: ApiServer;
 const handlers = new FakeHandlers();
 
-async function swarm(args: string[], env: Record<string, string | undefined> = {}) {
-  let stdout = '';
-  let stderr = '';
-  const code = await main(args, {
-    stdout: { write: (text: string) => (stdout += text) },
-    stderr: { write: (text: string) => (stderr += text) },
-    env: { SWARM_HOST: socketPath, ...env },
-  });
-  return { code, stdout, stderr };
+function swarm(args: string[], env: Record<string, string | undefined> = {}) {
+  return runSwarm(socketPath, args, env);
 }
 
 beforeAll(async () => {
