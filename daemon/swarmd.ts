@@ -536,6 +536,8 @@ export class Swarmd {
       getService: (ref) => this.requireControl().getService(ref),
       updateService: (ref, update) => this.requireControl().updateService(ref, update.version, update.spec),
       removeService: (ref) => this.requireControl().removeService(ref),
+      rollbackService: (ref) => this.requireControl().rollbackService(ref),
+      promoteService: (ref) => this.requireControl().promoteService(ref),
       listTasks: (filter) => this.requireControl().listTasks(filter),
       serviceLogs: (ref, options) => this.serviceLogs(ref, options),
     };

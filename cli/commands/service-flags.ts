@@ -10,9 +10,9 @@ import {
   SERVICE_MODES,
   serviceSpecSchema,
 } from '../../daemon/api/service-schema.ts';
-import type { ServiceSpec, TaskTemplate } from '../../daemon/api/services.ts';
+import type { HealthCheck, ServiceSpec, TaskTemplate } from '../../daemon/api/services.ts';
 import { InvalidValueError, parseBytes, parseCpus, parseDuration } from '../../daemon/api/units.ts';
-import { type FlagSpec, type FlagValues, listFlag, stringFlag, UsageError } from '../command.ts';
+import { booleanFlag, type FlagSpec, type FlagValues, listFlag, stringFlag, UsageError } from '../command.ts';
 
 type Mount = TaskTemplate['mounts'][number];
 
@@ -55,12 +55,47 @@ export const CREATE_FLAGS: Record<string, FlagSpec> = {
   'stop-signal': string('signal', 'Signal to stop the task (default: SIGTERM)'),
   'stop-grace-period': string('duration', 'Time to wait before force killing a task (default 10s)'),
   mount: list('mount', 'Mount, e.g. type=bind,source=/srv,target=/data,readonly (or type=volume|tmpfs)'),
+  ...healthFlags(),
+  ...rolloutFlags('update'),
+  'update-canary': string('uint', 'Start this many new tasks beside the old ones, then wait for "service promote"'),
+  'update-auto-promote': {
+    type: 'boolean',
+    description: 'Promote the canaries once they stay healthy through the monitor window',
+  },
+  ...rolloutFlags('rollback'),
   detach: {
     type: 'boolean',
     short: 'd',
     description: 'Exit immediately instead of waiting for the service to converge',
   },
 };
+
+function healthFlags(): Record<string, FlagSpec> {
+  return {
+    'health-cmd': string('command', 'Health check: a shell command run inside the task; exit 0 = healthy'),
+    'health-http': string('path', "Health check: GET this path on the task's port; 2xx/3xx = healthy"),
+    'health-tcp': string('port', "Health check: connect to this port of the task (0 = the task's PORT)"),
+    'health-port': string('port', "Port the --health-http check uses (default: the task's PORT)"),
+    'health-interval': string('duration', 'Time between health checks (default 30s)'),
+    'health-timeout': string('duration', 'Maximum time for one check (default 30s)'),
+    'health-retries': string('uint', 'Consecutive failures that make a task unhealthy (default 3)'),
+    'health-start-period': string('duration', 'Failures in this time after start do not count (default 0s)'),
+    'no-healthcheck': { type: 'boolean', description: 'Disable the health check' },
+  };
+}
+
+function rolloutFlags(kind: 'update' | 'rollback'): Record<string, FlagSpec> {
+  const actions = kind === 'update' ? 'pause|continue|rollback' : 'pause|continue';
+  const what = kind === 'update' ? 'updated' : 'rolled back';
+  return {
+    [`${kind}-parallelism`]: string('uint', `Tasks ${what} at once (0 = all at once; default 1)`),
+    [`${kind}-delay`]: string('duration', `Delay between tasks ${what} (default 0s)`),
+    [`${kind}-failure-action`]: string(actions, `Action on ${kind} failure (default: pause)`),
+    [`${kind}-monitor`]: string('duration', `Time to watch each ${what} task for failure (default 5s)`),
+    [`${kind}-max-failure-ratio`]: string('ratio', `Failure rate to tolerate during the ${kind}, 0 to 1 (default 0)`),
+    [`${kind}-order`]: string('stop-first|start-first', `Order of ${kind} operations (default: stop-first)`),
+  };
+}
 
 /** Where in the spec each flag lands: a schema problem at that path is reported against the flag. */
 const FIELD_FLAGS: readonly [path: string, flag: string][] = [
@@ -91,7 +126,83 @@ const FIELD_FLAGS: readonly [path: string, flag: string][] = [
   ['task.placement.maxReplicasPerNode', 'replicas-max-per-node'],
   ['task.stopSignal', 'stop-signal'],
   ['task.stopGracePeriodMs', 'stop-grace-period'],
+  ['task.healthcheck.command', 'health-cmd'],
+  ['task.healthcheck.path', 'health-http'],
+  ['task.healthcheck.port', 'health-port'],
+  ['task.healthcheck.intervalMs', 'health-interval'],
+  ['task.healthcheck.timeoutMs', 'health-timeout'],
+  ['task.healthcheck.retries', 'health-retries'],
+  ['task.healthcheck.startPeriodMs', 'health-start-period'],
+  ['update.canary', 'update-canary'],
+  ...(['update', 'rollback'] as const).flatMap((kind): [string, string][] => [
+    [`${kind}.parallelism`, `${kind}-parallelism`],
+    [`${kind}.delayMs`, `${kind}-delay`],
+    [`${kind}.failureAction`, `${kind}-failure-action`],
+    [`${kind}.monitorMs`, `${kind}-monitor`],
+    [`${kind}.maxFailureRatio`, `${kind}-max-failure-ratio`],
+    [`${kind}.order`, `${kind}-order`],
+  ]),
 ];
+
+type HealthCheckInput = Partial<Record<keyof HealthCheck, unknown>>;
+
+/**
+ * The health check the flags describe, over `base` (the current one, for update). A kind flag starts a new
+ * check (timings kept from `base`); --no-healthcheck removes it.
+ */
+export function healthFromFlags(reader: FlagReader, base: HealthCheck | null): HealthCheckInput | null {
+  const { flags } = reader;
+  if (booleanFlag(flags, 'no-healthcheck')) {
+    const other = Object.keys(healthFlags()).find((flag) => flag !== 'no-healthcheck' && flags[flag] !== undefined);
+    if (other) throw new UsageError(`--no-healthcheck conflicts with --${other}`);
+    return null;
+  }
+  const kinds = (['health-cmd', 'health-http', 'health-tcp'] as const).filter((flag) => flags[flag] !== undefined);
+  if (kinds.length > 1) throw new UsageError(`--${kinds[0]} conflicts with --${kinds[1]}: give one health check`);
+  let check: HealthCheckInput | null = base ? { ...base } : null;
+  const cmd = stringFlag(flags, 'health-cmd');
+  const http = stringFlag(flags, 'health-http');
+  if (cmd !== undefined) check = { ...check, kind: 'cmd', command: ['/bin/sh', '-c', cmd], path: '/', port: 0 };
+  if (http !== undefined) check = { ...check, kind: 'http', command: [], path: http, port: 0 };
+  if (flags['health-tcp'] !== undefined) {
+    check = { ...check, kind: 'tcp', command: [], path: '/', port: reader.integer('health-tcp') };
+  }
+  const timings = {
+    port: reader.integer('health-port'),
+    intervalMs: reader.unit('health-interval', parseDuration),
+    timeoutMs: reader.unit('health-timeout', parseDuration),
+    retries: reader.integer('health-retries'),
+    startPeriodMs: reader.unit('health-start-period', parseDuration),
+  };
+  const given = Object.entries(timings).filter(([, value]) => value !== undefined);
+  if (given.length === 0) return check;
+  if (!check)
+    throw new UsageError('--health-* settings need a check: give --health-cmd, --health-http or --health-tcp');
+  if (timings.port !== undefined && check.kind !== 'http')
+    throw new UsageError('--health-port goes with --health-http');
+  return { ...check, ...Object.fromEntries(given) };
+}
+
+/** The update or rollback config the flags describe, over `base` (the current one, for update). */
+export function rolloutFromFlags(reader: FlagReader, kind: 'update' | 'rollback', base: Record<string, unknown> = {}) {
+  const config: Record<string, unknown> = {
+    ...base,
+    parallelism: reader.integer(`${kind}-parallelism`),
+    delayMs: reader.unit(`${kind}-delay`, parseDuration),
+    failureAction: stringFlag(reader.flags, `${kind}-failure-action`),
+    monitorMs: reader.unit(`${kind}-monitor`, parseDuration),
+    maxFailureRatio: reader.decimal(`${kind}-max-failure-ratio`),
+    order: stringFlag(reader.flags, `${kind}-order`),
+  };
+  if (kind === 'update') {
+    config.canary = reader.integer('update-canary');
+    if (reader.flags['update-auto-promote'] !== undefined)
+      config.autoPromote = booleanFlag(reader.flags, 'update-auto-promote');
+  }
+  // Unset flags keep the base value (or get the schema's default).
+  for (const key of Object.keys(config)) if (config[key] === undefined) config[key] = base[key];
+  return Object.fromEntries(Object.entries(config).filter(([, value]) => value !== undefined));
+}
 
 /**
  * Builds and checks the spec. `args` are IMAGE [COMMAND] [ARG...], or PROGRAM [ARG...] for the process
@@ -147,7 +258,10 @@ export function specFromFlags(flags: FlagValues, args: readonly string[], env: R
       },
       stopSignal: stringFlag(flags, 'stop-signal'),
       stopGracePeriodMs: reader.unit('stop-grace-period', parseDuration),
+      healthcheck: healthFromFlags(reader, null),
     },
+    update: rolloutFromFlags(reader, 'update'),
+    rollback: rolloutFromFlags(reader, 'rollback'),
   };
   const checked = checkBody(serviceSpecSchema, candidate);
   if (checked.ok) return checked.value satisfies ServiceSpec;
@@ -155,7 +269,7 @@ export function specFromFlags(flags: FlagValues, args: readonly string[], env: R
 }
 
 /** Reads flags into the shapes the schema takes, refusing what cannot even be read as such. */
-class FlagReader {
+export class FlagReader {
   readonly flags: FlagValues;
 
   constructor(flags: FlagValues) {
@@ -167,6 +281,14 @@ class FlagReader {
     const text = stringFlag(this.flags, flag);
     if (text === undefined) return undefined;
     if (!/^[-+]?\d+$/.test(text.trim())) throw invalid(flag, text, 'must be a whole number');
+    return Number(text);
+  }
+
+  /** A decimal number as typed ("1.5" included: the schema says what range is allowed). */
+  decimal(flag: string): number | undefined {
+    const text = stringFlag(this.flags, flag);
+    if (text === undefined) return undefined;
+    if (!/^[-+]?(\d+\.?\d*|\.\d+)$/.test(text.trim())) throw invalid(flag, text, 'must be a number');
     return Number(text);
   }
 
@@ -285,12 +407,12 @@ function parseSpread(text: string): string {
   return parseSpreadDescriptor(text.slice(equals + 1));
 }
 
-function invalid(flag: string, text: string, reason: string): UsageError {
+export function invalid(flag: string, text: string, reason: string): UsageError {
   return new UsageError(`invalid --${flag} "${text}": ${reason}`);
 }
 
 /** A schema problem, told in terms of the flag (or argument) that set the field. */
-function usageErrorFor(
+export function usageErrorFor(
   path: readonly PropertyKey[],
   message: string,
   flags: FlagValues,

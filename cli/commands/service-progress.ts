@@ -2,6 +2,7 @@
 // `service create` and `service scale` show while the swarm converges (as `docker service create` does, in
 // one line per change rather than redrawn bars, so it reads the same in a terminal and in a CI log).
 import { setTimeout as sleep } from 'node:timers/promises';
+import { isDeepStrictEqual } from 'node:util';
 import type { ApiClient } from '../../daemon/api/client.ts';
 import { type Service, type Task, TERMINAL_STATES } from '../../daemon/api/services.ts';
 import type { Output } from '../command.ts';
@@ -160,6 +161,60 @@ export async function waitForConvergence(
       return {
         converged: false,
         reason: `${name}: not converged after ${Math.round(idle / 1000)}s without progress (${line.slice(name.length + 2)}); the swarm keeps trying (see 'swarm service ps ${name}')`,
+      };
+    }
+    await sleep(intervalMs);
+  }
+}
+
+const ROLLOUT_ENDS: Record<string, 'done' | 'stopped' | 'waiting'> = {
+  completed: 'done',
+  rollback_completed: 'done',
+  paused: 'stopped',
+  rollback_paused: 'stopped',
+  awaiting_promotion: 'waiting',
+};
+
+/**
+ * Follows a rolling update or rollback until it completes, pauses, or waits on its canaries, printing a line
+ * per change ("web: updating: 4/6 tasks updated"). `startedAt` is the updateStatus.startedAt the change set,
+ * so an automatic rollback that replaced it is followed too and reported as what it is.
+ */
+export async function waitForRollout(
+  client: ApiClient,
+  serviceId: string,
+  options: { out: Output; intervalMs?: number; idleTimeoutMs?: number },
+): Promise<WaitResult> {
+  const { intervalMs, idleTimeoutMs } = { ...WAIT_DEFAULTS, ...options };
+  let lastLine = '';
+  let changedAt = Date.now();
+  for (;;) {
+    const [service, tasks] = await Promise.all([
+      client.getService(serviceId),
+      client.listTasks({ service: serviceId }),
+    ]);
+    const status = service.updateStatus;
+    const name = service.spec.name;
+    if (!status) return waitForConvergence(client, serviceId, options);
+    const live = tasks.filter((t) => t.desiredState !== 'shutdown' && !TERMINAL_STATES.has(t.status.state));
+    const updated = live.filter(
+      (t) => t.status.state === 'running' && isDeepStrictEqual(t.template, service.spec.task),
+    ).length;
+    const total = progressOf(service, tasks).desired;
+    const line = `${name}: ${status.state.replace('_', ' ')}: ${updated}/${total} tasks on the ${status.state.startsWith('rollback') ? 'previous' : 'new'} spec${status.message ? ` (${status.message})` : ''}`;
+    if (line !== lastLine) {
+      options.out.write(`${line}\n`);
+      changedAt = Date.now();
+      lastLine = line;
+    }
+    const end = ROLLOUT_ENDS[status.state];
+    if (end === 'done') return { converged: true };
+    if (end === 'waiting') return { converged: true };
+    if (end === 'stopped') return { converged: false, reason: `${name}: ${status.message}` };
+    if (Date.now() - changedAt >= idleTimeoutMs) {
+      return {
+        converged: false,
+        reason: `${name}: no progress for ${Math.round((Date.now() - changedAt) / 1000)}s (${status.state}); the swarm keeps trying (see 'swarm service inspect ${name}')`,
       };
     }
     await sleep(intervalMs);

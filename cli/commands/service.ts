@@ -13,6 +13,7 @@ import {
 import { capitalize, humanDuration, renderTable, shortId, writeJson } from '../output.ts';
 import { CREATE_FLAGS, specFromFlags } from './service-flags.ts';
 import { replicasColumn, waitForConvergence } from './service-progress.ts';
+import { promote, rollback, update } from './service-update.ts';
 
 const detachFlag = CREATE_FLAGS.detach!;
 
@@ -142,7 +143,7 @@ export function renderTaskTable(
       replaced ? ` \\_ ${name}` : name,
       task.nodeId ? (hostnames.get(task.nodeId) ?? id(task.nodeId)) : '',
       capitalize(task.desiredState),
-      `${capitalize(task.status.state)}${age}`,
+      `${capitalize(task.status.state)}${task.status.health ? ` (${task.status.health})` : ''}${age}`,
       task.status.error ?? (task.status.state === 'pending' ? (task.status.pendingReason ?? '') : ''),
     ];
   });
@@ -268,5 +269,5 @@ const logs: Command = {
 export const serviceGroup: CommandGroup = {
   name: 'service',
   summary: 'Manage services',
-  commands: [create, inspect, logs, ls, ps, rm, scale],
+  commands: [create, inspect, logs, ls, promote, ps, rm, rollback, scale, update],
 };

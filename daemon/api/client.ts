@@ -91,6 +91,16 @@ export class ApiClient {
     return this.request('POST', `/v1/services/${encodeURIComponent(ref)}/update`, update);
   }
 
+  /** Back to the previous spec, with the rollback config. */
+  rollbackService(ref: string): Promise<Service> {
+    return this.request('POST', `/v1/services/${encodeURIComponent(ref)}/rollback`);
+  }
+
+  /** Lets an update waiting on its canaries go on. */
+  promoteService(ref: string): Promise<Service> {
+    return this.request('POST', `/v1/services/${encodeURIComponent(ref)}/promote`);
+  }
+
   async removeService(ref: string): Promise<void> {
     await this.request('DELETE', `/v1/services/${encodeURIComponent(ref)}`);
   }

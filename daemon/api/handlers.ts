@@ -50,6 +50,10 @@ export interface ControlHandlers {
   /** Replaces the spec. Refuses (409) if `update.version` is not the service's current one. */
   updateService?(ref: string, update: ServiceUpdate): Promise<Service>;
   removeService?(ref: string): Promise<void>;
+  /** Back to the previous spec with the rollback config; 400 when there is none. */
+  rollbackService?(ref: string): Promise<Service>;
+  /** Lets an update waiting on its canaries go on; 400 when none wait. */
+  promoteService?(ref: string): Promise<Service>;
   /** Tasks in any state (history included), of one service and/or node when given (refs as typed by the user). */
   listTasks?(filter: { service?: string; node?: string }): Promise<Task[]>;
   serviceLogs?(ref: string, options: ServiceLogOptions): AsyncIterable<ServiceLogLine>;

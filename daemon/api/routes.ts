@@ -71,6 +71,16 @@ export const routes: readonly Route[] = [
     path: '/v1/services/:ref/update',
     run: (h, r) => optional(h, 'updateService')(param(r, 'ref'), parseBody(serviceUpdateSchema, r.body)),
   },
+  {
+    method: 'POST',
+    path: '/v1/services/:ref/rollback',
+    run: (h, r) => optional(h, 'rollbackService')(param(r, 'ref')),
+  },
+  {
+    method: 'POST',
+    path: '/v1/services/:ref/promote',
+    run: (h, r) => optional(h, 'promoteService')(param(r, 'ref')),
+  },
   { method: 'DELETE', path: '/v1/services/:ref', run: (h, r) => optional(h, 'removeService')(param(r, 'ref')) },
   {
     method: 'GET',

@@ -7,7 +7,7 @@
 // "1m30s"): the output is always numbers, exactly a ServiceSpec.
 import { z } from 'zod';
 import { LABEL_VALUE_MAX, labelKeySchema } from './schemas.ts';
-import type { ServiceSpec } from './services.ts';
+import type { RolloutConfig, ServiceSpec, UpdateConfig } from './services.ts';
 import { InvalidValueError, parseBytes, parseDuration } from './units.ts';
 
 export const SERVICE_NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
@@ -276,6 +276,34 @@ const placementSchema = z
   })
   .prefault({});
 
+const HEALTH_KINDS = ['cmd', 'http', 'tcp'] as const;
+
+const healthcheckSchema = z
+  .strictObject({
+    kind: z.enum(HEALTH_KINDS, {
+      error: (issue) =>
+        issue.input === undefined
+          ? 'is required'
+          : `unknown health check ${JSON.stringify(issue.input)}: must be one of ${HEALTH_KINDS.join(', ')}`,
+    }),
+    command: z.array(z.string()).default([]),
+    path: z.string().startsWith('/', 'must start with /').default('/'),
+    port: z.number().int('must be a whole number').min(0).max(65535, 'must be a port number (0-65535)').default(0),
+    intervalMs: durationSchema.default(30_000),
+    timeoutMs: durationSchema.default(30_000),
+    retries: count('retries').default(3),
+    startPeriodMs: durationSchema.default(0),
+  })
+  .superRefine((check, ctx) => {
+    if (check.kind === 'cmd' && (check.command.length === 0 || check.command[0] === '')) {
+      ctx.addIssue({ code: 'custom', path: ['command'], message: 'is required for a cmd health check' });
+    }
+    // Docker's minimum (1 ms) would let a check spin; a probe more often than every 100 ms is a typo.
+    for (const key of ['intervalMs', 'timeoutMs'] as const) {
+      if (check[key] < 100) ctx.addIssue({ code: 'custom', path: [key], message: 'must be at least 100ms' });
+    }
+  });
+
 const taskSchema = z
   .strictObject({
     runtime: z.enum(RUNTIMES, {
@@ -297,6 +325,8 @@ const taskSchema = z
     placement: placementSchema,
     stopSignal: signalSchema.default('SIGTERM'),
     stopGracePeriodMs: durationSchema.default(10_000),
+    healthcheck: healthcheckSchema.nullable().default(null),
+    forceUpdate: count('updates').default(0),
   })
   .superRefine((task, ctx) => {
     if (task.runtime === 'process') {
@@ -330,6 +360,54 @@ const taskSchema = z
     });
   });
 
+// ---------------------------------------------------------------- rollouts
+
+const ORDERS = ['stop-first', 'start-first'] as const;
+
+function rolloutFields(actions: readonly ['pause', 'continue', ...('rollback' | 'pause' | 'continue')[]]) {
+  return {
+    parallelism: count('tasks').default(1),
+    delayMs: durationSchema.default(0),
+    failureAction: z
+      .enum(actions as unknown as ['pause', 'continue', 'rollback'], {
+        error: (issue) => `unknown failure action ${JSON.stringify(issue.input)}: must be one of ${actions.join(', ')}`,
+      })
+      .default('pause'),
+    monitorMs: durationSchema.default(5_000),
+    maxFailureRatio: z
+      .number({ error: 'must be a number between 0 and 1' })
+      .min(0, 'must be between 0 and 1')
+      .max(1, 'must be between 0 and 1')
+      .default(0),
+    order: z
+      .enum(ORDERS, {
+        error: (issue) => `unknown order ${JSON.stringify(issue.input)}: must be one of ${ORDERS.join(', ')}`,
+      })
+      .default('stop-first'),
+  };
+}
+
+const updateConfigSchema = z
+  .strictObject({
+    ...rolloutFields(['pause', 'continue', 'rollback']),
+    canary: count('tasks').default(0),
+    autoPromote: z.boolean().default(false),
+  })
+  .prefault({});
+
+// A rollback that fails pauses (or goes on); rolling back a rollback would never end.
+const rollbackConfigSchema = z
+  .strictObject(rolloutFields(['pause', 'continue']) as ReturnType<typeof rolloutFields>)
+  .refine((config) => config.failureAction !== 'rollback', {
+    path: ['failureAction'],
+    message: 'a rollback cannot roll back: must be pause or continue',
+  })
+  .prefault({});
+
+/** Swarm's defaults, as a spec without `update` or `rollback` gets them. */
+export const DEFAULT_UPDATE_CONFIG: UpdateConfig = updateConfigSchema.parse(undefined);
+export const DEFAULT_ROLLBACK_CONFIG: RolloutConfig = rollbackConfigSchema.parse(undefined);
+
 export const serviceSpecSchema = z.strictObject({
   name: z
     .string({ error: (issue) => (issue.input === undefined ? 'is required' : undefined) })
@@ -340,6 +418,8 @@ export const serviceSpecSchema = z.strictObject({
   labels: labelsSchema.default({}),
   mode: modeSchema,
   task: taskSchema,
+  update: updateConfigSchema,
+  rollback: rollbackConfigSchema,
 });
 
 /** Input as a client may send it: defaults omitted, sizes and durations as numbers or strings. */

@@ -30,6 +30,29 @@ export interface Resources {
   limits: { nanoCpus: number; memoryBytes: number; pids: number };
 }
 
+/**
+ * A probe of a task's health, run by the worker on the task's node. `cmd` runs inside the task (docker exec, or
+ * the runtime's equivalent) and passes on exit 0; `http` GETs a path on the task's port and passes on 2xx/3xx;
+ * `tcp` passes when a connection opens. Defaults are Docker's (30 s interval and timeout, 3 retries).
+ */
+export interface HealthCheck {
+  kind: 'cmd' | 'http' | 'tcp';
+  /** cmd: the command and its arguments. */
+  command: string[];
+  /** http: the path to GET. */
+  path: string;
+  /** http, tcp: the port on the task's address; 0 = the task's host port (its PORT). */
+  port: number;
+  intervalMs: number;
+  timeoutMs: number;
+  /** Consecutive failures that make a task unhealthy. */
+  retries: number;
+  /** Failures in this time after start do not count (a success still makes the task healthy). */
+  startPeriodMs: number;
+}
+
+export type HealthState = 'starting' | 'healthy' | 'unhealthy';
+
 export interface TaskTemplate {
   runtime: Runtime;
   image: string;
@@ -45,6 +68,32 @@ export interface TaskTemplate {
   placement: Placement;
   stopSignal: string;
   stopGracePeriodMs: number;
+  healthcheck: HealthCheck | null;
+  /** Bumped by `swarm service update --force`: a changed template redeploys every task. */
+  forceUpdate: number;
+}
+
+/** How tasks are replaced when the template changes (`update`) or on rollback (`rollback`). Swarm's defaults. */
+export interface RolloutConfig {
+  /** Tasks replaced at once; 0 = all at once. */
+  parallelism: number;
+  /** Wait after a task is replaced before replacing the next. */
+  delayMs: number;
+  /** What a failed replacement does: rollback is not allowed for a rollback (it would never end). */
+  failureAction: 'pause' | 'continue' | 'rollback';
+  /** How long a new task is watched for failure after it is running (and healthy). */
+  monitorMs: number;
+  /** Failures tolerated, as a fraction of the service's tasks, before the failure action applies. */
+  maxFailureRatio: number;
+  /** stop-first: old task stops, then the new one starts; start-first: both run until the new one is ready. */
+  order: 'stop-first' | 'start-first';
+}
+
+export interface UpdateConfig extends RolloutConfig {
+  /** New-version tasks started beside the old ones, then the update waits for `service promote`; 0 = none. */
+  canary: number;
+  /** Promote the canaries once they stay running and healthy through the monitor window. */
+  autoPromote: boolean;
 }
 
 export interface ServiceSpec {
@@ -52,6 +101,29 @@ export interface ServiceSpec {
   labels: Record<string, string>;
   mode: ServiceMode;
   task: TaskTemplate;
+  update: UpdateConfig;
+  rollback: RolloutConfig;
+}
+
+export const UPDATE_STATES = [
+  'updating',
+  'awaiting_promotion',
+  'paused',
+  'completed',
+  'rollback_started',
+  'rollback_paused',
+  'rollback_completed',
+] as const;
+export type UpdateState = (typeof UPDATE_STATES)[number];
+
+/** Where a rolling update or rollback stands; kept in the store so a new leader carries it on. */
+export interface UpdateStatus {
+  state: UpdateState;
+  startedAt: string;
+  completedAt?: string;
+  message: string;
+  /** Canaries were promoted (by `service promote` or auto-promote): the update goes on past them. */
+  promoted: boolean;
 }
 
 export interface Service {
@@ -59,6 +131,9 @@ export interface Service {
   spec: ServiceSpec;
   /** Bumped on every spec change; tasks carry the spec version they were made from. */
   specVersion: number;
+  /** The spec before the last update: what `service rollback` returns to. */
+  previousSpec: ServiceSpec | null;
+  updateStatus: UpdateStatus | null;
   version: number;
   createdAt: string;
   updatedAt: string;
@@ -99,6 +174,8 @@ export interface TaskStatus {
   pendingReason?: string;
   exitCode?: number;
   error?: string;
+  /** Only for tasks with a health check, once running. */
+  health?: HealthState;
 }
 
 export interface Task {
@@ -120,6 +197,8 @@ export interface Task {
   devices: { kind: string; ids: string[] }[];
   /** Restart attempts made for this slot (carried over to the replacement). */
   attempt: number;
+  /** A stop-first update's replacement is not scheduled until this task (the one it replaces) has ended. */
+  startAfter?: string;
   version: number;
   createdAt: string;
   updatedAt: string;

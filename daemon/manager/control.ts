@@ -15,12 +15,15 @@ import { type ClusterRecord, ConflictError, type Manager } from './manager.ts';
 import { type NodeRecord, toSwarmNode } from './nodes.ts';
 import { newTaskId } from './orchestrator.ts';
 import { put } from './store/store.ts';
+import { awaitsPromotion, promoted, rolledBack, withNewSpec } from './updater.ts';
 
 /** Writes the leader performs; followers send these over PROTOCOLS.control. */
 type LeaderOp =
   | { op: 'createService'; spec: ServiceSpec }
   | { op: 'updateService'; ref: string; version: number; spec: ServiceSpec }
   | { op: 'removeService'; ref: string }
+  | { op: 'rollbackService'; ref: string }
+  | { op: 'promoteService'; ref: string }
   | { op: 'updateNode'; ref: string; update: NodeUpdate }
   | { op: 'setRole'; ref: string; role: 'manager' | 'worker' }
   | { op: 'removeNode'; ref: string; force: boolean }
@@ -96,6 +99,14 @@ export class ManagerControl {
     return (await this.onLeader({ op: 'updateService', ref, version, spec })) as Service;
   }
 
+  async rollbackService(ref: string): Promise<Service> {
+    return (await this.onLeader({ op: 'rollbackService', ref })) as Service;
+  }
+
+  async promoteService(ref: string): Promise<Service> {
+    return (await this.onLeader({ op: 'promoteService', ref })) as Service;
+  }
+
   async removeService(ref: string): Promise<void> {
     await this.onLeader({ op: 'removeService', ref });
   }
@@ -161,6 +172,10 @@ export class ManagerControl {
           return await this.executeCreateService(op.spec);
         case 'updateService':
           return await this.executeUpdateService(op.ref, op.version, op.spec);
+        case 'rollbackService':
+          return await this.executeRollbackService(op.ref);
+        case 'promoteService':
+          return await this.executePromoteService(op.ref);
         case 'removeService': {
           const service = resolveServiceRef(this.manager.store.list<Service>('services'), op.ref);
           await this.manager.transact([
@@ -190,7 +205,16 @@ export class ManagerControl {
     if (services.some((s) => s.spec.name === spec.name))
       throw new ApiError(409, `a service named ${spec.name} already exists`);
     const at = new Date().toISOString();
-    const service: Service = { id: newTaskId(), spec, specVersion: 1, version: 0, createdAt: at, updatedAt: at };
+    const service: Service = {
+      id: newTaskId(),
+      spec,
+      specVersion: 1,
+      previousSpec: null,
+      updateStatus: null,
+      version: 0,
+      createdAt: at,
+      updatedAt: at,
+    };
     await this.manager.transact([put('services', service, 'absent')]);
     return this.manager.store.get<Service>('services', service.id)!;
   }
@@ -199,13 +223,28 @@ export class ManagerControl {
     const service = resolveServiceRef(this.manager.store.list<Service>('services'), ref);
     if (version !== service.version) throw versionConflict('service', service.id, version, service.version);
     if (spec.name !== service.spec.name) throw new ApiError(400, 'a service cannot be renamed', 'name');
-    const changed: Service = {
-      ...service,
-      spec,
-      specVersion: service.specVersion + 1,
-      updatedAt: new Date().toISOString(),
-    };
+    const changed = withNewSpec(service, spec, new Date().toISOString());
     await this.manager.transact([put('services', changed, service.version)]);
+    return this.manager.store.get<Service>('services', service.id)!;
+  }
+
+  private async executeRollbackService(ref: string): Promise<Service> {
+    const service = resolveServiceRef(this.manager.store.list<Service>('services'), ref);
+    if (!service.previousSpec) {
+      throw new ApiError(400, `service ${service.spec.name} has no previous spec to roll back to`);
+    }
+    const at = new Date().toISOString();
+    const changed = rolledBack(service, at, 'rollback requested');
+    await this.manager.transact([put('services', changed, service.version)]);
+    return this.manager.store.get<Service>('services', service.id)!;
+  }
+
+  private async executePromoteService(ref: string): Promise<Service> {
+    const service = resolveServiceRef(this.manager.store.list<Service>('services'), ref);
+    if (!awaitsPromotion(service)) {
+      throw new ApiError(400, `service ${service.spec.name} has no canaries awaiting promotion`);
+    }
+    await this.manager.transact([put('services', promoted(service, new Date().toISOString()), service.version)]);
     return this.manager.store.get<Service>('services', service.id)!;
   }
 

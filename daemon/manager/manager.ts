@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { ProposalDroppedError } from '../../raft/core/raft.ts';
 import { RaftNode } from '../../raft/driver/raft-node.ts';
 import { FileStorage } from '../../raft/storage/file-storage.ts';
-import type { Service, Task, TaskStatus } from '../api/services.ts';
+import type { HealthState, Service, Task, TaskStatus } from '../api/services.ts';
 import { TASK_STATES, TERMINAL_STATES } from '../api/services.ts';
 import type { NodeRole } from '../api/types.ts';
 import type { FramedStream } from '../mesh/framed-stream.ts';
@@ -34,6 +34,9 @@ import {
   type StoreOp,
   type TransactionResult,
 } from './store/store.ts';
+import { planRollouts } from './updater.ts';
+
+const HEALTH_STATES: readonly HealthState[] = ['starting', 'healthy', 'unhealthy'];
 
 export interface ClusterSettings {
   heartbeatPeriodMs: number;
@@ -259,8 +262,14 @@ export class Manager {
       const task = this.store.get<Task>('tasks', String(report?.taskId));
       const state = report?.status?.state;
       if (!task || task.nodeId !== nodeId || !TASK_STATES.includes(state)) continue;
-      if (TASK_STATES.indexOf(state) <= TASK_STATES.indexOf(task.status.state)) continue;
+      const health = HEALTH_STATES.includes(report.status.health as HealthState)
+        ? (report.status.health as HealthState)
+        : undefined;
+      const forward = TASK_STATES.indexOf(state) > TASK_STATES.indexOf(task.status.state);
+      // Health changes within a state (running: starting -> healthy -> unhealthy) count too.
+      if (!forward && (state !== task.status.state || health === task.status.health)) continue;
       const status: TaskStatus = {
+        ...(health ? { health } : {}),
         state,
         since: String(report.status.since ?? new Date().toISOString()).slice(0, 40),
         message: String(report.status.message ?? '').slice(0, 500),
@@ -386,14 +395,28 @@ export class Manager {
     const nodes = this.store.list<NodeRecord>('nodes');
     const ops = reconcile({ services, tasks: this.store.list<Task>('tasks'), nodes, now: Date.now() });
     if (ops.length > 0) await this.transact(ops);
+    const rollouts = planRollouts({
+      services: this.store.list<Service>('services'),
+      tasks: this.store.list<Task>('tasks'),
+      now: Date.now(),
+    });
+    if (rollouts.length > 0) await this.transact(rollouts);
+    await this.schedule(nodes);
+  }
+
+  /** Places pending tasks; a stop-first replacement waits until the task it replaces has ended. */
+  private async schedule(nodes: NodeRecord[]): Promise<void> {
     const tasks = this.store.list<Task>('tasks');
+    const ended = (id: string) => {
+      const task = this.store.get<Task>('tasks', id);
+      return !task || TERMINAL_STATES.has(task.status.state);
+    };
     const pending = tasks.filter(
-      (t) => t.status.state === 'pending' && t.nodeId === null && t.desiredState !== 'shutdown',
+      (t) => t.status.state === 'pending' && t.desiredState !== 'shutdown' && (!t.startAfter || ended(t.startAfter)),
     );
     if (pending.length === 0) return;
-    const placed = tasks.filter(
-      (t) => t.nodeId !== null && !TERMINAL_STATES.has(t.status.state) && t.desiredState !== 'shutdown',
-    );
+    // A task told to stop holds its resources (GPUs above all) until it has really ended.
+    const placed = tasks.filter((t) => t.nodeId !== null && !TERMINAL_STATES.has(t.status.state));
     const result = await scheduleInChunks({ nodes: nodes.map((n) => toSchedulerNode(n)), placed, pending });
     const at = new Date().toISOString();
     const byId = new Map(pending.map((t) => [t.id, t]));

@@ -26,7 +26,7 @@ function status(state: TaskStatus['state'], at: string, message = ''): TaskStatu
   return { state, since: at, message };
 }
 
-function newTask(service: Service, slot: number, nodeId: string | null, attempt: number, at: string): Task {
+export function newTask(service: Service, slot: number, nodeId: string | null, attempt: number, at: string): Task {
   return {
     id: newTaskId(),
     serviceId: service.id,

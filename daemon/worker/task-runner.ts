@@ -3,7 +3,7 @@
 // restart running tasks are re-attached instead of started twice.
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import type { Task, TaskState, TaskStatus } from '../api/services.ts';
+import type { HealthCheck, Task, TaskState, TaskStatus } from '../api/services.ts';
 import { TASK_STATES, TERMINAL_STATES } from '../api/services.ts';
 import {
   type Executor,
@@ -14,6 +14,7 @@ import {
   type TaskHandle,
   type TaskRunSpec,
 } from './executors/types.ts';
+import { HealthMonitor, probeFor } from './health.ts';
 
 export interface TaskRunnerOptions {
   nodeId: string;
@@ -22,6 +23,8 @@ export interface TaskRunnerOptions {
   stateFile: string;
   /** Called when a status changed, so the agent reports it without waiting for the next period. */
   onStatusChange: () => void;
+  /** Runs before a task is told to stop: the load balancer drains it (no new connections, open ones finish). */
+  beforeStop?: (task: Task) => Promise<void>;
   log: (level: 'info' | 'warn', message: string) => void;
 }
 
@@ -32,15 +35,20 @@ interface Local {
   /** A lifecycle step is in progress (prepare/start/stop): don't start another. */
   busy: boolean;
   waiting: boolean;
+  health: HealthMonitor | null;
+  /** Set when the health check failed: the task was stopped for it and has failed, whatever its exit code. */
+  unhealthy?: string;
 }
 
 const order = (state: TaskState) => TASK_STATES.indexOf(state);
+/** What the managers must have seen of a status: its state and health. */
+const reportKey = (status: TaskStatus) => `${status.state}/${status.health ?? ''}`;
 
 export class TaskRunner {
   private readonly opts: TaskRunnerOptions;
   private readonly tasks = new Map<string, Local>();
   /** Last state the managers acknowledged per task. */
-  private readonly reported = new Map<string, TaskState>();
+  private readonly reported = new Map<string, string>();
 
   constructor(opts: TaskRunnerOptions) {
     this.opts = opts;
@@ -60,12 +68,13 @@ export class TaskRunner {
       if (!handle || !executor) continue;
       const inspection = await executor.inspect(handle).catch(() => null);
       if (!inspection) continue;
-      const local: Local = { task, status: task.status, handle, busy: false, waiting: false };
+      const local: Local = { task, status: task.status, handle, busy: false, waiting: false, health: null };
       this.tasks.set(task.id, local);
       if (inspection.running) {
         this.opts.log('info', `re-attached to task ${task.id} (${task.serviceName}.${task.slot})`);
         this.setStatus(local, 'running', 're-attached after restart');
         this.watch(local, executor);
+        this.checkHealth(local, executor, inspection.address);
       } else if (inspection.exitStatus) {
         this.finish(local, inspection.exitStatus);
       }
@@ -76,14 +85,14 @@ export class TaskRunner {
   pendingStatuses(): { taskId: string; status: TaskStatus }[] {
     const out: { taskId: string; status: TaskStatus }[] = [];
     for (const [taskId, local] of this.tasks) {
-      if (this.reported.get(taskId) !== local.status.state) out.push({ taskId, status: local.status });
+      if (this.reported.get(taskId) !== reportKey(local.status)) out.push({ taskId, status: local.status });
     }
     return out;
   }
 
   /** The managers' view of this node's tasks: what it shows is what they have (a lost report is resent). */
   acknowledge(statuses: { taskId: string; status: TaskStatus }[]): void {
-    for (const { taskId, status } of statuses) this.reported.set(taskId, status.state);
+    for (const { taskId, status } of statuses) this.reported.set(taskId, reportKey(status));
   }
 
   /** Brings what runs here in line with the managers' view of this node's tasks. */
@@ -94,7 +103,7 @@ export class TaskRunner {
       let local = this.tasks.get(task.id);
       if (!local) {
         if (TERMINAL_STATES.has(task.status.state)) continue; // ended before this swarmd knew it
-        local = { task, status: task.status, handle: null, busy: false, waiting: false };
+        local = { task, status: task.status, handle: null, busy: false, waiting: false, health: null };
         this.tasks.set(task.id, local);
       }
       local.task = task;
@@ -153,6 +162,10 @@ export class TaskRunner {
       await this.saveHandles();
       this.setStatus(local, 'running');
       this.watch(local, executor);
+      const inspection = local.task.template.healthcheck
+        ? await executor.inspect(local.handle).catch(() => null)
+        : null;
+      this.checkHealth(local, executor, inspection?.address);
     } catch (error) {
       const message = (error as Error).message;
       const rejected = error instanceof ExecutorError && !error.retryable;
@@ -173,8 +186,48 @@ export class TaskRunner {
     );
   }
 
+  /** Starts the task's health checks, if it has any; an unhealthy task is stopped and fails. */
+  private checkHealth(local: Local, executor: Executor, address: string | undefined): void {
+    const check = local.task.template.healthcheck;
+    if (!check || local.health || !local.handle || TERMINAL_STATES.has(local.status.state)) return;
+    const handle = local.handle;
+    const exec = (command: string[], timeoutMs: number) => executor.exec(handle, command, timeoutMs);
+    const host = address ? address.slice(0, address.lastIndexOf(':')) : undefined;
+    const hostPort = address ? Number(address.slice(address.lastIndexOf(':') + 1)) : undefined;
+    // A container without a network of its own can only be probed from inside.
+    const probe =
+      host === undefined && check.kind !== 'cmd' && local.task.template.runtime === 'docker'
+        ? probeFor({ ...check, kind: 'cmd', command: insideProbe(check) }, { exec, host: '127.0.0.1' })
+        : probeFor(check, { exec, host: host ?? '127.0.0.1', ...(hostPort ? { hostPort } : {}) });
+    local.health = new HealthMonitor({
+      check,
+      probe,
+      onChange: (health, output) => {
+        if (TERMINAL_STATES.has(local.status.state)) return;
+        local.status = { ...local.status, health };
+        this.opts.onStatusChange();
+        if (health === 'unhealthy') {
+          local.unhealthy = `task unhealthy: ${output}`;
+          this.opts.log(
+            'warn',
+            `task ${local.task.id} (${local.task.serviceName}.${local.task.slot}): ${local.unhealthy}`,
+          );
+          void this.stop(local);
+        }
+      },
+    });
+    local.status = { ...local.status, health: 'starting' };
+    this.opts.onStatusChange();
+    local.health.start();
+  }
+
   private finish(local: Local, exit: ExitStatus): void {
+    local.health?.stop();
     if (TERMINAL_STATES.has(local.status.state)) return;
+    if (local.unhealthy) {
+      this.setStatus(local, 'failed', '', local.unhealthy, exit.exitCode);
+      return;
+    }
     if (local.task.desiredState === 'shutdown') {
       this.setStatus(local, 'shutdown', 'stopped', undefined, exit.exitCode);
       return;
@@ -194,7 +247,9 @@ export class TaskRunner {
       return;
     }
     local.busy = true;
+    local.health?.stop();
     try {
+      if (this.opts.beforeStop && !local.unhealthy) await this.opts.beforeStop(local.task).catch(() => {});
       const { stopSignal, stopGracePeriodMs } = local.task.template;
       await executor.stop(local.handle, stopSignal, stopGracePeriodMs);
     } catch (error) {
@@ -202,7 +257,9 @@ export class TaskRunner {
     } finally {
       local.busy = false;
     }
-    if (!TERMINAL_STATES.has(local.status.state)) this.setStatus(local, 'shutdown', 'stopped');
+    if (TERMINAL_STATES.has(local.status.state)) return;
+    if (local.unhealthy) this.setStatus(local, 'failed', '', local.unhealthy);
+    else this.setStatus(local, 'shutdown', 'stopped');
   }
 
   private async remove(local: Local): Promise<void> {
@@ -213,7 +270,9 @@ export class TaskRunner {
 
   private setStatus(local: Local, state: TaskState, message = '', error?: string, exitCode?: number): void {
     if (order(state) < order(local.status.state)) return; // states only move forward
+    const health = state === 'running' ? local.status.health : undefined;
     local.status = {
+      ...(health ? { health } : {}),
       state,
       since: new Date().toISOString(),
       message,
@@ -267,4 +326,12 @@ export class TaskRunner {
     await writeFile(temp, JSON.stringify(handles));
     await rename(temp, this.opts.stateFile);
   }
+}
+
+/** An http or tcp check run inside a container that has no network the node can reach (busybox tools). */
+function insideProbe(check: HealthCheck): string[] {
+  const port = check.port || 80;
+  return check.kind === 'http'
+    ? ['wget', '-q', '-O', '/dev/null', `http://127.0.0.1:${port}${check.path}`]
+    : ['nc', '-z', '127.0.0.1', String(port)];
 }

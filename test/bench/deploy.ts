@@ -7,7 +7,7 @@ import type Docker from 'dockerode';
 import { ApiClient } from '../../daemon/api/client.ts';
 import type { ServiceSpec } from '../../daemon/api/services.ts';
 import { ensureTestImage, probeDocker, TEST_IMAGE } from '../helpers/docker.ts';
-import { taskTemplate } from '../helpers/fixtures.ts';
+import { serviceSpec, taskTemplate } from '../helpers/fixtures.ts';
 import { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
 
@@ -39,12 +39,10 @@ async function measureSwarmd(docker: Docker, host: string): Promise<Steps> {
   try {
     const node = await cluster.init('m1');
     const api = new ApiClient(node.socket);
-    const spec: ServiceSpec = {
-      name: 'bench',
-      labels: {},
-      mode: { kind: 'replicated', replicas: 10 },
-      task: { ...taskTemplate({ runtime: 'docker', image: TEST_IMAGE, command: [] }), args: ['sleep', '1000'] },
-    };
+    const spec: ServiceSpec = serviceSpec('bench', { kind: 'replicated', replicas: 10 }, {
+      ...taskTemplate({ runtime: 'docker', image: TEST_IMAGE, command: [] }),
+      args: ['sleep', '1000'],
+    });
     const running = async (n: number) => {
       const tasks = await api.listTasks({ service: 'bench' });
       return tasks.filter((t) => t.status.state === 'running' && t.desiredState === 'running').length === n;

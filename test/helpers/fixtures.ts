@@ -1,5 +1,6 @@
 // Service and task fixtures shared by unit tests and benchmarks.
-import type { TaskTemplate } from '../../daemon/api/services.ts';
+import { DEFAULT_ROLLBACK_CONFIG, DEFAULT_UPDATE_CONFIG } from '../../daemon/api/service-schema.ts';
+import type { Service, ServiceSpec, TaskTemplate } from '../../daemon/api/services.ts';
 
 /** A process-runtime template with nothing reserved, limited or constrained; override what a test needs. */
 export function taskTemplate(
@@ -30,5 +31,38 @@ export function taskTemplate(
     placement: { constraints: [], spread: [], maxReplicasPerNode: 0, ...overrides.placement },
     stopSignal: 'SIGTERM',
     stopGracePeriodMs: 10_000,
+    healthcheck: null,
+    forceUpdate: 0,
+  };
+}
+
+/** A spec with Swarm's update and rollback defaults. */
+export function serviceSpec(
+  name: string,
+  mode: ServiceSpec['mode'],
+  task: TaskTemplate,
+  update: Partial<ServiceSpec['update']> = {},
+): ServiceSpec {
+  return {
+    name,
+    labels: {},
+    mode,
+    task,
+    update: { ...DEFAULT_UPDATE_CONFIG, ...update },
+    rollback: { ...DEFAULT_ROLLBACK_CONFIG },
+  };
+}
+
+/** A stored service as the store holds it, never updated. */
+export function storedService(id: string, spec: ServiceSpec, at: string, version = 1): Service {
+  return {
+    id,
+    spec,
+    specVersion: 1,
+    previousSpec: null,
+    updateStatus: null,
+    version,
+    createdAt: at,
+    updatedAt: at,
   };
 }

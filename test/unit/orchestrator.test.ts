@@ -4,28 +4,16 @@ import type { Service, ServiceSpec, Task } from '../../daemon/api/services.ts';
 import type { NodeRecord } from '../../daemon/manager/nodes.ts';
 import { reconcile } from '../../daemon/manager/orchestrator.ts';
 import type { StoreOp } from '../../daemon/manager/store/store.ts';
-import { taskTemplate } from '../helpers/fixtures.ts';
+import { serviceSpec, storedService, taskTemplate } from '../helpers/fixtures.ts';
 
 const now = Date.parse('2026-01-01T00:01:00Z');
 const at = '2026-01-01T00:00:00.000Z';
 
 function spec(mode: ServiceSpec['mode'], restart: Partial<ServiceSpec['task']['restart']> = {}): ServiceSpec {
-  return {
-    name: 'web',
-    labels: {},
-    mode,
-    task: taskTemplate({ command: ['/bin/sleep', '1000'], restart }),
-  };
+  return serviceSpec('web', mode, taskTemplate({ command: ['/bin/sleep', '1000'], restart }));
 }
 
-const service = (s: ServiceSpec): Service => ({
-  id: 'svc',
-  spec: s,
-  specVersion: 1,
-  version: 1,
-  createdAt: at,
-  updatedAt: at,
-});
+const service = (s: ServiceSpec): Service => storedService('svc', s, at);
 
 function node(
   id: string,

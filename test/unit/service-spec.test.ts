@@ -36,7 +36,20 @@ const DEFAULT_TASK: Omit<ServiceSpec['task'], 'runtime'> = {
   placement: { constraints: [], spread: [], maxReplicasPerNode: 0 },
   stopSignal: 'SIGTERM',
   stopGracePeriodMs: 10_000,
+  healthcheck: null,
+  forceUpdate: 0,
 };
+
+// swarmkit api/defaults/service.go: parallelism 1, no delay, pause on failure, 5 s monitor, no failure tolerated.
+const SWARM_ROLLOUT = {
+  parallelism: 1,
+  delayMs: 0,
+  failureAction: 'pause',
+  monitorMs: 5000,
+  maxFailureRatio: 0,
+  order: 'stop-first',
+} as const;
+const DEFAULT_UPDATE = { ...SWARM_ROLLOUT, canary: 0, autoPromote: false };
 
 function problem(body: unknown): string {
   try {
@@ -61,6 +74,8 @@ describe('serviceSpecSchema', () => {
       labels: {},
       mode: { kind: 'replicated', replicas: 1 },
       task: { ...DEFAULT_TASK, runtime: 'process', command: ['/bin/sleep'] },
+      update: DEFAULT_UPDATE,
+      rollback: SWARM_ROLLOUT,
     } satisfies ServiceSpec);
     expect(
       parseBody(serviceSpecSchema, docker({}, { mode: { kind: 'replicated-job', maxConcurrent: 4 } })).mode,
@@ -386,6 +401,8 @@ function makeService(id: string, spec: ServiceSpec): Service {
     id,
     spec,
     specVersion: 1,
+    previousSpec: null,
+    updateStatus: null,
     version: 10,
     createdAt: '2026-01-01T00:00:00.000Z',
     updatedAt: '2026-01-01T00:00:00.000Z',
@@ -648,7 +665,11 @@ describe('swarm service create', () => {
         },
         stopSignal: 'SIGINT',
         stopGracePeriodMs: 30_000,
+        healthcheck: null,
+        forceUpdate: 0,
       },
+      update: DEFAULT_UPDATE,
+      rollback: SWARM_ROLLOUT,
     } satisfies ServiceSpec);
   });
 
