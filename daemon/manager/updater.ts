@@ -110,10 +110,12 @@ function planRollout(service: Service, tasks: Task[], now: number): StoreOp[] {
   }
 
   if (dirty.length === 0 && inProgress === 0 && now >= lastReady + config.monitorMs) {
+    // An automatic rollback keeps saying why it happened.
+    const why = rollingBack && status.message.startsWith('update rolled back') ? ` (${status.message})` : '';
     ops.push(
       setStatus(service, at, {
         state: rollingBack ? 'rollback_completed' : 'completed',
-        message: rollingBack ? 'rollback completed' : 'update completed',
+        message: rollingBack ? `rollback completed${why}` : 'update completed',
         completedAt: at,
       }),
     );
