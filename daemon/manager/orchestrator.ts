@@ -18,8 +18,17 @@ export function newTaskId(): string {
   return randomBytes(13).toString('hex').slice(0, 25);
 }
 
+// An unhealthy task is as good as failed: its node stops it, and its replacement starts at once rather than
+// after the stop (which can take the whole grace period).
+const isUnhealthy = (task: Task) => task.status.state === 'running' && task.status.health === 'unhealthy';
+
 function isLive(task: Task, lost: ReadonlySet<string>): boolean {
-  return task.desiredState !== 'shutdown' && !TERMINAL_STATES.has(task.status.state) && !lost.has(task.id);
+  return (
+    task.desiredState !== 'shutdown' &&
+    !TERMINAL_STATES.has(task.status.state) &&
+    !lost.has(task.id) &&
+    !isUnhealthy(task)
+  );
 }
 
 function status(state: TaskStatus['state'], at: string, message = ''): TaskStatus {
@@ -56,7 +65,9 @@ function restartDue(task: Task, service: Service, now: number): 'now' | 'later' 
   if (jobDone || policy.condition === 'none') return 'never';
   if (policy.condition === 'on-failure' && task.status.state === 'complete') return 'never';
   if (policy.maxAttempts > 0 && task.attempt + 1 > policy.maxAttempts) return 'never';
-  return now - Date.parse(task.status.since) >= policy.delayMs ? 'now' : 'later';
+  // The delay counts from the failure: for an unhealthy task, when the managers learnt of it.
+  const failedAt = Date.parse(isUnhealthy(task) ? task.updatedAt : task.status.since);
+  return now - failedAt >= policy.delayMs ? 'now' : 'later';
 }
 
 export interface OrchestrationInput {

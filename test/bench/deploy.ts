@@ -10,9 +10,7 @@ import { ensureTestImage, probeDocker, TEST_IMAGE } from '../helpers/docker.ts';
 import { serviceSpec, taskTemplate } from '../helpers/fixtures.ts';
 import { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
-
-const POLL_MS = 50;
-const TIMEOUT_MS = 180_000;
+import { until } from './lib/poll.ts';
 
 interface Steps {
   create10Seconds: number;
@@ -20,16 +18,7 @@ interface Steps {
   removeSeconds: number;
 }
 
-async function until(what: string, check: () => Promise<boolean>): Promise<number> {
-  const started = performance.now();
-  while (performance.now() - started < TIMEOUT_MS) {
-    if (await check().catch(() => false)) return round((performance.now() - started) / 1000, 3);
-    await new Promise((r) => setTimeout(r, POLL_MS));
-  }
-  throw new Error(`${what}: not done within ${TIMEOUT_MS / 1000} s`);
-}
-
-async function containersOf(docker: Docker, label: string): Promise<number> {
+export async function containersOf(docker: Docker, label: string): Promise<number> {
   return (await docker.listContainers({ filters: { label: [label] } })).length;
 }
 
@@ -39,10 +28,14 @@ async function measureSwarmd(docker: Docker, host: string): Promise<Steps> {
   try {
     const node = await cluster.init('m1');
     const api = new ApiClient(node.socket);
-    const spec: ServiceSpec = serviceSpec('bench', { kind: 'replicated', replicas: 10 }, {
-      ...taskTemplate({ runtime: 'docker', image: TEST_IMAGE, command: [] }),
-      args: ['sleep', '1000'],
-    });
+    const spec: ServiceSpec = serviceSpec(
+      'bench',
+      { kind: 'replicated', replicas: 10 },
+      {
+        ...taskTemplate({ runtime: 'docker', image: TEST_IMAGE, command: [] }),
+        args: ['sleep', '1000'],
+      },
+    );
     const running = async (n: number) => {
       const tasks = await api.listTasks({ service: 'bench' });
       return tasks.filter((t) => t.status.state === 'running' && t.desiredState === 'running').length === n;

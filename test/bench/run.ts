@@ -7,6 +7,8 @@ const benches: Record<string, () => Promise<Record<string, unknown>>> = {
   footprint: benchFootprint,
   scheduler: async () => (await import('./scheduler.ts')).benchScheduler(),
   deploy: async () => (await import('./deploy.ts')).benchDeploy(),
+  lb: async () => (await import('./lb.ts')).benchLb(),
+  update: async () => (await import('./update.ts')).benchUpdate(),
 };
 
 const name = process.argv[2];
