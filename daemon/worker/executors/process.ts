@@ -3,7 +3,8 @@
 // it needs no root and nothing installed beyond /bin/sh, util-linux `setsid` and `env`.
 //
 // It isolates nothing: the task sees the host's filesystem, network and devices. `image`, `labels` and
-// `mounts` are ignored (mounts and devices with a warning). What it does:
+// `mounts` are ignored (mounts and devices with a warning; allocated GPUs are only named in the environment,
+// launch.ts). What it does:
 // - runs the program as a non-root user (see users.ts), with only the spec's environment (launch.ts);
 // - keeps each task's state, logs and exit status in <stateDir>/tasks/<taskId>/ (task-store.ts, logs.ts),
 //   so a restarted swarmd re-attaches to running tasks and learns how finished ones ended (wrapper.ts);
@@ -181,8 +182,18 @@ export class ProcessExecutor implements Executor {
     const env = taskEnv(spec, cwd);
     const program = await resolveProgram(spec.command, env.PATH!, cwd, user);
     if (spec.mounts.length > 0) this.warn(`task ${spec.taskId}: the process runtime ignores mounts`);
-    if (spec.devices.length > 0) {
-      this.warn(`task ${spec.taskId}: the process runtime cannot isolate devices; the task sees all of the host's`);
+    if (spec.devices.some((device) => device.kind === 'gpu')) {
+      this.warn(
+        `task ${spec.taskId}: the process runtime exposes allocated GPUs by environment only ` +
+          "(CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES); it cannot hide the host's other devices",
+      );
+    }
+    const others = [...new Set(spec.devices.filter((device) => device.kind !== 'gpu').map((device) => device.kind))];
+    if (others.length > 0) {
+      this.warn(
+        `task ${spec.taskId}: the process runtime cannot expose or isolate ${others.join(', ')} devices; ` +
+          "the task sees all of the host's",
+      );
     }
 
     await mkdir(tasksRoot(this.stateDir), { recursive: true, mode: 0o711 });

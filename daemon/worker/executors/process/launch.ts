@@ -8,9 +8,22 @@ import type { TaskUser } from './users.ts';
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
-/** spec.env, PORT when the task has a host port, and PATH/HOME only where the spec sets none. */
+/**
+ * The GPUs allocated to the task, for CUDA and NVIDIA's tools. A plain process cannot be kept from the other
+ * devices (it sees the host's /dev), so this only tells well-behaved programs which GPUs are theirs.
+ */
+export function gpuEnv(spec: TaskRunSpec): Record<string, string> {
+  const ids = spec.devices.filter((device) => device.kind === 'gpu').flatMap((device) => device.ids);
+  if (ids.length === 0) return {};
+  return { CUDA_VISIBLE_DEVICES: ids.join(','), NVIDIA_VISIBLE_DEVICES: ids.join(',') };
+}
+
+/**
+ * spec.env, PORT when the task has a host port, the allocated GPUs (overriding the spec's own variables), and
+ * PATH/HOME only where the spec sets none.
+ */
 export function taskEnv(spec: TaskRunSpec, cwd: string): Record<string, string> {
-  const env: Record<string, string> = { ...spec.env };
+  const env: Record<string, string> = { ...spec.env, ...gpuEnv(spec) };
   if (spec.hostPort !== undefined) env.PORT = String(spec.hostPort);
   env.PATH ??= DEFAULT_PATH;
   // The working dir is the one directory the task is sure to own; tools that write ~/.cache work there.
