@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { ApiClient } from '../daemon/api/client.ts';
 import { JoinTokenError } from '../daemon/mesh/pki.ts';
 import { type HostPort, Swarmd, SwarmdError } from '../daemon/swarmd.ts';
+import { parseNodeResources } from '../daemon/worker/accelerators/node-resources.ts';
 
 const USAGE = `Usage: swarmd COMMAND [OPTIONS]
 
@@ -29,6 +30,8 @@ Options:
   --heartbeat-period SECONDS     How often nodes report to the leader (init; default 1)
   --node-down-after SECONDS      Missed-heartbeat time before a node is marked down (init; default 4)
   --cert-expiry SECONDS          Lifetime of membership certificates, renewed at half life (init; default 90 days)
+  --node-resource KIND=N|KIND=ID Declare a resource discovery does not see (e.g. fpga=2, ib=mlx5_0); repeatable
+  --apptainer PATH               The apptainer or singularity binary (default: whichever is on PATH)
   --force                        leave: even if this node is a manager
   -h, --help                     Show this help
 `;
@@ -93,6 +96,8 @@ export async function main(argv: string[]): Promise<number> {
       'heartbeat-period': { type: 'string' },
       'node-down-after': { type: 'string' },
       'cert-expiry': { type: 'string' },
+      'node-resource': { type: 'string', multiple: true },
+      apptainer: { type: 'string' },
       force: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -109,8 +114,16 @@ export async function main(argv: string[]): Promise<number> {
   const encryption: 'noise' | 'tls' | undefined = encryptionFlag;
   const listen = values['listen-addr'] ? parseHostPort('--listen-addr', values['listen-addr'], true) : undefined;
   const advertise = values['advertise-addr'] ? parseHostPort('--advertise-addr', values['advertise-addr']) : undefined;
+  let nodeResources: { kind: string; ids: string[] }[] = [];
+  try {
+    nodeResources = parseNodeResources(values['node-resource'] ?? []);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
   const common = {
     dataDir,
+    ...(nodeResources.length > 0 ? { nodeResources } : {}),
+    ...(values.apptainer ? { apptainerBinary: values.apptainer } : {}),
     ...(listen ? { listen } : {}),
     ...(advertise ? { advertise } : {}),
     ...(encryption ? { meshEncryption: encryption } : {}),

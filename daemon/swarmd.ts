@@ -49,6 +49,10 @@ export interface SwarmdOptions {
   meshEncryption?: 'noise' | 'tls';
   /** Raft tick (tests use shorter ones). */
   raftTickMs?: number;
+  /** Named resources this node declares (--node-resource), advertised with the discovered GPUs. */
+  nodeResources?: { kind: string; ids: string[] }[];
+  /** The apptainer/singularity binary (--apptainer); default: whichever is on PATH. */
+  apptainerBinary?: string;
   log?: (level: 'info' | 'warn' | 'error', message: string) => void;
 }
 
@@ -61,11 +65,17 @@ export class SwarmdError extends Error {
 
 const DEFAULT_LISTEN: HostPort = { host: '0.0.0.0', port: 2377 };
 
-function describeThisHost(): NodeDescription {
+/** What this node has. Accelerators and declared resources come once discovery ran (startExecutors). */
+function describeThisHost(extra: Pick<NodeDescription['resources'], 'gpus' | 'generic'> = {}): NodeDescription {
   return {
     hostname: hostname(),
     platform: { os: platform(), arch: arch() },
-    resources: { nanoCpus: cpus().length * 1e9, memoryBytes: totalmem() },
+    resources: {
+      nanoCpus: cpus().length * 1e9,
+      memoryBytes: totalmem(),
+      ...(extra.gpus?.length ? { gpus: extra.gpus } : {}),
+      ...(extra.generic?.length ? { generic: extra.generic } : {}),
+    },
     swarmdVersion: SWARMD_VERSION,
   };
 }
@@ -84,6 +94,7 @@ export class Swarmd {
   private agent!: Agent;
   private runner!: TaskRunner;
   private executors = new Map<Runtime, Executor>();
+  private accelerators: Pick<NodeDescription['resources'], 'gpus' | 'generic'> = {};
   private manager: Manager | null = null;
   private control: ManagerControl | null = null;
   private api: { close(): Promise<void> } | null = null;
@@ -402,6 +413,31 @@ export class Swarmd {
       if (available.ok) this.executors.set('docker', executor);
       else this.log('info', `docker runtime not offered: ${available.reason ?? 'engine not available'}`);
     }
+    const { SingularityExecutor } = await import('./worker/executors/singularity.ts');
+    const singularity = new SingularityExecutor({
+      dataDir: this.opts.dataDir,
+      ...(this.opts.apptainerBinary ? { binary: this.opts.apptainerBinary } : {}),
+      log: (level, message) => this.log(level, message),
+    });
+    const apptainer = await singularity.available();
+    if (apptainer.ok) this.executors.set('singularity', singularity);
+    else this.log('info', `singularity runtime not offered: ${apptainer.reason ?? 'not available'}`);
+    await this.discoverAccelerators();
+  }
+
+  /** GPUs found on this host and resources the operator declared: advertised with every heartbeat. */
+  private async discoverAccelerators(): Promise<void> {
+    const { discoverAccelerators } = await import('./worker/accelerators/discover.ts');
+    const found = await discoverAccelerators();
+    for (const warning of found.warnings) this.log('warn', `accelerators: ${warning}`);
+    const gpus = found.gpus.map(({ id, model, memoryBytes }) => ({
+      id,
+      ...(model ? { model } : {}),
+      ...(memoryBytes ? { memoryBytes } : {}),
+    }));
+    if (gpus.length > 0)
+      this.log('info', `accelerators: ${gpus.map((g) => `${g.id} (${g.model ?? 'gpu'})`).join(', ')}`);
+    this.accelerators = { gpus, generic: this.opts.nodeResources ?? [] };
   }
 
   private async startNodeServices(): Promise<void> {
@@ -427,7 +463,7 @@ export class Swarmd {
       gate: this.gate,
       request: () => ({
         nodeId: this.state.nodeId,
-        description: describeThisHost(),
+        description: describeThisHost(this.accelerators),
         addresses: this.host.multiaddrs(),
         certSerial: '',
         taskStatuses: this.runner.pendingStatuses(),
@@ -460,6 +496,8 @@ export class Swarmd {
   private async reportLocally(): Promise<void> {
     const manager = this.manager;
     if (!manager) return;
+    const self = manager.store.get<NodeRecord>('nodes', this.state.nodeId);
+    if (self) manager.noteNodeFacts(self, { description: describeThisHost(this.accelerators) });
     await manager.applyTaskStatuses(this.state.nodeId, this.runner.pendingStatuses());
     const tasks = manager.store.list<Task>('tasks').filter((t) => t.nodeId === this.state.nodeId);
     if (!this.recovered) {

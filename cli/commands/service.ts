@@ -147,6 +147,14 @@ export function renderTaskTable(
       task.status.error ?? (task.status.state === 'pending' ? (task.status.pendingReason ?? '') : ''),
     ];
   });
+  // Which accelerators each task holds, when any does (docker's table has no such column).
+  if (sorted.some((task) => task.devices.length > 0)) {
+    const devices = sorted.map((task) => task.devices.map((d) => `${d.kind}:${d.ids.join(',')}`).join(' '));
+    return renderTable(
+      ['ID', 'NAME', 'NODE', 'DESIRED STATE', 'CURRENT STATE', 'DEVICES', 'ERROR'],
+      rows.map((row, i) => [...row.slice(0, 5), devices[i]!, row[5]!]),
+    );
+  }
   return renderTable(['ID', 'NAME', 'NODE', 'DESIRED STATE', 'CURRENT STATE', 'ERROR'], rows);
 }
 

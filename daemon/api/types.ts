@@ -8,7 +8,14 @@ export interface NodeDescription {
   hostname: string;
   platform: { os: string; arch: string };
   /** Engine / runtime versions and resources as the node reported them. */
-  resources: { nanoCpus: number; memoryBytes: number };
+  resources: {
+    nanoCpus: number;
+    memoryBytes: number;
+    /** Accelerators found at start, each by the ID a runtime is given (an NVIDIA UUID, a CDI name...). */
+    gpus?: { id: string; model?: string; memoryBytes?: number }[];
+    /** Named resources the operator declared (--node-resource), e.g. fpga: [fpga-0, fpga-1]. */
+    generic?: { kind: string; ids: string[] }[];
+  };
   swarmdVersion: string;
 }
 

@@ -2,6 +2,7 @@
 // loops. Every manager answers joins, heartbeats and reads; writes go through the leader.
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import { ProposalDroppedError } from '../../raft/core/raft.ts';
 import { RaftNode } from '../../raft/driver/raft-node.ts';
 import { FileStorage } from '../../raft/storage/file-storage.ts';
@@ -234,13 +235,7 @@ export class Manager {
     const node = this.store.get<NodeRecord>('nodes', claims.nodeId);
     if (!cluster || !node) return { ok: false, redirect: null, managers, error: 'this node is not part of the swarm' };
     this.noteHeartbeat(node.id);
-    const addresses = Array.isArray(request.addresses)
-      ? request.addresses.filter((a) => typeof a === 'string').slice(0, 16)
-      : [];
-    if (addresses.length > 0 && addresses.join(' ') !== node.addresses.join(' ')) {
-      const at = new Date().toISOString();
-      void this.transact([put('nodes', { ...node, addresses, updatedAt: at }, node.version)]).catch(() => {});
-    }
+    this.noteNodeFacts(node, request);
     await this.applyTaskStatuses(node.id, request.taskStatuses ?? []);
     const renew = claims.role !== node.role || needsRenewal(claims, Date.now());
     return {
@@ -253,6 +248,22 @@ export class Manager {
       ...(renew ? { cert: this.issueCert(node.id, node.peerId, node.role) } : {}),
       tasks: this.store.list<Task>('tasks').filter((t) => t.nodeId === node.id),
     };
+  }
+
+  /**
+   * Where a node is reachable and what it has, as its heartbeat says. A node learns some of what it has after
+   * joining (its GPUs, a runtime that came up): it says so on every heartbeat, and a change is written once.
+   */
+  noteNodeFacts(node: NodeRecord, report: { addresses?: unknown; description?: unknown }): void {
+    const addresses = Array.isArray(report.addresses)
+      ? report.addresses.filter((a) => typeof a === 'string').slice(0, 16)
+      : [];
+    const description = report.description === undefined ? node.description : sanitizeDescription(report.description);
+    const moved = addresses.length > 0 && addresses.join(' ') !== node.addresses.join(' ');
+    if (!moved && isDeepStrictEqual(description, node.description)) return;
+    const at = new Date().toISOString();
+    const changed = { ...node, addresses: moved ? addresses : node.addresses, description, updatedAt: at };
+    void this.transact([put('nodes', changed, node.version)]).catch(() => {});
   }
 
   /** Status reports from a node, for its own tasks only, and only moving forward; one transaction. */
@@ -545,10 +556,33 @@ function sanitizeDescription(raw: unknown): NodeRecord['description'] {
   >;
   const str = (v: unknown, max = 128) => (typeof v === 'string' ? v.slice(0, max) : '');
   const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : 0);
+  const gpus = (Array.isArray(resources.gpus) ? resources.gpus : [])
+    .slice(0, 64)
+    .filter((g): g is Record<string, unknown> => typeof g === 'object' && g !== null && str(g.id, 256) !== '')
+    .map((g) => ({
+      id: str(g.id, 256),
+      ...(str(g.model) ? { model: str(g.model) } : {}),
+      ...(num(g.memoryBytes) > 0 ? { memoryBytes: num(g.memoryBytes) } : {}),
+    }));
+  const generic = (Array.isArray(resources.generic) ? resources.generic : [])
+    .slice(0, 32)
+    .filter((r): r is Record<string, unknown> => typeof r === 'object' && r !== null && str(r.kind, 64) !== '')
+    .map((r) => ({
+      kind: str(r.kind, 64),
+      ids: (Array.isArray(r.ids) ? r.ids : [])
+        .slice(0, 4096)
+        .map((id) => str(id, 256))
+        .filter(Boolean),
+    }));
   return {
     hostname: str(d.hostname) || 'unknown',
     platform: { os: str(platform.os, 32), arch: str(platform.arch, 32) },
-    resources: { nanoCpus: num(resources.nanoCpus), memoryBytes: num(resources.memoryBytes) },
+    resources: {
+      nanoCpus: num(resources.nanoCpus),
+      memoryBytes: num(resources.memoryBytes),
+      ...(gpus.length > 0 ? { gpus } : {}),
+      ...(generic.length > 0 ? { generic } : {}),
+    },
     swarmdVersion: str(d.swarmdVersion, 32),
   };
 }

@@ -52,8 +52,11 @@ export interface SchedulingResult {
   unplaced: Unplaced[];
 }
 
-/** The scheduler's view of a stored node; GPUs come from what the node advertised (not in NodeRecord yet). */
-export function schedulerNode(record: NodeRecord, gpus: SchedulerGpu[] = []): SchedulerNode {
+/** The scheduler's view of a stored node, with the GPUs it advertised. */
+export function schedulerNode(
+  record: NodeRecord,
+  gpus: SchedulerGpu[] = record.description.resources.gpus ?? [],
+): SchedulerNode {
   return {
     id: record.id,
     hostname: record.description.hostname,
