@@ -1,0 +1,474 @@
+// The ingress for one published port: accepts client connections, picks a task for each, and forwards the bytes.
+// A task on this node is reached by a direct TCP connect to its address; a task elsewhere through dialRemote (a
+// mesh stream to its node, served there by serveRemote in remote.ts).
+//
+// Retries: client sockets are accepted paused (pauseOnConnect), so nothing of the client's is read until a backend
+// is connected and, for the mesh path, its node has answered that the task accepted. A failed connect therefore
+// never loses a byte, and the connection is tried on another task, up to maxAttempts. Each failure goes to outlier
+// detection. Once bytes flow, a failure ends the connection: it cannot be replayed.
+//
+// Nothing here reads the store: `services()` gives the current endpoint table for the port each time a connection
+// arrives, so an update by the control plane applies to the next connection.
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { type Balancer, createBalancer } from './balancer.ts';
+import { type BalancingAlgorithm, type Endpoint, isDraining, type ServiceEndpoints, type TaskId } from './endpoints.ts';
+import { OutlierDetector } from './outliers.ts';
+import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
+import { pump } from './pump.ts';
+import { connectTask, encodeRemoteHeader, REMOTE_STATUS } from './remote.ts';
+import {
+  newServiceCounters,
+  newTaskCounters,
+  type ServiceCounters,
+  type ServiceStats,
+  type TaskCounters,
+} from './stats.ts';
+
+export { serveRemote } from './remote.ts';
+
+/**
+ * Opens a byte stream to the endpoint's node for this connection (a mesh stream in the daemon), sending `header`
+ * (from encodeRemoteHeader) first. Resolves once the stream is open; the forwarder then waits for the status byte.
+ * Should reject or destroy the stream when `signal` fires.
+ */
+export type DialRemote = (endpoint: Endpoint, header: Buffer, signal: AbortSignal) => Promise<Duplex>;
+
+export interface IngressOptions {
+  /** This node's ID: endpoints with this nodeId are connected to directly. */
+  nodeId: string;
+  /** The published port; 0 picks a free one (tests). */
+  port: number;
+  /** Listening address; left out, Node's default (all interfaces, IPv6 and IPv4 where the host has both). */
+  host?: string;
+  /** The current endpoint table for this port, or undefined when the service is gone. */
+  services: () => ServiceEndpoints | undefined;
+  /** How to reach tasks on other nodes; without it, remote endpoints count as failed connects. */
+  dialRemote?: DialRemote;
+  /** Shared by the ingresses of a node, or one each; default a new one with default settings. */
+  outliers?: OutlierDetector;
+  /** Connect attempts per client connection, on different tasks. Default 3. */
+  maxAttempts?: number;
+  /** Per attempt: TCP connect, or mesh stream open plus the remote node's answer. Default 5 s. */
+  connectTimeoutMs?: number;
+  /** For p2c; injectable for deterministic tests. */
+  random?: () => number;
+  /** SO_REUSEPORT, so that several acceptors (processes, worker threads) can share the port. */
+  reusePort?: boolean;
+  log?: (msg: string) => void;
+}
+
+type ConnState = 'connecting' | 'forwarding' | 'closed';
+
+interface Conn {
+  client: Socket;
+  state: ConnState;
+  /** The socket or stream of the attempt in progress, to abort if the client leaves. */
+  pending: Duplex | undefined;
+  abort: AbortController | undefined;
+  tried: Set<TaskId>;
+  attempts: number;
+  taskId: TaskId | undefined;
+  task: TaskCounters | undefined;
+  /** Parts of client.bytesRead / bytesWritten already added to the counters. */
+  countedIn: number;
+  countedOut: number;
+}
+
+const NO_EXCLUSIONS: ReadonlySet<TaskId> = new Set();
+
+export class Ingress {
+  private readonly options: IngressOptions;
+  private readonly outliers: OutlierDetector;
+  private readonly maxAttempts: number;
+  private readonly connectTimeoutMs: number;
+  private readonly log: (msg: string) => void;
+  private readonly server: Server;
+  private readonly balancers = new Map<BalancingAlgorithm, Balancer>();
+  private readonly service: ServiceCounters = newServiceCounters();
+  private readonly tasks = new Map<TaskId, TaskCounters>();
+  private readonly conns = new Set<Conn>();
+  private readonly byTask = new Map<TaskId, Set<Conn>>();
+  /** Tasks drain() was called for: no new connections, whatever the endpoint table says. */
+  private readonly draining = new Set<TaskId>();
+  private readonly drainWaiters = new Map<TaskId, Array<() => void>>();
+  private serviceId = '';
+  private serviceName = '';
+  private listeningPort = 0;
+
+  constructor(options: IngressOptions) {
+    this.options = options;
+    this.outliers = options.outliers ?? new OutlierDetector();
+    this.maxAttempts = Math.max(1, options.maxAttempts ?? 3);
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 5000;
+    this.log = options.log ?? (() => {});
+    this.server = createServer(
+      // Clients stay unread until a backend is ready: what makes retrying safe. noDelay: each chunk is forwarded
+      // as it comes, so Nagle on our side would only add latency.
+      { pauseOnConnect: true, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 },
+      (client) => this.onConnection(client),
+    );
+    // Accept errors (EMFILE and the like) must not take the daemon down.
+    this.server.on('error', (err) => this.log(`lb: ingress on port ${this.listeningPort}: ${err.message}`));
+  }
+
+  /** Starts listening; resolves with the bound address (the real port when 0 was asked). */
+  listen(): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      this.server.once('error', onError);
+      const opts: { port: number; host?: string; reusePort?: boolean } = { port: this.options.port };
+      if (this.options.host !== undefined) opts.host = this.options.host;
+      if (this.options.reusePort) opts.reusePort = true;
+      this.server.listen(opts, () => {
+        this.server.off('error', onError);
+        const address = this.server.address() as AddressInfo;
+        this.listeningPort = address.port;
+        resolve(address);
+      });
+    });
+  }
+
+  get port(): number {
+    return this.listeningPort;
+  }
+
+  /**
+   * Stops new connections to the task and resolves once its open ones have closed, or after graceMs, when those
+   * left are cut. The task stays excluded until undrain().
+   */
+  drain(taskId: TaskId, graceMs: number): Promise<void> {
+    this.draining.add(taskId);
+    const open = this.byTask.get(taskId);
+    if (open === undefined || open.size === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        for (const conn of this.byTask.get(taskId) ?? []) this.destroyConn(conn);
+        done();
+      }, graceMs);
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      let waiters = this.drainWaiters.get(taskId);
+      if (waiters === undefined) {
+        waiters = [];
+        this.drainWaiters.set(taskId, waiters);
+      }
+      waiters.push(done);
+    });
+  }
+
+  undrain(taskId: TaskId): void {
+    this.draining.delete(taskId);
+  }
+
+  /** Counters now, bytes of open connections included. Tasks gone from the table with nothing open are dropped after. */
+  stats(): ServiceStats {
+    for (const conn of this.conns) this.countBytes(conn);
+    const service = this.currentService();
+    if (service !== undefined) {
+      this.serviceId = service.serviceId;
+      this.serviceName = service.serviceName;
+    }
+    const current = new Set(service?.endpoints.map((e) => e.taskId));
+    const tasks = [];
+    for (const [taskId, counters] of this.tasks) {
+      tasks.push({ taskId, ...counters });
+      if (counters.connectionsActive === 0 && !current.has(taskId)) this.tasks.delete(taskId);
+    }
+    return {
+      serviceId: this.serviceId,
+      serviceName: this.serviceName,
+      port: this.listeningPort,
+      ...this.service,
+      tasks,
+    };
+  }
+
+  /** Stops listening and cuts every open connection. */
+  close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const conn of this.conns) this.destroyConn(conn);
+    return closed;
+  }
+
+  private onConnection(client: Socket): void {
+    const conn: Conn = {
+      client,
+      state: 'connecting',
+      pending: undefined,
+      abort: undefined,
+      tried: new Set(),
+      attempts: 0,
+      taskId: undefined,
+      task: undefined,
+      countedIn: 0,
+      countedOut: 0,
+    };
+    // Errors before forwarding starts (pump adds its own handler then): the client is simply gone.
+    client.on('error', () => this.destroyConn(conn));
+    client.on('close', () => this.onClientClose(conn));
+    this.conns.add(conn);
+    this.service.connectionsTotal++;
+    this.service.connectionsActive++;
+    this.attempt(conn);
+  }
+
+  private attempt(conn: Conn): void {
+    if (conn.state !== 'connecting') return;
+    const service = conn.attempts < this.maxAttempts ? this.currentService() : undefined;
+    const endpoint = service === undefined ? undefined : this.choose(service, conn.tried);
+    if (service === undefined || endpoint === undefined) {
+      this.service.errors++;
+      this.destroyConn(conn);
+      return;
+    }
+    this.serviceId = service.serviceId;
+    this.serviceName = service.serviceName;
+    if (conn.attempts > 0) this.service.retries++;
+    conn.attempts++;
+    conn.tried.add(endpoint.taskId);
+    const onResult = (err: Error | undefined, backend: Duplex | undefined, early?: Buffer) => {
+      conn.pending = undefined;
+      conn.abort = undefined;
+      if (conn.state !== 'connecting') {
+        backend?.destroy();
+        return;
+      }
+      if (err !== undefined || backend === undefined) {
+        this.onConnectFailure(conn, service, endpoint, err);
+        return;
+      }
+      this.outliers.recordSuccess(endpoint.taskId);
+      if (this.draining.has(endpoint.taskId)) {
+        // drain() began while this connect was under way and may already have resolved: go elsewhere.
+        backend.destroy();
+        this.attempt(conn);
+        return;
+      }
+      this.startForwarding(conn, endpoint.taskId, backend, early);
+    };
+    if (endpoint.nodeId === this.options.nodeId) {
+      conn.pending = connectTask(endpoint.address, this.connectTimeoutMs, (err, socket) => {
+        if (socket !== undefined && service.proxyProtocol) socket.write(encodeProxyV2(clientAddresses(conn.client)));
+        onResult(err, socket);
+      });
+    } else {
+      this.connectRemote(conn, endpoint, service.proxyProtocol, onResult);
+    }
+  }
+
+  /** The endpoint table, or undefined; a control plane that throws must cost one connection, not the process. */
+  private currentService(): ServiceEndpoints | undefined {
+    try {
+      return this.options.services();
+    } catch (err) {
+      this.log(`lb: endpoint table for port ${this.listeningPort} failed: ${(err as Error).message}`);
+      return undefined;
+    }
+  }
+
+  /** The balancer's choice among tasks not draining, not ejected and not tried yet for this connection. */
+  private choose(service: ServiceEndpoints, tried: ReadonlySet<TaskId>): Endpoint | undefined {
+    const balancer = this.balancer(service.algorithm);
+    let excluded: Set<TaskId> | undefined;
+    for (const endpoint of service.endpoints) {
+      const id = endpoint.taskId;
+      if (tried.has(id) || this.draining.has(id) || isDraining(service, id) || this.outliers.isEjected(id)) {
+        excluded ??= new Set();
+        excluded.add(id);
+      }
+    }
+    const picked = balancer.pick(service.endpoints, excluded ?? NO_EXCLUSIONS);
+    if (picked !== undefined || excluded === undefined) return picked;
+    // Every task left is ejected (the table changed since, or the percentage cap allowed it): trying one of them
+    // beats refusing the client outright.
+    const fallback = new Set<TaskId>(tried);
+    for (const endpoint of service.endpoints) {
+      if (this.draining.has(endpoint.taskId) || isDraining(service, endpoint.taskId)) fallback.add(endpoint.taskId);
+    }
+    return balancer.pick(service.endpoints, fallback);
+  }
+
+  private balancer(algorithm: BalancingAlgorithm): Balancer {
+    let balancer = this.balancers.get(algorithm);
+    if (balancer === undefined) {
+      const options: Parameters<typeof createBalancer>[1] = {
+        active: (taskId) => this.tasks.get(taskId)?.connectionsActive ?? 0,
+      };
+      if (this.options.random !== undefined) options.random = this.options.random;
+      balancer = createBalancer(algorithm, options);
+      this.balancers.set(algorithm, balancer);
+    }
+    return balancer;
+  }
+
+  private connectRemote(
+    conn: Conn,
+    endpoint: Endpoint,
+    proxyProtocol: boolean,
+    onResult: (err: Error | undefined, backend: Duplex | undefined, early?: Buffer) => void,
+  ): void {
+    const dialRemote = this.options.dialRemote;
+    if (dialRemote === undefined) {
+      onResult(new Error(`task ${endpoint.taskId} is on node ${endpoint.nodeId} and no mesh dialer is set`), undefined);
+      return;
+    }
+    const abort = new AbortController();
+    conn.abort = abort;
+    let settled = false;
+    let stream: Duplex | undefined;
+    const settle = (err: Error | undefined, early?: Buffer) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (stream !== undefined) {
+        stream.off('data', onStatus);
+        stream.off('end', onEarlyEnd);
+        stream.off('close', onEarlyEnd);
+      }
+      if (err !== undefined) {
+        abort.abort(err);
+        stream?.destroy();
+        onResult(err, undefined);
+      } else {
+        onResult(undefined, stream, early);
+      }
+    };
+    const timer = setTimeout(
+      () => settle(new Error(`mesh connect to task ${endpoint.taskId} timed out`)),
+      this.connectTimeoutMs,
+    );
+    // The client left (destroyConn aborts): stop waiting at once rather than at the timeout.
+    abort.signal.addEventListener('abort', () => settle(new Error('client connection closed')), { once: true });
+    const onStatus = (chunk: Buffer) => {
+      // Paused before the listener goes: the backend's first bytes may be right behind the status byte.
+      stream!.pause();
+      const status = chunk[0];
+      if (status !== REMOTE_STATUS.ok) {
+        settle(new Error(`node ${endpoint.nodeId} refused task ${endpoint.taskId} (status ${status})`));
+        return;
+      }
+      settle(undefined, chunk.length > 1 ? chunk.subarray(1) : undefined);
+    };
+    const onEarlyEnd = () => settle(new Error(`mesh stream to task ${endpoint.taskId} closed before its status`));
+    const header = encodeRemoteHeader({
+      taskId: endpoint.taskId,
+      ...(proxyProtocol ? { client: clientAddresses(conn.client) } : {}),
+    });
+    let dialing: Promise<Duplex>;
+    try {
+      dialing = dialRemote(endpoint, header, abort.signal);
+    } catch (err) {
+      dialing = Promise.reject(err);
+    }
+    dialing.then(
+      (opened) => {
+        if (settled) {
+          opened.destroy();
+          return;
+        }
+        stream = opened;
+        conn.pending = opened;
+        // Kept for the stream's whole life; pump adds the handler that acts once forwarding starts.
+        opened.on('error', (err) => settle(err));
+        opened.on('data', onStatus);
+        opened.once('end', onEarlyEnd);
+        opened.once('close', onEarlyEnd);
+      },
+      (err: unknown) => settle(err instanceof Error ? err : new Error(String(err))),
+    );
+  }
+
+  private onConnectFailure(conn: Conn, service: ServiceEndpoints, endpoint: Endpoint, err: Error | undefined): void {
+    const task = this.taskCounters(endpoint.taskId);
+    task.errors++;
+    if (this.outliers.recordFailure(endpoint.taskId, service.endpoints)) {
+      task.ejections++;
+      this.log(`lb: ejected task ${endpoint.taskId} of ${service.serviceName} after repeated connect failures`);
+    }
+    this.log(`lb: connect to task ${endpoint.taskId} of ${service.serviceName} failed: ${err?.message}`);
+    this.attempt(conn);
+  }
+
+  private startForwarding(conn: Conn, taskId: TaskId, backend: Duplex, early: Buffer | undefined): void {
+    conn.state = 'forwarding';
+    conn.pending = backend;
+    conn.taskId = taskId;
+    const task = this.taskCounters(taskId);
+    conn.task = task;
+    task.connectionsTotal++;
+    task.connectionsActive++;
+    let open = this.byTask.get(taskId);
+    if (open === undefined) {
+      open = new Set();
+      this.byTask.set(taskId, open);
+    }
+    open.add(conn);
+    if (early !== undefined) conn.client.write(early);
+    pump(conn.client, backend, () => this.destroyConn(conn));
+  }
+
+  private onClientClose(conn: Conn): void {
+    // While connecting: stop the attempt. While forwarding, pump sees the close and cleans up the backend.
+    if (conn.state === 'connecting') this.destroyConn(conn);
+  }
+
+  private destroyConn(conn: Conn): void {
+    if (conn.state === 'closed') return;
+    const wasForwarding = conn.state === 'forwarding';
+    conn.state = 'closed';
+    conn.abort?.abort(new Error('client connection closed'));
+    conn.pending?.destroy();
+    conn.client.destroy();
+    this.conns.delete(conn);
+    this.service.connectionsActive--;
+    this.countBytes(conn);
+    if (!wasForwarding || conn.taskId === undefined || conn.task === undefined) return;
+    conn.task.connectionsActive--;
+    const open = this.byTask.get(conn.taskId);
+    open?.delete(conn);
+    if (open !== undefined && open.size === 0) {
+      this.byTask.delete(conn.taskId);
+      const waiters = this.drainWaiters.get(conn.taskId);
+      this.drainWaiters.delete(conn.taskId);
+      for (const waiter of waiters ?? []) waiter();
+    }
+  }
+
+  private countBytes(conn: Conn): void {
+    const read = conn.client.bytesRead;
+    const written = conn.client.bytesWritten;
+    const dIn = read - conn.countedIn;
+    const dOut = written - conn.countedOut;
+    if (dIn === 0 && dOut === 0) return;
+    conn.countedIn = read;
+    conn.countedOut = written;
+    this.service.bytesIn += dIn;
+    this.service.bytesOut += dOut;
+    if (conn.task !== undefined) {
+      conn.task.bytesIn += dIn;
+      conn.task.bytesOut += dOut;
+    }
+  }
+
+  private taskCounters(taskId: TaskId): TaskCounters {
+    let counters = this.tasks.get(taskId);
+    if (counters === undefined) {
+      counters = newTaskCounters();
+      this.tasks.set(taskId, counters);
+    }
+    return counters;
+  }
+}
+
+/** The client connection as PROXY protocol describes it: the client's address and the one it connected to. */
+function clientAddresses(client: Socket): ProxyAddresses {
+  return {
+    sourceAddress: client.remoteAddress ?? '0.0.0.0',
+    sourcePort: client.remotePort ?? 0,
+    destinationAddress: client.localAddress ?? '0.0.0.0',
+    destinationPort: client.localPort ?? 0,
+  };
+}

@@ -1,0 +1,174 @@
+// Prometheus text exposition (format 0.0.4) of the load balancer's counters.
+//
+// Hand-written rather than prom-client: the format is a few lines of text, our counters already exist as plain
+// numbers in the forwarder (prom-client would keep a second copy in its own registry, a process-global one by
+// default, and need series removed by hand as tasks come and go), and the daemon's footprint is measured against
+// dockerd's (test/bench/footprint.ts), so a dependency and its registry for ~60 lines of output is not worth it.
+import type { ServiceStats, TaskCounters } from './stats.ts';
+
+export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
+
+interface MetricDef<T> {
+  name: string;
+  type: 'counter' | 'gauge';
+  help: string;
+  value: (c: T) => number;
+}
+
+interface ServiceRow {
+  service: string;
+  values: Omit<ServiceStats, 'serviceId' | 'serviceName' | 'port' | 'tasks'>;
+}
+
+interface TaskRow {
+  service: string;
+  task: string;
+  values: TaskCounters;
+}
+
+const SERVICE_METRICS: MetricDef<ServiceRow['values']>[] = [
+  {
+    name: 'swarmd_lb_service_connections_total',
+    type: 'counter',
+    help: 'Client connections accepted on the published ports of the service.',
+    value: (c) => c.connectionsTotal,
+  },
+  {
+    name: 'swarmd_lb_service_connections_active',
+    type: 'gauge',
+    help: 'Client connections open now (connecting or forwarding).',
+    value: (c) => c.connectionsActive,
+  },
+  {
+    name: 'swarmd_lb_service_in_bytes_total',
+    type: 'counter',
+    help: 'Bytes received from clients.',
+    value: (c) => c.bytesIn,
+  },
+  {
+    name: 'swarmd_lb_service_out_bytes_total',
+    type: 'counter',
+    help: 'Bytes sent to clients.',
+    value: (c) => c.bytesOut,
+  },
+  {
+    name: 'swarmd_lb_service_failed_connections_total',
+    type: 'counter',
+    help: 'Client connections that reached no task (none available, or every attempt failed).',
+    value: (c) => c.errors,
+  },
+  {
+    name: 'swarmd_lb_service_retries_total',
+    type: 'counter',
+    help: 'Connect attempts made on another task after one failed.',
+    value: (c) => c.retries,
+  },
+];
+
+const TASK_METRICS: MetricDef<TaskCounters>[] = [
+  {
+    name: 'swarmd_lb_connections_total',
+    type: 'counter',
+    help: 'Client connections forwarded to the task.',
+    value: (c) => c.connectionsTotal,
+  },
+  {
+    name: 'swarmd_lb_connections_active',
+    type: 'gauge',
+    help: 'Connections to the task open now.',
+    value: (c) => c.connectionsActive,
+  },
+  {
+    name: 'swarmd_lb_in_bytes_total',
+    type: 'counter',
+    help: 'Bytes from clients forwarded to the task.',
+    value: (c) => c.bytesIn,
+  },
+  {
+    name: 'swarmd_lb_out_bytes_total',
+    type: 'counter',
+    help: 'Bytes from the task forwarded to clients.',
+    value: (c) => c.bytesOut,
+  },
+  {
+    name: 'swarmd_lb_connect_errors_total',
+    type: 'counter',
+    help: 'Connects to the task that failed.',
+    value: (c) => c.errors,
+  },
+  {
+    name: 'swarmd_lb_ejections_total',
+    type: 'counter',
+    help: 'Times outlier detection took the task out of rotation.',
+    value: (c) => c.ejections,
+  },
+];
+
+/**
+ * The exposition text for the stats of every ingress on this node. A service published on several ports gets one
+ * series per metric: its ingresses' counters are summed (series must be unique per label set).
+ */
+export function renderMetrics(stats: readonly ServiceStats[]): string {
+  const services = new Map<string, ServiceRow>();
+  const tasks = new Map<string, TaskRow>();
+  for (const s of stats) {
+    const service = services.get(s.serviceName);
+    if (service === undefined) {
+      const { serviceId: _id, serviceName: _name, port: _port, tasks: _tasks, ...values } = s;
+      services.set(s.serviceName, { service: s.serviceName, values });
+    } else {
+      addInto(service.values, s);
+    }
+    for (const t of s.tasks) {
+      const key = `${s.serviceName}\u0000${t.taskId}`;
+      const row = tasks.get(key);
+      if (row === undefined) {
+        const { taskId: _taskId, ...values } = t;
+        tasks.set(key, { service: s.serviceName, task: t.taskId, values });
+      } else {
+        addInto(row.values, t);
+      }
+    }
+  }
+  const serviceRows = [...services.values()].sort((a, b) => compare(a.service, b.service));
+  const taskRows = [...tasks.values()].sort((a, b) => compare(a.service, b.service) || compare(a.task, b.task));
+  const lines: string[] = [];
+  for (const def of SERVICE_METRICS) {
+    header(lines, def);
+    for (const row of serviceRows)
+      lines.push(`${def.name}{service="${escapeLabel(row.service)}"} ${def.value(row.values)}`);
+  }
+  for (const def of TASK_METRICS) {
+    header(lines, def);
+    for (const row of taskRows) {
+      lines.push(
+        `${def.name}{service="${escapeLabel(row.service)}",task="${escapeLabel(row.task)}"} ${def.value(row.values)}`,
+      );
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function header(lines: string[], def: { name: string; type: string; help: string }): void {
+  lines.push(`# HELP ${def.name} ${def.help}`);
+  lines.push(`# TYPE ${def.name} ${def.type}`);
+}
+
+/** Sums the numeric fields of `from` that `into` has. */
+function addInto<T extends object>(into: T, from: T): void {
+  const target = into as Record<string, unknown>;
+  const source = from as Record<string, unknown>;
+  for (const key of Object.keys(target)) {
+    const value = source[key];
+    if (typeof value === 'number' && typeof target[key] === 'number') target[key] = (target[key] as number) + value;
+  }
+}
+
+/** Label values escape backslash, double quote and newline; nothing else. */
+export function escapeLabel(value: string): string {
+  return value.replace(/[\\"\n]/g, (c) => (c === '\n' ? '\\n' : `\\${c}`));
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

@@ -1,0 +1,250 @@
+// The mesh hop of an ingress connection: the node that accepted the client opens a stream to the node running the
+// chosen task and sends a small header; that node connects to the task and answers with one status byte, then the
+// stream carries the connection's bytes unchanged.
+//
+//   ingress -> task node:  u16 big-endian length, then msgpack {v: 1, t: taskId, c?: [srcAddr, srcPort, dstAddr, dstPort]}
+//   task node -> ingress:  one status byte (REMOTE_STATUS), then the backend's bytes
+//
+// The status byte is what lets the ingress retry another task when this one cannot be reached: until it arrives no
+// byte of the client's has been sent anywhere. `c` is present when the service wants PROXY protocol: the task's node
+// writes the header, from the client address the ingress saw.
+//
+// The header comes from another swarm member, but is validated as if hostile anyway (size, types, values): a bad one
+// gets a status byte and the stream closed, never an exception.
+import { isIP, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { Packr } from 'msgpackr';
+import { parseAddress, type TaskId } from './endpoints.ts';
+import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
+import { connectDirect, pump } from './pump.ts';
+
+export const REMOTE_HEADER_MAX_BYTES = 1024;
+const TASK_ID_MAX_CHARS = 128;
+const VERSION = 1;
+
+export const REMOTE_STATUS = {
+  ok: 0,
+  badHeader: 1,
+  unknownTask: 2,
+  connectFailed: 3,
+} as const;
+export type RemoteStatus = (typeof REMOTE_STATUS)[keyof typeof REMOTE_STATUS];
+
+// Preallocated: written on every connection and never mutated.
+const STATUS_BYTES = Object.values(REMOTE_STATUS).map((s) => Buffer.from([s]));
+
+export interface RemoteHeader {
+  taskId: TaskId;
+  /** The client connection as the ingress saw it; present when the backend wants a PROXY v2 header. */
+  client?: ProxyAddresses;
+}
+
+export class RemoteHeaderError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RemoteHeaderError';
+  }
+}
+
+// Plain maps and arrays only, as the rest of the mesh's msgpack.
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+/** The bytes to send first on a mesh stream: length prefix included. */
+export function encodeRemoteHeader(header: RemoteHeader): Buffer {
+  const value: Record<string, unknown> = { v: VERSION, t: header.taskId };
+  if (header.client !== undefined) {
+    const c = header.client;
+    value.c = [c.sourceAddress, c.sourcePort, c.destinationAddress, c.destinationPort];
+  }
+  const payload = packr.pack(value);
+  if (payload.length > REMOTE_HEADER_MAX_BYTES) throw new RemoteHeaderError('remote header too large');
+  const out = Buffer.allocUnsafe(2 + payload.length);
+  out.writeUInt16BE(payload.length, 0);
+  payload.copy(out, 2);
+  return out;
+}
+
+/** Decodes and validates a header payload (without its length prefix). */
+export function decodeRemoteHeader(payload: Uint8Array): RemoteHeader {
+  let value: unknown;
+  try {
+    value = packr.unpack(payload);
+  } catch (err) {
+    throw new RemoteHeaderError(`remote header is not msgpack: ${(err as Error).message}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value) || value instanceof Map) {
+    throw new RemoteHeaderError('remote header is not a map');
+  }
+  const record = value as Record<string, unknown>;
+  for (const key of Object.keys(record)) {
+    if (key !== 'v' && key !== 't' && key !== 'c') throw new RemoteHeaderError(`unknown field ${JSON.stringify(key)}`);
+  }
+  if (record.v !== VERSION) throw new RemoteHeaderError(`unsupported version ${String(record.v)}`);
+  const taskId = record.t;
+  if (typeof taskId !== 'string' || taskId.length === 0 || taskId.length > TASK_ID_MAX_CHARS) {
+    throw new RemoteHeaderError('bad task ID');
+  }
+  if (record.c === undefined) return { taskId };
+  const c = record.c;
+  if (!Array.isArray(c) || c.length !== 4) throw new RemoteHeaderError('bad client address');
+  const [sourceAddress, sourcePort, destinationAddress, destinationPort] = c as unknown[];
+  if (!isAddress(sourceAddress) || !isAddress(destinationAddress) || !isPort(sourcePort) || !isPort(destinationPort)) {
+    throw new RemoteHeaderError('bad client address');
+  }
+  return { taskId, client: { sourceAddress, sourcePort, destinationAddress, destinationPort } };
+}
+
+function isAddress(value: unknown): value is string {
+  return typeof value === 'string' && value.length <= 64 && isIP(value) !== 0;
+}
+
+function isPort(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= 65535;
+}
+
+export interface ServeRemoteOptions {
+  /** For the header to arrive and for the connect to the task. Default 10 s. */
+  timeoutMs?: number;
+  /** Told why a stream was refused or failed (the design wants hostile input logged). */
+  log?: (msg: string) => void;
+}
+
+export type ServeRemoteResult = 'served' | 'bad-header' | 'unknown-task' | 'connect-failed' | 'closed';
+
+/**
+ * Serves one mesh stream on the task's node: reads the header, connects to the task's local address (from
+ * resolveAddress; undefined = not a task of this node), answers the status, then moves bytes until both sides are
+ * done. Resolves with what happened; never rejects, and never lets an error escape.
+ */
+export function serveRemote(
+  stream: Duplex,
+  resolveAddress: (taskId: TaskId) => string | undefined,
+  options: ServeRemoteOptions = {},
+): Promise<ServeRemoteResult> {
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const log = options.log ?? (() => {});
+  return new Promise((resolve) => {
+    let buffered: Buffer | undefined;
+    let settled = false;
+    const refuse = (status: RemoteStatus, result: ServeRemoteResult, why: string) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      log(`lb: refused mesh-forwarded connection: ${why}`);
+      // The status byte tells the ingress to try elsewhere; the stream is then done.
+      stream.end(STATUS_BYTES[status]);
+      stream.once('finish', () => stream.destroy());
+      resolve(result);
+    };
+    const onError = (err: Error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      log(`lb: mesh-forwarded stream failed: ${err.message}`);
+      stream.destroy();
+      resolve('closed');
+    };
+    // Stays attached for the stream's whole life: an error after the handover must not go unhandled either.
+    stream.on('error', (err) => onError(err));
+    stream.once('close', () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve('closed');
+    });
+    const timer = setTimeout(() => refuse(REMOTE_STATUS.badHeader, 'bad-header', 'no header in time'), timeoutMs);
+    timer.unref();
+
+    const onData = (chunk: Buffer) => {
+      buffered = buffered === undefined ? chunk : Buffer.concat([buffered, chunk]);
+      if (buffered.length < 2) return;
+      const length = buffered.readUInt16BE(0);
+      if (length === 0 || length > REMOTE_HEADER_MAX_BYTES) {
+        stream.off('data', onData);
+        refuse(REMOTE_STATUS.badHeader, 'bad-header', `header length ${length}`);
+        return;
+      }
+      if (buffered.length < 2 + length) return;
+      // Paused before the listener goes: bytes after the header (sent early) must wait for the backend.
+      stream.pause();
+      stream.off('data', onData);
+      let header: RemoteHeader;
+      try {
+        header = decodeRemoteHeader(buffered.subarray(2, 2 + length));
+      } catch (err) {
+        refuse(REMOTE_STATUS.badHeader, 'bad-header', (err as Error).message);
+        return;
+      }
+      const early = buffered.length > 2 + length ? buffered.subarray(2 + length) : undefined;
+      buffered = undefined;
+      let address: string | undefined;
+      try {
+        address = resolveAddress(header.taskId);
+      } catch (err) {
+        log(`lb: resolving task ${header.taskId} failed: ${(err as Error).message}`);
+      }
+      if (address === undefined) {
+        refuse(REMOTE_STATUS.unknownTask, 'unknown-task', `no local task ${header.taskId}`);
+        return;
+      }
+      connectTask(address, timeoutMs, (err, backend) => {
+        if (settled) {
+          backend?.destroy();
+          return;
+        }
+        if (err !== undefined || backend === undefined) {
+          refuse(REMOTE_STATUS.connectFailed, 'connect-failed', `task ${header.taskId}: ${err?.message}`);
+          return;
+        }
+        settled = true;
+        clearTimeout(timer);
+        stream.write(STATUS_BYTES[REMOTE_STATUS.ok]);
+        if (header.client !== undefined) backend.write(encodeProxyV2(header.client));
+        if (early !== undefined) backend.write(early);
+        pump(stream, backend, () => {});
+        resolve('served');
+      });
+    };
+    stream.on('data', onData);
+  });
+}
+
+/**
+ * Connects to host:port with TCP_NODELAY, half-open allowed, and a connect timeout. Calls back once, with the
+ * connected socket or the error (the socket is then destroyed).
+ */
+export function connectTask(
+  address: string,
+  timeoutMs: number,
+  callback: (err: Error | undefined, socket: Socket | undefined) => void,
+): Socket | undefined {
+  let target: { host: string; port: number };
+  try {
+    target = parseAddress(address);
+  } catch (err) {
+    callback(err as Error, undefined);
+    return undefined;
+  }
+  const socket = connectDirect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
+  let done = false;
+  const timer = setTimeout(() => fail(new Error(`connect to ${address} timed out`)), timeoutMs);
+  const fail = (err: Error) => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    socket.destroy();
+    callback(err, undefined);
+  };
+  // The error listener stays: the caller's own is added in the same tick, and one with nothing to do is harmless.
+  socket.on('error', fail);
+  // Destroyed by the caller while connecting (its client left): no callback then, and no timer left behind.
+  socket.once('close', () => clearTimeout(timer));
+  socket.once('connect', () => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    socket.setKeepAlive(true, 60_000);
+    callback(undefined, socket);
+  });
+  return socket;
+}

@@ -1,0 +1,49 @@
+// Counters the forwarder keeps per published service and per task, and the snapshot it hands to metrics.ts.
+// Plain objects with number fields: incremented once per connection, never per chunk (bytes are read from the
+// sockets' own counts when a snapshot is taken or a connection ends).
+import type { TaskId } from './endpoints.ts';
+
+export interface TrafficCounters {
+  /** Connections accepted (service) or forwarded to the task (task). */
+  connectionsTotal: number;
+  connectionsActive: number;
+  /** Bytes from clients toward the backends. */
+  bytesIn: number;
+  /** Bytes from the backends back to clients. */
+  bytesOut: number;
+  /**
+   * Service: client connections that reached no backend (no endpoint left, or every attempt failed).
+   * Task: connects to the task that failed (refused, timed out, or refused by the task's node).
+   */
+  errors: number;
+}
+
+export interface ServiceCounters extends TrafficCounters {
+  /** Connect attempts after a first one failed. */
+  retries: number;
+}
+
+export interface TaskCounters extends TrafficCounters {
+  /** Times outlier detection took the task out of rotation. */
+  ejections: number;
+}
+
+export interface TaskStats extends TaskCounters {
+  taskId: TaskId;
+}
+
+export interface ServiceStats extends ServiceCounters {
+  serviceId: string;
+  serviceName: string;
+  /** The published port this ingress listens on. */
+  port: number;
+  tasks: TaskStats[];
+}
+
+export function newServiceCounters(): ServiceCounters {
+  return { connectionsTotal: 0, connectionsActive: 0, bytesIn: 0, bytesOut: 0, errors: 0, retries: 0 };
+}
+
+export function newTaskCounters(): TaskCounters {
+  return { connectionsTotal: 0, connectionsActive: 0, bytesIn: 0, bytesOut: 0, errors: 0, ejections: 0 };
+}

@@ -1,0 +1,164 @@
+// The mesh hop's header and the node-side handler (serveRemote): strict validation, status bytes, and hostile
+// streams that must close without an exception escaping.
+import { createServer, type Server, type Socket } from 'node:net';
+import { type Duplex, duplexPair } from 'node:stream';
+import { Packr } from 'msgpackr';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  decodeRemoteHeader,
+  encodeRemoteHeader,
+  REMOTE_STATUS,
+  RemoteHeaderError,
+  serveRemote,
+} from '../../daemon/lb/remote.ts';
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+const client = { sourceAddress: '192.0.2.7', sourcePort: 5555, destinationAddress: '127.0.0.1', destinationPort: 80 };
+
+describe('remote header', () => {
+  it('round-trips with and without a client address', () => {
+    for (const header of [{ taskId: 't1' }, { taskId: 't2', client }]) {
+      const bytes = encodeRemoteHeader(header);
+      expect(bytes.readUInt16BE(0)).toBe(bytes.length - 2);
+      expect(decodeRemoteHeader(bytes.subarray(2))).toEqual(header);
+    }
+  });
+
+  const bad: Array<[string, unknown]> = [
+    ['an array', [1, 't']],
+    ['a string', 'hello'],
+    ['a wrong version', { v: 2, t: 't' }],
+    ['no task', { v: 1 }],
+    ['an empty task', { v: 1, t: '' }],
+    ['a numeric task', { v: 1, t: 7 }],
+    ['a huge task ID', { v: 1, t: 'x'.repeat(200) }],
+    ['an unknown field', { v: 1, t: 't', x: 1 }],
+    ['a short client', { v: 1, t: 't', c: ['1.2.3.4', 1, '1.2.3.4'] }],
+    ['a hostname', { v: 1, t: 't', c: ['example.com', 1, '1.2.3.4', 2] }],
+    ['a port out of range', { v: 1, t: 't', c: ['1.2.3.4', 65536, '1.2.3.4', 2] }],
+    ['a fractional port', { v: 1, t: 't', c: ['1.2.3.4', 1.5, '1.2.3.4', 2] }],
+  ];
+  for (const [what, value] of bad) {
+    it(`rejects ${what}`, () => {
+      expect(() => decodeRemoteHeader(packr.pack(value))).toThrow(RemoteHeaderError);
+    });
+  }
+
+  it('rejects bytes that are not msgpack', () => {
+    expect(() => decodeRemoteHeader(Buffer.from([0xc1]))).toThrow(RemoteHeaderError);
+  });
+});
+
+function collect(stream: Duplex): Promise<Buffer> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('end', () => resolve(Buffer.concat(chunks)));
+    stream.on('close', () => resolve(Buffer.concat(chunks)));
+    stream.on('error', () => resolve(Buffer.concat(chunks)));
+  });
+}
+
+let echo: Server;
+let echoPort = 0;
+const echoSockets = new Set<Socket>();
+beforeAll(async () => {
+  echo = createServer((s) => {
+    echoSockets.add(s);
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  await new Promise<void>((r) => echo.listen(0, '127.0.0.1', () => r()));
+  echoPort = (echo.address() as { port: number }).port;
+});
+afterAll(async () => {
+  for (const s of echoSockets) s.destroy();
+  await new Promise<void>((r) => echo.close(() => r()));
+});
+
+describe('serveRemote', () => {
+  it('connects to the task, answers ok, and carries bytes both ways', async () => {
+    const [ingress, node] = duplexPair();
+    const served = serveRemote(node, (id) => (id === 't1' ? `127.0.0.1:${echoPort}` : undefined));
+    const received = collect(ingress);
+    ingress.write(encodeRemoteHeader({ taskId: 't1' }));
+    // Bytes sent right behind the header wait for the backend rather than being lost.
+    ingress.write('ping');
+    expect(await served).toBe('served');
+    ingress.end();
+    const bytes = await received;
+    expect(bytes[0]).toBe(REMOTE_STATUS.ok);
+    expect(bytes.subarray(1).toString()).toBe('ping');
+  });
+
+  const refusals: Array<[string, () => Buffer, string, number]> = [
+    ['an unknown task', () => encodeRemoteHeader({ taskId: 'nope' }), 'unknown-task', REMOTE_STATUS.unknownTask],
+    ['a zero length', () => Buffer.from([0, 0]), 'bad-header', REMOTE_STATUS.badHeader],
+    ['an oversized length', () => Buffer.from([0xff, 0xff, 1, 2, 3]), 'bad-header', REMOTE_STATUS.badHeader],
+    [
+      'an invalid header',
+      () => {
+        const p = packr.pack({ v: 1, t: 5 });
+        return Buffer.concat([Buffer.from([0, p.length]), p]);
+      },
+      'bad-header',
+      REMOTE_STATUS.badHeader,
+    ],
+  ];
+  for (const [what, bytes, result, status] of refusals) {
+    it(`refuses ${what} with a status byte and closes`, async () => {
+      const [ingress, node] = duplexPair();
+      const served = serveRemote(node, (id) => (id === 't1' ? `127.0.0.1:${echoPort}` : undefined));
+      const received = collect(ingress);
+      ingress.write(bytes());
+      expect(await served).toBe(result);
+      expect([...(await received)]).toEqual([status]);
+    });
+  }
+
+  it('reports a task that refuses connections', async () => {
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', () => r()));
+    const port = (closed.address() as { port: number }).port;
+    await new Promise<void>((r) => closed.close(() => r()));
+    const [ingress, node] = duplexPair();
+    const served = serveRemote(node, () => `127.0.0.1:${port}`);
+    const received = collect(ingress);
+    ingress.write(encodeRemoteHeader({ taskId: 't1' }));
+    expect(await served).toBe('connect-failed');
+    expect([...(await received)]).toEqual([REMOTE_STATUS.connectFailed]);
+  });
+
+  it('treats a resolver that throws as an unknown task', async () => {
+    const [ingress, node] = duplexPair();
+    const served = serveRemote(node, () => {
+      throw new Error('store unavailable');
+    });
+    const received = collect(ingress);
+    ingress.write(encodeRemoteHeader({ taskId: 't1' }));
+    expect(await served).toBe('unknown-task');
+    expect([...(await received)]).toEqual([REMOTE_STATUS.unknownTask]);
+  });
+
+  it('gives up on a header that never completes', async () => {
+    const [ingress, node] = duplexPair();
+    const served = serveRemote(node, () => `127.0.0.1:${echoPort}`, { timeoutMs: 50 });
+    const received = collect(ingress);
+    ingress.write(Buffer.from([0, 10, 1]));
+    expect(await served).toBe('bad-header');
+    expect([...(await received)]).toEqual([REMOTE_STATUS.badHeader]);
+  });
+
+  it('survives a stream that errors or ends before the header', async () => {
+    const [ingress, node] = duplexPair();
+    const served = serveRemote(node, () => `127.0.0.1:${echoPort}`);
+    node.destroy(new Error('reset by peer'));
+    expect(await served).toBe('closed');
+    ingress.destroy();
+    const [ingress2, node2] = duplexPair();
+    const served2 = serveRemote(node2, () => `127.0.0.1:${echoPort}`);
+    ingress2.end(Buffer.from([0]));
+    node2.destroy();
+    expect(await served2).toBe('closed');
+  });
+});
