@@ -3,6 +3,7 @@
 //   swarmd join --token TOKEN HOST:PORT [same flags]
 //   swarmd run [--data-dir DIR]
 //   swarmd leave [--force]
+import { isIP } from 'node:net';
 import { homedir, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -32,6 +33,7 @@ Options:
   --cert-expiry SECONDS          Lifetime of membership certificates, renewed at half life (init; default 90 days)
   --node-resource KIND=N|KIND=ID Declare a resource discovery does not see (e.g. fpga=2, ib=mlx5_0); repeatable
   --apptainer PATH               The apptainer or singularity binary (default: whichever is on PATH)
+  --ingress-host HOST            Address published ports listen on (default: all interfaces)
   --force                        leave: even if this node is a manager
   -h, --help                     Show this help
 `;
@@ -98,6 +100,7 @@ export async function main(argv: string[]): Promise<number> {
       'cert-expiry': { type: 'string' },
       'node-resource': { type: 'string', multiple: true },
       apptainer: { type: 'string' },
+      'ingress-host': { type: 'string' },
       force: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -124,6 +127,7 @@ export async function main(argv: string[]): Promise<number> {
     dataDir,
     ...(nodeResources.length > 0 ? { nodeResources } : {}),
     ...(values.apptainer ? { apptainerBinary: values.apptainer } : {}),
+    ...(values['ingress-host'] ? { ingressHost: checkIngressHost(values['ingress-host']) } : {}),
     ...(listen ? { listen } : {}),
     ...(advertise ? { advertise } : {}),
     ...(encryption ? { meshEncryption: encryption } : {}),
@@ -197,4 +201,10 @@ if (import.meta.main) {
       process.exit(usage ? 2 : 1);
     },
   );
+}
+
+/** An IP address to listen on (a name would resolve differently over time; say so now rather than at first use). */
+function checkIngressHost(host: string): string {
+  if (isIP(host) === 0) throw new UsageError(`--ingress-host must be an IP address, got "${host}"`);
+  return host;
 }

@@ -8,6 +8,10 @@ import type { ControlHandlers, ServiceLogLine, ServiceLogOptions } from './api/h
 import { startApiServer } from './api/server.ts';
 import type { Task } from './api/services.ts';
 import type { NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
+import { IngressSet } from './lb/ingress-set.ts';
+import { METRICS_CONTENT_TYPE, renderMetrics } from './lb/metrics.ts';
+import { serveRemote } from './lb/remote.ts';
+import { validateTable } from './lb/table.ts';
 import { collectServiceLogs, serveLogs } from './logs.ts';
 // Manager code (Raft, storage, the store) is loaded only on managers: workers are often small devices.
 import type { ManagerControl } from './manager/control.ts';
@@ -53,6 +57,8 @@ export interface SwarmdOptions {
   nodeResources?: { kind: string; ids: string[] }[];
   /** The apptainer/singularity binary (--apptainer); default: whichever is on PATH. */
   apptainerBinary?: string;
+  /** Where published ports listen (--ingress-host); default all interfaces. Tests use 127.0.0.1. */
+  ingressHost?: string;
   log?: (level: 'info' | 'warn' | 'error', message: string) => void;
 }
 
@@ -64,6 +70,8 @@ export class SwarmdError extends Error {
 }
 
 const DEFAULT_LISTEN: HostPort = { host: '0.0.0.0', port: 2377 };
+/** Concurrent load balancer streams per mesh connection, each way (libp2p's default of 32/64 is for control traffic). */
+const LB_STREAMS = 4096;
 
 /** What this node has. Accelerators and declared resources come once discovery ran (startExecutors). */
 function describeThisHost(extra: Pick<NodeDescription['resources'], 'gpus' | 'generic'> = {}): NodeDescription {
@@ -93,6 +101,7 @@ export class Swarmd {
   private gate!: MembershipGate;
   private agent!: Agent;
   private runner!: TaskRunner;
+  private ingresses!: IngressSet;
   private executors = new Map<Runtime, Executor>();
   private accelerators: Pick<NodeDescription['resources'], 'gpus' | 'generic'> = {};
   private manager: Manager | null = null;
@@ -327,13 +336,17 @@ export class Swarmd {
   /** Keeps the address book and the list of managers in line with the node table; drops removed nodes. */
   private onStoreEvents(events: StoreEvent[]): void {
     let managersChanged = false;
+    let endpointsChanged = false;
     for (const event of events) {
       // A task assigned to (or stopped on) a node: it acts now rather than at its next heartbeat.
       if (event.table === 'tasks') {
-        const nodeId = ((event.object ?? event.previous) as Task | null)?.nodeId;
+        const task = (event.object ?? event.previous) as Task | null;
+        const nodeId = task?.nodeId;
         if (nodeId === this.state.nodeId) this.agent?.beatSoon();
         else if (nodeId && this.manager?.isLeader()) this.nudgeSoon(nodeId);
+        if (task?.publishes) endpointsChanged = true;
       }
+      if (event.table === 'services') endpointsChanged = true;
       if (event.table !== 'nodes') continue;
       const node = (event.object ?? event.previous) as NodeRecord | null;
       if (!node) continue;
@@ -347,6 +360,13 @@ export class Swarmd {
     if (managersChanged && this.manager) {
       this.state.managers = this.manager.knownManagers();
       this.saveStateSoon();
+    }
+    // The endpoint table reaches every node soon after a change, not at its next heartbeat.
+    if (endpointsChanged && this.manager?.isLeader()) {
+      this.agent?.beatSoon();
+      for (const node of this.manager.store.list<NodeRecord>('nodes')) {
+        if (node.id !== this.state.nodeId) this.nudgeSoon(node.id);
+      }
     }
   }
 
@@ -447,8 +467,13 @@ export class Swarmd {
       executors: this.executors,
       stateFile: join(this.opts.dataDir, 'tasks.json'),
       onStatusChange: () => this.agent?.beatSoon(),
+      // This node's ingresses stop sending the task new connections and let open ones finish (up to its grace
+      // period) before it is told to stop. Other nodes stop choosing it once the table lists it as draining.
+      beforeStop: (task) =>
+        task.publishes ? this.ingresses.drain(task.id, task.template.stopGracePeriodMs) : Promise.resolve(),
       log: (level, message) => this.log(level, message),
     });
+    await this.startLoadBalancer();
     await serveLogs(this.host, () => this.runner);
     await this.host.handle(
       PROTOCOLS.nudge,
@@ -490,6 +515,35 @@ export class Swarmd {
     });
   }
 
+  /** Published ports on this node, and the mesh hop's far end for this node's tasks. */
+  private async startLoadBalancer(): Promise<void> {
+    const lbLog = (message: string) => this.log('warn', message);
+    this.ingresses = new IngressSet({
+      nodeId: this.state.nodeId,
+      ...(this.opts.ingressHost ? { host: this.opts.ingressHost } : {}),
+      dialPeer: async (peerId, header, signal) => {
+        // The far end serves members only: it must have seen our certificate (once per connection).
+        await this.gate.ensureHello(peerId);
+        const stream = await this.host.openByteStream(peerId, PROTOCOLS.lb, { signal, maxOutboundStreams: LB_STREAMS });
+        stream.write(header);
+        return stream;
+      },
+      log: (level, message) => this.log(level, message),
+    });
+    await this.host.handleBytes(
+      PROTOCOLS.lb,
+      (stream) => void serveRemote(stream, (taskId) => this.runner.localAddress(taskId), { log: lbLog }),
+      { maxInboundStreams: LB_STREAMS },
+    );
+  }
+
+  /** A new endpoint table (from the leader's heartbeat answer, or the leader's own store). */
+  private applyEndpointTable(table: unknown): void {
+    const { services, dropped } = validateTable(table);
+    if (dropped > 0) this.log('warn', `lb: dropped ${dropped} malformed entries of the endpoint table`);
+    this.ingresses.update(services);
+  }
+
   private recovered = false;
 
   /** The leader's own heartbeat: its task statuses straight into the store, its tasks straight out. */
@@ -506,6 +560,7 @@ export class Swarmd {
     }
     this.runner.acknowledge(tasks.map((t) => ({ taskId: t.id, status: t.status })));
     this.runner.sync(tasks);
+    this.applyEndpointTable(manager.endpointTable());
   }
 
   private async onHeartbeat(response: Extract<HeartbeatResponse, { ok: true }>): Promise<void> {
@@ -517,6 +572,8 @@ export class Swarmd {
     }
     this.runner.acknowledge(tasks.map((t) => ({ taskId: t.id, status: t.status })));
     this.runner.sync(tasks);
+    // An old leader sends none: keep what we have rather than close every published port.
+    if (response.endpoints !== undefined) this.applyEndpointTable(response.endpoints);
     this.denylist = { nodeIds: new Set(response.denylist.nodeIds), peerIds: new Set(response.denylist.peerIds) };
     let changed = false;
     if (response.cert && response.cert !== this.state.cert) {
@@ -541,6 +598,7 @@ export class Swarmd {
   async stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.agent?.stop();
+      await this.ingresses?.close().catch(() => {});
       (this.executors.get('process') as ProcessExecutor | undefined)?.close();
       await this.api?.close().catch(() => {});
       if (this.manager) await this.manager.stop().catch(() => {});
@@ -578,6 +636,7 @@ export class Swarmd {
       promoteService: (ref) => this.requireControl().promoteService(ref),
       listTasks: (filter) => this.requireControl().listTasks(filter),
       serviceLogs: (ref, options) => this.serviceLogs(ref, options),
+      metrics: async () => ({ text: renderMetrics(this.ingresses.stats()), contentType: METRICS_CONTENT_TYPE }),
     };
   }
 

@@ -13,6 +13,7 @@ import {
 import type { HealthCheck, ServiceSpec, TaskTemplate } from '../../daemon/api/services.ts';
 import { InvalidValueError, parseBytes, parseCpus, parseDuration } from '../../daemon/api/units.ts';
 import { booleanFlag, type FlagSpec, type FlagValues, listFlag, stringFlag, UsageError } from '../command.ts';
+import { parsePublish } from './publish-flag.ts';
 
 type Mount = TaskTemplate['mounts'][number];
 
@@ -55,6 +56,11 @@ export const CREATE_FLAGS: Record<string, FlagSpec> = {
   'stop-signal': string('signal', 'Signal to stop the task (default: SIGTERM)'),
   'stop-grace-period': string('duration', 'Time to wait before force killing a task (default 10s)'),
   mount: list('mount', 'Mount, e.g. type=bind,source=/srv,target=/data,readonly (or type=volume|tmpfs)'),
+  publish: {
+    ...list('port', 'Publish a port: 8080:80[/tcp], or published=8080,target=80,mode=host,proxy-protocol=v2'),
+    short: 'p',
+  },
+  'lb-algorithm': string('round-robin|least-connections|p2c', 'Load balancing over the tasks (default: round-robin)'),
   ...healthFlags(),
   ...rolloutFlags('update'),
   'update-canary': string('uint', 'Start this many new tasks beside the old ones, then wait for "service promote"'),
@@ -134,6 +140,8 @@ const FIELD_FLAGS: readonly [path: string, flag: string][] = [
   ['task.healthcheck.retries', 'health-retries'],
   ['task.healthcheck.startPeriodMs', 'health-start-period'],
   ['update.canary', 'update-canary'],
+  ['endpoint.ports', 'publish'],
+  ['endpoint.algorithm', 'lb-algorithm'],
   ...(['update', 'rollback'] as const).flatMap((kind): [string, string][] => [
     [`${kind}.parallelism`, `${kind}-parallelism`],
     [`${kind}.delayMs`, `${kind}-delay`],
@@ -262,6 +270,10 @@ export function specFromFlags(flags: FlagValues, args: readonly string[], env: R
     },
     update: rolloutFromFlags(reader, 'update'),
     rollback: rolloutFromFlags(reader, 'rollback'),
+    endpoint: {
+      ports: listFlag(flags, 'publish').map((text) => reader.checked('publish', text, parsePublish)),
+      algorithm: stringFlag(flags, 'lb-algorithm'),
+    },
   };
   const checked = checkBody(serviceSpecSchema, candidate);
   if (checked.ok) return checked.value satisfies ServiceSpec;

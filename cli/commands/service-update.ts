@@ -15,6 +15,7 @@ import {
   stringFlag,
   UsageError,
 } from '../command.ts';
+import { parsePublish } from './publish-flag.ts';
 import {
   CREATE_FLAGS,
   FlagReader,
@@ -63,6 +64,7 @@ export const UPDATE_FLAGS: Record<string, FlagSpec> = {
         name === 'no-healthcheck' ||
         name.startsWith('update-') ||
         name.startsWith('rollback-') ||
+        name === 'lb-algorithm' ||
         name === 'detach',
     ),
   ),
@@ -72,6 +74,7 @@ export const UPDATE_FLAGS: Record<string, FlagSpec> = {
   ...addRm('constraint', 'expr'),
   ...addRm('placement-pref', 'spread=attr'),
   ...addRm('mount', 'mount', 'target'),
+  ...addRm('publish', 'port', 'published port'),
 };
 
 /** The current spec with the flags applied, checked in full; throws a UsageError naming the flag. */
@@ -145,10 +148,39 @@ export function updatedSpec(current: ServiceSpec, flags: FlagValues): ServiceSpe
     },
     update: rolloutFromFlags(reader, 'update', { ...current.update }),
     rollback: rolloutFromFlags(reader, 'rollback', { ...current.rollback }),
+    endpoint: updatedEndpoint(current, flags, reader),
   };
   const checked = checkBody(serviceSpecSchema, candidate);
   if (checked.ok) return checked.value;
-  throw usageErrorFor(checked.problem.path, checked.problem.message, flags, []);
+  // Problems in the ports are the --publish-add flag's (the spec's own were valid before).
+  const problemFlags = { ...flags, publish: [...publishedOf(current), ...listFlag(flags, 'publish-add')] };
+  throw usageErrorFor(checked.problem.path, checked.problem.message, problemFlags, []);
+}
+
+/** Ports of the spec as `--publish` would have been typed (for error messages about the whole list). */
+function publishedOf(current: ServiceSpec): string[] {
+  return (current.endpoint?.ports ?? []).map((p) => `${p.published}:${p.target}`);
+}
+
+/** --publish-rm PUBLISHED removes a port, --publish-add adds one (or replaces the one on the same published port). */
+function updatedEndpoint(current: ServiceSpec, flags: FlagValues, reader: FlagReader) {
+  // A spec stored before published ports existed has no endpoint: the schema's defaults apply.
+  const base = current.endpoint ?? { ports: [], algorithm: 'round-robin' };
+  const removed = new Set<number>();
+  for (const text of listFlag(flags, 'publish-rm')) {
+    const port = Number(text.split(/[:/]/)[0]);
+    if (!/^\d+([:/].*)?$/.test(text) || port < 1 || port > 65535) {
+      throw new UsageError(`invalid --publish-rm "${text}": expected the published port, e.g. 8080`);
+    }
+    removed.add(port);
+  }
+  const added = listFlag(flags, 'publish-add').map((text) => reader.checked('publish-add', text, parsePublish));
+  const replaced = new Set(added.map((p) => p.published));
+  return {
+    ...base,
+    ports: [...base.ports.filter((p) => !removed.has(p.published) && !replaced.has(p.published)), ...added],
+    algorithm: stringFlag(flags, 'lb-algorithm') ?? base.algorithm,
+  };
 }
 
 /** --X-rm KEY removes, --X-add KEY=VALUE sets (a bare KEY: empty value, as docker's labels). */

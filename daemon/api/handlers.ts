@@ -57,4 +57,6 @@ export interface ControlHandlers {
   /** Tasks in any state (history included), of one service and/or node when given (refs as typed by the user). */
   listTasks?(filter: { service?: string; node?: string }): Promise<Task[]>;
   serviceLogs?(ref: string, options: ServiceLogOptions): AsyncIterable<ServiceLogLine>;
+  /** This node's load balancer counters in the Prometheus text format (every node answers for itself). */
+  metrics?(): Promise<{ text: string; contentType: string }>;
 }

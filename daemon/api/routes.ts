@@ -28,6 +28,16 @@ export class StreamedAnswer {
   }
 }
 
+/** A route answers with this to send plain text of its own content type (Prometheus metrics). */
+export class TextAnswer {
+  readonly text: string;
+  readonly contentType: string;
+  constructor(text: string, contentType: string) {
+    this.text = text;
+    this.contentType = contentType;
+  }
+}
+
 export interface Route {
   method: HttpMethod;
   /** Segments separated by `/`; a segment starting with `:` is a parameter. */
@@ -95,6 +105,14 @@ export const routes: readonly Route[] = [
   },
   {
     method: 'GET',
+    path: '/v1/metrics',
+    run: async (h) => {
+      const metrics = await optional(h, 'metrics')();
+      return new TextAnswer(metrics.text, metrics.contentType);
+    },
+  },
+  {
+    method: 'GET',
     path: '/v1/tasks',
     run: (h, r) => {
       const filter: { service?: string; node?: string } = {};
@@ -115,7 +133,12 @@ type OptionalHandler = {
 function optional<K extends OptionalHandler>(handlers: ControlHandlers, name: K): NonNullable<ControlHandlers[K]> {
   const method = handlers[name];
   if (typeof method !== 'function') {
-    throw notImplemented(name === 'serviceLogs' ? 'service logs' : name === 'listTasks' ? 'tasks' : 'services');
+    const what: Partial<Record<OptionalHandler, string>> = {
+      serviceLogs: 'service logs',
+      listTasks: 'tasks',
+      metrics: 'metrics',
+    };
+    throw notImplemented(what[name] ?? 'services');
   }
   return method.bind(handlers) as NonNullable<ControlHandlers[K]>;
 }

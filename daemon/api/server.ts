@@ -5,7 +5,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { connect } from 'node:net';
 import { ApiError } from './errors.ts';
 import type { ControlHandlers } from './handlers.ts';
-import { matchRoute, StreamedAnswer } from './routes.ts';
+import { matchRoute, StreamedAnswer, TextAnswer } from './routes.ts';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
 export const SOCKET_MODE = 0o660;
@@ -156,6 +156,11 @@ async function handleRequest(
     }
     if (result === undefined) {
       res.writeHead(204).end();
+      return;
+    }
+    if (result instanceof TextAnswer) {
+      res.writeHead(200, { 'Content-Type': result.contentType, 'Content-Length': Buffer.byteLength(result.text) });
+      res.end(result.text);
       return;
     }
     sendJson(res, 200, result);

@@ -404,6 +404,57 @@ const rollbackConfigSchema = z
   })
   .prefault({});
 
+// ---------------------------------------------------------------- published ports
+
+export const LB_ALGORITHMS = ['round-robin', 'least-connections', 'p2c'] as const;
+const portNumber = z
+  .number({ error: 'must be a port number (1-65535)' })
+  .int('must be a port number (1-65535)')
+  .min(1, 'must be a port number (1-65535)')
+  .max(65535, 'must be a port number (1-65535)');
+
+const publishedPortSchema = z.strictObject({
+  published: portNumber,
+  target: portNumber,
+  protocol: z
+    .literal('tcp', {
+      error: (issue) =>
+        issue.input === 'udp' ? 'UDP is not supported yet by the load balancer: publish tcp ports only' : 'must be tcp',
+    })
+    .default('tcp'),
+  mode: z
+    .enum(['ingress', 'host'], {
+      error: (issue) => `unknown publish mode ${JSON.stringify(issue.input)}: must be ingress or host`,
+    })
+    .default('ingress'),
+  proxyProtocol: z.boolean().default(false),
+});
+
+const endpointSchema = z
+  .strictObject({
+    ports: z.array(publishedPortSchema).max(64, 'at most 64 published ports').default([]),
+    algorithm: z
+      .enum(LB_ALGORITHMS, {
+        error: (issue) =>
+          `unknown load balancing algorithm ${JSON.stringify(issue.input)}: must be one of ${LB_ALGORITHMS.join(', ')}`,
+      })
+      .default('round-robin'),
+  })
+  .prefault({})
+  .superRefine((endpoint, ctx) => {
+    const seen = new Set<number>();
+    endpoint.ports.forEach((port, index) => {
+      if (seen.has(port.published)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['ports', index, 'published'],
+          message: `port ${port.published} is published twice`,
+        });
+      }
+      seen.add(port.published);
+    });
+  });
+
 /** Swarm's defaults, as a spec without `update` or `rollback` gets them. */
 export const DEFAULT_UPDATE_CONFIG: UpdateConfig = updateConfigSchema.parse(undefined);
 export const DEFAULT_ROLLBACK_CONFIG: RolloutConfig = rollbackConfigSchema.parse(undefined);
@@ -420,6 +471,7 @@ export const serviceSpecSchema = z.strictObject({
   task: taskSchema,
   update: updateConfigSchema,
   rollback: rollbackConfigSchema,
+  endpoint: endpointSchema,
 });
 
 /** Input as a client may send it: defaults omitted, sizes and durations as numbers or strings. */

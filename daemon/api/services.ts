@@ -96,6 +96,28 @@ export interface UpdateConfig extends RolloutConfig {
   autoPromote: boolean;
 }
 
+/**
+ * A port the built-in load balancer publishes for the service. `ingress`: every node listens on `published` and
+ * forwards to any task; `host`: only nodes running a task listen, and forward to their own tasks only.
+ * `target` documents the port the program listens on inside a container with a network of its own; tasks that share
+ * the host's network (process, singularity, host-network docker) cannot all listen on one port, so they get a host
+ * port from their node in $PORT and must listen there instead.
+ */
+export interface PublishedPort {
+  published: number;
+  target: number;
+  /** UDP is not supported yet. */
+  protocol: 'tcp';
+  mode: 'ingress' | 'host';
+  /** Send a PROXY protocol v2 header to the task first, so it sees the client's address. */
+  proxyProtocol: boolean;
+}
+
+export interface EndpointSpec {
+  ports: PublishedPort[];
+  algorithm: 'round-robin' | 'least-connections' | 'p2c';
+}
+
 export interface ServiceSpec {
   name: string;
   labels: Record<string, string>;
@@ -103,6 +125,7 @@ export interface ServiceSpec {
   task: TaskTemplate;
   update: UpdateConfig;
   rollback: RolloutConfig;
+  endpoint: EndpointSpec;
 }
 
 export const UPDATE_STATES = [
@@ -176,6 +199,8 @@ export interface TaskStatus {
   error?: string;
   /** Only for tasks with a health check, once running. */
   health?: HealthState;
+  /** Where the task listens (host:port, reachable from its node), for services with published ports. */
+  address?: string;
 }
 
 export interface Task {
@@ -199,6 +224,8 @@ export interface Task {
   attempt: number;
   /** A stop-first update's replacement is not scheduled until this task (the one it replaces) has ended. */
   startAfter?: string;
+  /** Its service publishes ports: the node gives the task a host port ($PORT) and reports its address. */
+  publishes?: boolean;
   version: number;
   createdAt: string;
   updatedAt: string;

@@ -204,6 +204,7 @@ export class ManagerControl {
     const services = this.manager.store.list<Service>('services');
     if (services.some((s) => s.spec.name === spec.name))
       throw new ApiError(409, `a service named ${spec.name} already exists`);
+    refusePortConflicts(services, spec, null);
     const at = new Date().toISOString();
     const service: Service = {
       id: newTaskId(),
@@ -223,6 +224,7 @@ export class ManagerControl {
     const service = resolveServiceRef(this.manager.store.list<Service>('services'), ref);
     if (version !== service.version) throw versionConflict('service', service.id, version, service.version);
     if (spec.name !== service.spec.name) throw new ApiError(400, 'a service cannot be renamed', 'name');
+    refusePortConflicts(this.manager.store.list<Service>('services'), spec, service.id);
     const changed = withNewSpec(service, spec, new Date().toISOString());
     await this.manager.transact([put('services', changed, service.version)]);
     return this.manager.store.get<Service>('services', service.id)!;
@@ -369,4 +371,24 @@ function toAnswer(error: unknown): LeaderAnswer {
     return { ok: false, status: error.status, message: error.message, ...(error.field ? { field: error.field } : {}) };
   }
   return { ok: false, status: 500, message: (error as Error).message };
+}
+
+/**
+ * A published port belongs to one service across the swarm (every node listens on it, in ingress mode): another
+ * service publishing it is refused, naming that service. (Ports the host itself uses show up when a node's ingress
+ * fails to listen; that is logged there, since the managers cannot see every node's sockets.)
+ */
+function refusePortConflicts(services: Service[], spec: ServiceSpec, selfId: string | null): void {
+  for (const port of spec.endpoint?.ports ?? []) {
+    const owner = services.find(
+      (s) => s.id !== selfId && (s.spec.endpoint?.ports ?? []).some((p) => p.published === port.published),
+    );
+    if (owner) {
+      throw new ApiError(
+        409,
+        `port ${port.published} is already published by service ${owner.spec.name}`,
+        'endpoint.ports',
+      );
+    }
+  }
 }

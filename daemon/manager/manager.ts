@@ -9,6 +9,8 @@ import { FileStorage } from '../../raft/storage/file-storage.ts';
 import type { HealthState, Service, Task, TaskStatus } from '../api/services.ts';
 import { TASK_STATES, TERMINAL_STATES } from '../api/services.ts';
 import type { NodeRole } from '../api/types.ts';
+import { parseAddress } from '../lb/endpoints.ts';
+import type { TableService } from '../lb/table.ts';
 import type { FramedStream } from '../mesh/framed-stream.ts';
 import type { MembershipGate } from '../mesh/gate.ts';
 import type { MeshHost } from '../mesh/host.ts';
@@ -24,6 +26,7 @@ import {
 import { PROTOCOLS } from '../mesh/protocols.ts';
 import { MeshRaftTransport } from '../mesh/raft-transport.ts';
 import type { KnownManager } from '../node-state.ts';
+import { buildEndpointTable } from './endpoint-table.ts';
 import { downAfterMs, type NodeRecord } from './nodes.ts';
 import { reconcile } from './orchestrator.ts';
 import { scheduleInChunks, toSchedulerNode } from './scheduling.ts';
@@ -247,7 +250,17 @@ export class Manager {
       heartbeatPeriodMs: node.heartbeatPeriodMs ?? cluster.settings.heartbeatPeriodMs,
       ...(renew ? { cert: this.issueCert(node.id, node.peerId, node.role) } : {}),
       tasks: this.store.list<Task>('tasks').filter((t) => t.nodeId === node.id),
+      endpoints: this.endpointTable(),
     };
+  }
+
+  /** What every node's load balancer balances over (services with published ports only). */
+  endpointTable(): TableService[] {
+    return buildEndpointTable(
+      this.store.list<Service>('services'),
+      this.store.list<Task>('tasks'),
+      (nodeId) => this.store.get<NodeRecord>('nodes', nodeId)?.peerId,
+    );
   }
 
   /**
@@ -277,10 +290,14 @@ export class Manager {
         ? (report.status.health as HealthState)
         : undefined;
       const forward = TASK_STATES.indexOf(state) > TASK_STATES.indexOf(task.status.state);
-      // Health changes within a state (running: starting -> healthy -> unhealthy) count too.
-      if (!forward && (state !== task.status.state || health === task.status.health)) continue;
+      // Where a running task listens: what the load balancer forwards to, so it is checked like any input.
+      const address = state === 'running' ? validTaskAddress(report.status.address) : undefined;
+      // Health changes within a state (running: starting -> healthy -> unhealthy) count too, as does the address.
+      const sameState = state === task.status.state;
+      if (!forward && (!sameState || (health === task.status.health && address === task.status.address))) continue;
       const status: TaskStatus = {
         ...(health ? { health } : {}),
+        ...(address ? { address } : {}),
         state,
         since: String(report.status.since ?? new Date().toISOString()).slice(0, 40),
         message: String(report.status.message ?? '').slice(0, 500),
@@ -585,4 +602,16 @@ function sanitizeDescription(raw: unknown): NodeRecord['description'] {
     },
     swarmdVersion: str(d.swarmdVersion, 32),
   };
+}
+
+/** host:port (or [v6]:port) of at most 64 characters; anything else is dropped. */
+function validTaskAddress(value: unknown): string | undefined {
+  if (typeof value !== 'string' || value.length > 64) return undefined;
+  if (!/^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$/.test(value)) return undefined;
+  try {
+    parseAddress(value);
+    return value;
+  } catch {
+    return undefined;
+  }
 }

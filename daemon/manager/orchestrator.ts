@@ -48,6 +48,8 @@ export function newTask(service: Service, slot: number, nodeId: string | null, a
     status: nodeId ? status('assigned', at) : status('pending', at, 'waiting for the scheduler'),
     devices: [],
     attempt,
+    // Decided when the task is made: its node gives it a host port ($PORT) and reports where it listens.
+    ...((service.spec.endpoint?.ports.length ?? 0) > 0 ? { publishes: true } : {}),
     version: 0,
     createdAt: at,
     updatedAt: at,

@@ -70,7 +70,9 @@ function planRollout(service: Service, tasks: Task[], now: number): StoreOp[] {
   const rollingBack = status.state === 'rollback_started';
   const config: RolloutConfig = rollingBack ? service.spec.rollback : service.spec.update;
   const at = new Date(now).toISOString();
-  const isCurrent = (task: Task) => isDeepStrictEqual(task.template, service.spec.task);
+  // Publishing ports or no longer publishing any changes how tasks run (a host port in $PORT): a redeploy too.
+  const isCurrent = (task: Task) =>
+    isDeepStrictEqual(task.template, service.spec.task) && Boolean(task.publishes) === publishes(service.spec);
 
   const failure = firstFailure(service, tasks, isCurrent);
   if (failure) {
@@ -84,6 +86,7 @@ function planRollout(service: Service, tasks: Task[], now: number): StoreOp[] {
   const ops: StoreOp[] = [];
   const canaryPhase = !rollingBack && service.spec.update.canary > 0 && !status.promoted;
   let inProgress = 0;
+  let readyPlaces = 0;
   const dirty: Place[] = [];
   let lastReady = Date.parse(status.startedAt);
   for (const place of places) {
@@ -97,6 +100,7 @@ function planRollout(service: Service, tasks: Task[], now: number): StoreOp[] {
       inProgress++;
       continue;
     }
+    readyPlaces++;
     // A ready replacement (or a promoted canary) takes over: the old tasks of its place stop.
     if (!canaryPhase) for (const task of place.old) ops.push(stop(task, at));
   }
@@ -109,7 +113,11 @@ function planRollout(service: Service, tasks: Task[], now: number): StoreOp[] {
     for (const place of dirty.slice(0, room)) ops.push(...replace(service, place, config.order, at));
   }
 
-  if (dirty.length === 0 && inProgress === 0 && now >= lastReady + config.monitorMs) {
+  // Done once every place runs a ready task of the spec: a slot left empty by a failed task (waiting out its
+  // restart delay) is not done yet.
+  const wanted = service.spec.mode.kind === 'replicated' ? service.spec.mode.replicas : places.length;
+  const allReady = dirty.length === 0 && inProgress === 0 && readyPlaces >= wanted;
+  if (allReady && now >= lastReady + config.monitorMs) {
     // An automatic rollback keeps saying why it happened.
     const why = rollingBack && status.message.startsWith('update rolled back') ? ` (${status.message})` : '';
     ops.push(
@@ -239,12 +247,17 @@ function describeFailure(task: Task): string {
  */
 export function withNewSpec(service: Service, spec: ServiceSpec, at: string): Service {
   const changed = { ...service, spec, specVersion: service.specVersion + 1, updatedAt: at };
-  if (isDeepStrictEqual(spec.task, service.spec.task)) return changed;
+  if (isDeepStrictEqual(spec.task, service.spec.task) && publishes(spec) === publishes(service.spec)) return changed;
   return {
     ...changed,
     previousSpec: service.spec,
     updateStatus: { state: 'updating', startedAt: at, message: 'update in progress', promoted: false },
   };
+}
+
+/** Tasks of a service with published ports get a host port and report their address (see newTask). */
+function publishes(spec: ServiceSpec): boolean {
+  return (spec.endpoint?.ports.length ?? 0) > 0;
 }
 
 /** Whether `service promote` has canaries to promote. */

@@ -8,6 +8,7 @@
 // not talk to strangers.
 
 import { isIP } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { identify } from '@libp2p/identify';
@@ -17,6 +18,7 @@ import { ping } from '@libp2p/ping';
 import { tcp } from '@libp2p/tcp';
 import { CODE_P2P, type Multiaddr, multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p } from 'libp2p';
+import { byteStream } from './byte-stream.ts';
 import { type FramedStream, type FramedStreamOptions, framedStream } from './framed-stream.ts';
 
 export type MeshLogLevel = 'debug' | 'info' | 'warn';
@@ -48,6 +50,8 @@ export interface MeshHostOptions {
 }
 
 export type MeshStreamHandler = (stream: FramedStream, remotePeer: string) => Promise<void> | void;
+/** A raw-bytes protocol's handler: it owns the Duplex (and must end or destroy it). */
+export type MeshByteStreamHandler = (stream: Duplex, remotePeer: string) => void;
 
 export interface MeshHandleOptions {
   /** Anyone may open it (the join protocol); otherwise authorize() decides. */
@@ -67,6 +71,14 @@ export interface MeshHost {
    * remote reads the end), when it throws the stream is aborted. Keep the handler running for long-lived streams.
    */
   handle(protocol: string, handler: MeshStreamHandler, opts?: MeshHandleOptions): Promise<void>;
+  /** Serves a protocol of raw bytes (the load balancer's mesh hop); authorize() decides as for framed ones. */
+  handleBytes(protocol: string, handler: MeshByteStreamHandler, opts?: { maxInboundStreams?: number }): Promise<void>;
+  /** Opens a raw-bytes stream to a PeerId. */
+  openByteStream(
+    peerId: string,
+    protocol: string,
+    opts?: { signal?: AbortSignal; maxOutboundStreams?: number },
+  ): Promise<Duplex>;
   /** Opens a framed stream to a PeerId (dialing known addresses, or the DHT) or to a multiaddr. */
   openStream(
     target: string,
@@ -145,6 +157,33 @@ export async function createMeshHost(options: MeshHostOptions): Promise<MeshHost
       );
     },
 
+    async handleBytes(protocol, handler, opts = {}) {
+      await libp2p.handle(
+        protocol,
+        async (stream, connection) => {
+          const remotePeer = connection.remotePeer.toString();
+          const refusal = await authorizeStream(remotePeer, protocol, options.authorize);
+          if (refusal !== null) {
+            log('warn', `refused ${protocol} stream from ${remotePeer}: ${refusal.message}`);
+            stream.abort(refusal);
+            return;
+          }
+          handler(byteStream(stream), remotePeer);
+        },
+        opts.maxInboundStreams === undefined ? {} : { maxInboundStreams: opts.maxInboundStreams },
+      );
+    },
+
+    async openByteStream(id, protocol, opts = {}) {
+      const signal = opts.signal;
+      const connection = await libp2p.dial(peerIdFromString(id), signal === undefined ? {} : { signal });
+      const stream = await connection.newStream(protocol, {
+        ...(signal === undefined ? {} : { signal }),
+        ...(opts.maxOutboundStreams === undefined ? {} : { maxOutboundStreams: opts.maxOutboundStreams }),
+      });
+      return byteStream(stream);
+    },
+
     async openStream(target, protocol, opts = {}) {
       const dialTarget = target.startsWith('/') ? multiaddr(target) : peerIdFromString(target);
       const signal = opts.signal;
@@ -215,12 +254,7 @@ async function serveStream(
   if (opts.open !== true) {
     // Until authorize() answers, incoming bytes wait in the stream's own buffer (4 MiB, then libp2p resets it):
     // nothing from an unknown peer is decoded.
-    let refusal: Error | null;
-    try {
-      refusal = authorize === undefined ? new Error('no authorizer configured') : await authorize(remotePeer, protocol);
-    } catch (err) {
-      refusal = err instanceof Error ? err : new Error(String(err));
-    }
+    const refusal = await authorizeStream(remotePeer, protocol, authorize);
     if (refusal !== null) {
       log('warn', `refused ${protocol} stream from ${remotePeer}: ${refusal.message}`);
       stream.abort(refusal);
@@ -235,6 +269,18 @@ async function serveStream(
     const error = err instanceof Error ? err : new Error(String(err));
     log('warn', `${protocol} stream from ${remotePeer} failed: ${error.message}`);
     framed.abort(error);
+  }
+}
+
+async function authorizeStream(
+  remotePeer: string,
+  protocol: string,
+  authorize: MeshHostOptions['authorize'],
+): Promise<Error | null> {
+  try {
+    return authorize === undefined ? new Error('no authorizer configured') : await authorize(remotePeer, protocol);
+  } catch (err) {
+    return err instanceof Error ? err : new Error(String(err));
   }
 }
 

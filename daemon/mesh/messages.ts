@@ -1,6 +1,7 @@
 // Messages between the manager and worker halves of swarmd (which never import each other).
 import type { Task, TaskStatus } from '../api/services.ts';
 import type { NodeRole } from '../api/types.ts';
+import type { TableService } from '../lb/table.ts';
 import type { KnownManager } from '../node-state.ts';
 
 /** A node's heartbeat to the leader, on PROTOCOLS.dispatcher. */
@@ -24,5 +25,7 @@ export type HeartbeatResponse =
       cert?: string;
       /** Every task the managers have for this node (what it must run, stop, or has finished). */
       tasks: Task[];
+      /** The load balancer's endpoint table: every service with published ports (validated by the receiver). */
+      endpoints?: TableService[];
     }
   | { ok: false; redirect: string | null; managers: KnownManager[]; error: string };

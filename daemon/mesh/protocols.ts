@@ -15,6 +15,11 @@ export const PROTOCOLS = {
   nudge: '/swarmd/nudge/1.0.0',
   /** Managers only: a task's logs, read from the node that runs it. */
   logs: '/swarmd/logs/1.0.0',
+  /**
+   * Members: the load balancer's mesh hop. Raw bytes, not frames: a small header, a status byte, then a client
+   * connection's bytes (daemon/lb/remote.ts). Every node serves it (ingress on any node, tasks on any node).
+   */
+  lb: '/swarmd/lb/1',
 } as const;
 
 export const MANAGER_ONLY = new Set<string>([PROTOCOLS.raft, PROTOCOLS.control, PROTOCOLS.logs, PROTOCOLS.nudge]);

@@ -15,6 +15,7 @@ import {
   type TaskRunSpec,
 } from './executors/types.ts';
 import { HealthMonitor, probeFor } from './health.ts';
+import { allocateHostPort } from './host-port.ts';
 
 export interface TaskRunnerOptions {
   nodeId: string;
@@ -41,8 +42,8 @@ interface Local {
 }
 
 const order = (state: TaskState) => TASK_STATES.indexOf(state);
-/** What the managers must have seen of a status: its state and health. */
-const reportKey = (status: TaskStatus) => `${status.state}/${status.health ?? ''}`;
+/** What the managers must have seen of a status: its state, health, and where it listens (for the load balancer). */
+const reportKey = (status: TaskStatus) => `${status.state}/${status.health ?? ''}/${status.address ?? ''}`;
 
 export class TaskRunner {
   private readonly opts: TaskRunnerOptions;
@@ -73,6 +74,7 @@ export class TaskRunner {
       if (inspection.running) {
         this.opts.log('info', `re-attached to task ${task.id} (${task.serviceName}.${task.slot})`);
         this.setStatus(local, 'running', 're-attached after restart');
+        this.noteAddress(local, inspection.address);
         this.watch(local, executor);
         this.checkHealth(local, executor, inspection.address);
       } else if (inspection.exitStatus) {
@@ -155,6 +157,9 @@ export class TaskRunner {
     const spec = this.runSpec(local.task);
     try {
       this.setStatus(local, 'accepted');
+      // A task behind published ports listens on a host port of its own ($PORT): the executor passes it and
+      // inspect() reports 127.0.0.1:PORT, the address the load balancer forwards to.
+      if (local.task.publishes) spec.hostPort = await allocateHostPort();
       this.setStatus(local, 'preparing');
       await executor.prepare(spec);
       this.setStatus(local, 'starting');
@@ -162,9 +167,11 @@ export class TaskRunner {
       await this.saveHandles();
       this.setStatus(local, 'running');
       this.watch(local, executor);
-      const inspection = local.task.template.healthcheck
-        ? await executor.inspect(local.handle).catch(() => null)
-        : null;
+      const inspection =
+        local.task.template.healthcheck || local.task.publishes
+          ? await executor.inspect(local.handle).catch(() => null)
+          : null;
+      this.noteAddress(local, inspection?.address);
       this.checkHealth(local, executor, inspection?.address);
     } catch (error) {
       const message = (error as Error).message;
@@ -184,6 +191,24 @@ export class TaskRunner {
       (exit) => this.finish(local, exit),
       (error: Error) => this.setStatus(local, 'failed', '', `lost track of the task: ${error.message}`),
     );
+  }
+
+  /** The address a running task listens on, reported to the managers with its status (for the endpoint table). */
+  private noteAddress(local: Local, address: string | undefined): void {
+    if (!address || !local.task.publishes || local.status.state !== 'running') return;
+    local.status = { ...local.status, address };
+    this.opts.onStatusChange();
+  }
+
+  /** host:port of this node's running tasks, for the load balancer's mesh hop (serveRemote) and drains. */
+  localAddress(taskId: string): string | undefined {
+    const local = this.tasks.get(taskId);
+    return local?.status.state === 'running' ? local.status.address : undefined;
+  }
+
+  /** Tasks running here, for host-mode published ports (only nodes with a task listen). */
+  runningTasks(): Task[] {
+    return [...this.tasks.values()].filter((l) => l.status.state === 'running').map((l) => l.task);
   }
 
   /** Starts the task's health checks, if it has any; an unhealthy task is stopped and fails. */
@@ -271,8 +296,10 @@ export class TaskRunner {
   private setStatus(local: Local, state: TaskState, message = '', error?: string, exitCode?: number): void {
     if (order(state) < order(local.status.state)) return; // states only move forward
     const health = state === 'running' ? local.status.health : undefined;
+    const address = state === 'running' ? local.status.address : undefined;
     local.status = {
       ...(health ? { health } : {}),
+      ...(address ? { address } : {}),
       state,
       since: new Date().toISOString(),
       message,

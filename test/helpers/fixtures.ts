@@ -50,6 +50,7 @@ export function serviceSpec(
     task,
     update: { ...DEFAULT_UPDATE_CONFIG, ...update },
     rollback: { ...DEFAULT_ROLLBACK_CONFIG },
+    endpoint: { ports: [], algorithm: 'round-robin' },
   };
 }
 

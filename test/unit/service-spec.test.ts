@@ -76,6 +76,7 @@ describe('serviceSpecSchema', () => {
       task: { ...DEFAULT_TASK, runtime: 'process', command: ['/bin/sleep'] },
       update: DEFAULT_UPDATE,
       rollback: SWARM_ROLLOUT,
+      endpoint: { ports: [], algorithm: 'round-robin' },
     } satisfies ServiceSpec);
     expect(
       parseBody(serviceSpecSchema, docker({}, { mode: { kind: 'replicated-job', maxConcurrent: 4 } })).mode,
@@ -670,6 +671,7 @@ describe('swarm service create', () => {
       },
       update: DEFAULT_UPDATE,
       rollback: SWARM_ROLLOUT,
+      endpoint: { ports: [], algorithm: 'round-robin' },
     } satisfies ServiceSpec);
   });
 

@@ -335,3 +335,31 @@ describe('canaries', () => {
     expect(cluster.running(v2)).toHaveLength(3);
   });
 });
+
+describe('completion', () => {
+  it('a rollback is not complete while a slot waits out its restart delay with no task', () => {
+    const cluster = new Cluster();
+    const slowRestart = { ...v1, restart: { ...v1.restart, delayMs: 5000 } };
+    const broken = { ...slowRestart, command: ['/bin/false'] };
+    const spec = serviceSpec('web', { kind: 'replicated', replicas: 2 }, slowRestart, {
+      failureAction: 'rollback',
+      monitorMs: 0,
+    });
+    cluster.create({ ...spec, rollback: { ...spec.rollback, monitorMs: 0 } });
+    cluster.until(() => cluster.running(slowRestart).length === 2);
+    cluster.worker = (task) =>
+      task.status.state === 'starting' && isDeepStrictEqual(task.template, broken)
+        ? { state: 'failed', error: 'exit 1' }
+        : null;
+    cluster.update((spec) => ({ ...spec, task: broken }));
+    cluster.until(() => cluster.service.updateStatus?.state === 'rollback_started');
+    cluster.until(
+      () => cluster.service.updateStatus?.state === 'rollback_completed',
+      () => {
+        if (cluster.service.updateStatus?.state === 'rollback_completed')
+          expect(cluster.running(slowRestart)).toHaveLength(2);
+      },
+    );
+    expect(cluster.running(slowRestart)).toHaveLength(2);
+  });
+});

@@ -1,0 +1,141 @@
+// A node's published ports: one Ingress per port, started and stopped as the endpoint table changes.
+//   ingress mode: every node listens, and balances over every endpoint (local ones directly, others over the mesh).
+//   host mode: only a node running a task of the service listens, and only to its own tasks.
+// The Ingress asks for its port's view on each connection, so a new table applies to the next connection; nothing
+// here reads the store.
+import type { Duplex } from 'node:stream';
+import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
+import { Ingress } from './forwarder.ts';
+import { OutlierDetector } from './outliers.ts';
+import type { ServiceStats } from './stats.ts';
+import type { TableService } from './table.ts';
+
+export interface IngressSetOptions {
+  nodeId: string;
+  /** Listening address of every published port (tests: 127.0.0.1); left out, all interfaces. */
+  host?: string;
+  /** Opens the mesh hop to a remote endpoint's node (its PeerId), sending `header` first. */
+  dialPeer: (peerId: string, header: Buffer, signal: AbortSignal) => Promise<Duplex>;
+  log: (level: 'info' | 'warn', message: string) => void;
+  /** A port that failed to listen (taken by the host) is tried again after this long. Default 10 s. */
+  retryMs?: number;
+}
+
+interface Port {
+  ingress: Ingress;
+  /** Resolves once listening (or failed); close() waits for it. */
+  ready: Promise<boolean>;
+}
+
+export class IngressSet {
+  private readonly opts: IngressSetOptions;
+  private readonly ports = new Map<number, Port>();
+  private readonly views = new Map<number, ServiceEndpoints>();
+  private readonly peers = new Map<string, string>();
+  private readonly failedAt = new Map<number, number>();
+  /** One detector for the node: a task that fails on one port is as unreachable on the others. */
+  private readonly outliers = new OutlierDetector();
+  private closed = false;
+
+  constructor(opts: IngressSetOptions) {
+    this.opts = opts;
+  }
+
+  /** Applies a new table. */
+  update(table: readonly TableService[]): void {
+    if (this.closed) return;
+    const wanted = new Map<number, ServiceEndpoints>();
+    this.peers.clear();
+    for (const service of table) {
+      for (const e of service.endpoints) this.peers.set(e.nodeId, e.peerId);
+      for (const port of service.ports) {
+        const local = port.mode === 'host';
+        const endpoints: Endpoint[] = service.endpoints
+          .filter((e) => !local || e.nodeId === this.opts.nodeId)
+          .map(({ taskId, nodeId, address }) => ({ taskId, nodeId, address }));
+        // host mode: a node with no task of its own does not listen at all.
+        if (local && endpoints.length === 0) continue;
+        wanted.set(port.published, {
+          serviceId: service.serviceId,
+          serviceName: service.serviceName,
+          algorithm: service.algorithm,
+          proxyProtocol: port.proxyProtocol,
+          endpoints,
+          draining: new Set(service.draining),
+        });
+      }
+    }
+    this.views.clear();
+    for (const [port, view] of wanted) this.views.set(port, view);
+    for (const [port, entry] of this.ports) {
+      if (!wanted.has(port)) this.stop(port, entry);
+    }
+    const now = Date.now();
+    for (const port of wanted.keys()) {
+      if (this.ports.has(port)) continue;
+      const failed = this.failedAt.get(port);
+      if (failed !== undefined && now - failed < (this.opts.retryMs ?? 10_000)) continue;
+      this.start(port);
+    }
+  }
+
+  /**
+   * A task of this node is about to stop: every ingress stops sending it new connections, and this resolves once
+   * its open ones are done, or after graceMs (when the rest are cut).
+   */
+  async drain(taskId: TaskId, graceMs: number): Promise<void> {
+    await Promise.all([...this.ports.values()].map((p) => p.ingress.drain(taskId, graceMs)));
+  }
+
+  stats(): ServiceStats[] {
+    return [...this.ports.values()].map((p) => p.ingress.stats()).filter((s) => s.port !== 0);
+  }
+
+  listening(): number[] {
+    return [...this.ports.entries()].filter(([, p]) => p.ingress.port !== 0).map(([port]) => port);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const all = [...this.ports.values()];
+    this.ports.clear();
+    await Promise.all(all.map((p) => p.ready.then(() => p.ingress.close())));
+  }
+
+  private start(port: number): void {
+    const ingress = new Ingress({
+      nodeId: this.opts.nodeId,
+      port,
+      ...(this.opts.host === undefined ? {} : { host: this.opts.host }),
+      services: () => this.views.get(port),
+      dialRemote: (endpoint, header, signal) => {
+        const peerId = this.peers.get(endpoint.nodeId);
+        if (peerId === undefined) return Promise.reject(new Error(`no PeerId known for node ${endpoint.nodeId}`));
+        return this.opts.dialPeer(peerId, header, signal);
+      },
+      outliers: this.outliers,
+      log: (message) => this.opts.log('warn', message),
+    });
+    const ready = ingress.listen().then(
+      () => {
+        this.failedAt.delete(port);
+        this.opts.log('info', `lb: listening on published port ${port} (${this.views.get(port)?.serviceName})`);
+        return true;
+      },
+      (err: Error) => {
+        // Taken by something else on this host: the service cannot be reached here; said once per retry.
+        this.failedAt.set(port, Date.now());
+        if (this.ports.get(port)?.ingress === ingress) this.ports.delete(port);
+        this.opts.log('warn', `lb: cannot listen on published port ${port}: ${err.message}`);
+        return false;
+      },
+    );
+    this.ports.set(port, { ingress, ready });
+  }
+
+  private stop(port: number, entry: Port): void {
+    this.ports.delete(port);
+    void entry.ready.then((ok) => (ok ? entry.ingress.close() : undefined));
+    this.opts.log('info', `lb: stopped listening on published port ${port}`);
+  }
+}

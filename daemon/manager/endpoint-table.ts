@@ -1,0 +1,42 @@
+// The leader's side of the load balancer: from the store to the endpoint table every node balances over (see
+// daemon/lb/table.ts). Pure, so it runs for each heartbeat answer without side effects.
+import type { Service, Task } from '../api/services.ts';
+import type { TableService } from '../lb/table.ts';
+import { isReady } from './updater.ts';
+
+export function buildEndpointTable(
+  services: readonly Service[],
+  tasks: readonly Task[],
+  peerOf: (nodeId: string) => string | undefined,
+): TableService[] {
+  const byService = new Map<string, Task[]>();
+  for (const task of tasks) {
+    const list = byService.get(task.serviceId);
+    if (list === undefined) byService.set(task.serviceId, [task]);
+    else list.push(task);
+  }
+  const table: TableService[] = [];
+  for (const service of services) {
+    const ports = service.spec.endpoint?.ports ?? [];
+    if (ports.length === 0) continue;
+    const endpoints: TableService['endpoints'] = [];
+    const draining: string[] = [];
+    for (const task of byService.get(service.id) ?? []) {
+      const peerId = task.nodeId ? peerOf(task.nodeId) : undefined;
+      if (task.desiredState === 'running' && isReady(task) && task.status.address && peerId && task.nodeId) {
+        endpoints.push({ taskId: task.id, nodeId: task.nodeId, peerId, address: task.status.address });
+      } else if (task.desiredState === 'shutdown' && task.status.state === 'running') {
+        draining.push(task.id);
+      }
+    }
+    table.push({
+      serviceId: service.id,
+      serviceName: service.spec.name,
+      algorithm: service.spec.endpoint.algorithm,
+      ports: ports.map((p) => ({ published: p.published, mode: p.mode, proxyProtocol: p.proxyProtocol })),
+      endpoints,
+      draining,
+    });
+  }
+  return table;
+}

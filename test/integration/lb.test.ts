@@ -1,0 +1,259 @@
+// The built-in load balancer end to end on a 3-node swarm of real processes (1 manager, 2 workers), process runtime:
+// a published port on every node (each node's ingress on its own loopback address, 127.0.0.1-3, since all three
+// share this host) reaches every task, local or over the mesh; a killed task costs no request; a stranger cannot
+// open the load balancer's mesh protocol; a port another service publishes is refused.
+//
+// Tasks share the host's network, so each listens on the host port its node gives it in $PORT (the --publish
+// target only documents the container port); the backend answers "PORT PID".
+
+import { get as httpGet, request as httpRequest } from 'node:http';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Task } from '../../daemon/api/services.ts';
+import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
+import { createMeshHost } from '../../daemon/mesh/host.ts';
+import { PROTOCOLS } from '../../daemon/mesh/protocols.ts';
+import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
+
+const BASE = 47000 + Math.floor(Math.random() * 400) * 5;
+const PUBLISHED = BASE + 3;
+const cluster = new SwarmProcesses(BASE);
+const HOSTS = { m1: '127.0.0.1', w1: '127.0.0.2', w2: '127.0.0.3' } as const;
+let m1: NodeProcess;
+let w1: NodeProcess;
+/** Backend PIDs seen in answers: killed at the end whatever happens (they are this test's tasks). */
+const pids = new Set<number>();
+
+// The task's program (its own template literal, escaped): answers "PORT PID" on $PORT.
+const BACKEND = `require('node:http').createServer((req, res) => res.end(\`\${process.env.PORT} \${process.pid}\`)).listen(Number(process.env.PORT), '127.0.0.1');`;
+
+/** One HTTP request on a new connection; resolves with the body, rejects on any failure (bounded by 10 s). */
+function fetchOnce(host: string, port = PUBLISHED): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = httpGet({ host, port, path: '/', agent: false, timeout: 10_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        body += chunk;
+      });
+      res.on('end', () => {
+        const pid = Number(body.split(' ')[1]);
+        if (pid > 0) pids.add(pid);
+        resolve(body);
+      });
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('request timed out')));
+    req.on('error', reject);
+  });
+}
+
+/** Ports (from "PORT PID") answered by `count` sequential requests; failures are counted, not thrown. */
+async function sample(host: string, count: number): Promise<{ ports: Set<string>; failures: string[] }> {
+  const ports = new Set<string>();
+  const failures: string[] = [];
+  for (let i = 0; i < count; i++) {
+    try {
+      ports.add((await fetchOnce(host)).split(' ')[0]!);
+    } catch (error) {
+      failures.push((error as Error).message);
+    }
+  }
+  return { ports, failures };
+}
+
+async function until(check: () => Promise<boolean>, timeoutMs: number, describe: () => string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms:\n${describe()}`);
+    await new Promise((r) => setTimeout(r, 300));
+  }
+}
+
+const ready = () =>
+  swarmJson<Task[]>(m1, 'service', 'ps', 'web').filter(
+    (t) => t.desiredState === 'running' && t.status.state === 'running' && t.status.address,
+  );
+const taskPorts = () => new Set(ready().map((t) => t.status.address!.split(':')[1]!));
+
+beforeAll(async () => {
+  m1 = await cluster.init('m1', ['--ingress-host', HOSTS.m1]);
+  const token = swarm(m1, 'join-token', '-q', 'worker').stdout.trim();
+  w1 = await cluster.join('w1', token, m1, ['--ingress-host', HOSTS.w1]);
+  await cluster.join('w2', token, m1, ['--ingress-host', HOSTS.w2]);
+  await waitFor(
+    () =>
+      swarmJson<{ status: { state: string } }[]>(m1, 'node', 'ls').filter((n) => n.status.state === 'ready').length ===
+      3,
+    60_000,
+    () => swarm(m1, 'node', 'ls').stdout,
+  );
+}, 120_000);
+
+afterAll(async () => {
+  swarm(m1, 'service', 'rm', 'web');
+  await new Promise((r) => setTimeout(r, 2000));
+  await cluster.stopAll();
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+describe('load balancer', () => {
+  it('every node, the manager without a task included, reaches all three tasks', async () => {
+    const created = swarm(
+      m1,
+      'service',
+      'create',
+      '--detach',
+      '--name',
+      'web',
+      '--replicas',
+      '3',
+      '--constraint',
+      'node.role!=manager',
+      '--restart-delay',
+      '0s',
+      '--stop-grace-period',
+      '2s',
+      '--publish',
+      `${PUBLISHED}:80`,
+      '--',
+      process.execPath,
+      '-e',
+      BACKEND,
+    );
+    expect(created.status, created.stderr).toBe(0);
+    await waitFor(
+      () => ready().length === 3,
+      60_000,
+      () => swarm(m1, 'service', 'ps', 'web').stdout,
+    );
+    expect(ready().every((t) => t.nodeId !== swarmJson<{ nodeId: string }>(m1, 'info').nodeId)).toBe(true);
+    for (const host of Object.values(HOSTS)) {
+      // Until the node has the table with all three: then round-robin over 6 new connections shows each of them.
+      // (The ports are read again each time: a task replaced meanwhile, on a loaded machine, has a new one.)
+      let last = '';
+      await until(
+        async () => {
+          const { ports, failures } = await sample(host, 6);
+          const expected = taskPorts();
+          last = `${host}: ports ${[...ports].join(',')} failures ${failures.join('; ')}; tasks ${[...expected].join(',')}`;
+          return expected.size === 3 && [...expected].every((p) => ports.has(p));
+        },
+        30_000,
+        () => `${last}\n${swarm(m1, 'service', 'ps', 'web').stdout}`,
+      );
+    }
+  }, 120_000);
+
+  it('serves the counters of this node in the Prometheus format on GET /v1/metrics', async () => {
+    const text = await new Promise<{ status: number; type: string; body: string }>((resolve, reject) => {
+      const req = httpRequest({ socketPath: m1.socket, path: '/v1/metrics', timeout: 10_000 }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          body += chunk;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), body }));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    expect(text.status).toBe(200);
+    expect(text.type).toMatch(/^text\/plain; version=0.0.4/);
+    expect(text.body).toMatch(/swarmd_lb_service_connections_total\{[^}]*web[^}]*\} [1-9]/);
+  });
+
+  it('a killed task costs no request: connections go to the others', async () => {
+    const victim = ready().find((t) => t.nodeId !== null)!;
+    const port = victim.status.address!.split(':')[1]!;
+    // The victim's PID from its own answer: ask a node until it answers from that port (round-robin, bounded).
+    let pid = 0;
+    for (let i = 0; i < 12 && pid === 0; i++) {
+      const [answerPort, answerPid] = (await fetchOnce(HOSTS.m1)).split(' ');
+      if (answerPort === port) pid = Number(answerPid);
+    }
+    expect(pid).toBeGreaterThan(0);
+    process.kill(pid, 'SIGKILL');
+    // Before anyone learns of it: a connect to it fails and is retried on another task.
+    for (const host of Object.values(HOSTS)) {
+      const { failures } = await sample(host, 9);
+      expect(failures, host).toEqual([]);
+    }
+    // And the replacement joins the rotation once running.
+    await waitFor(
+      () => ready().length === 3 && !taskPorts().has(port),
+      60_000,
+      () => swarm(m1, 'service', 'ps', 'web').stdout,
+    );
+    const expected = taskPorts();
+    let last = '';
+    await until(
+      async () => {
+        const { ports, failures } = await sample(HOSTS.w1, 6);
+        last = `ports ${[...ports].join(',')} failures ${failures.join('; ')}`;
+        return failures.length === 0 && [...expected].every((p) => ports.has(p));
+      },
+      30_000,
+      () => last,
+    );
+  }, 120_000);
+
+  it('a peer that is not a member cannot open the load balancer protocol', async () => {
+    const info = swarmJson<{ listenAddrs: string[] }>(w1, 'info');
+    const address = info.listenAddrs.find((a) => a.includes('/ip4/127.0.0.1/'))!;
+    const peerId = address.slice(address.lastIndexOf('/p2p/') + 5);
+    const stranger = await createMeshHost({
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: { host: '127.0.0.1', port: 0 },
+    });
+    try {
+      await stranger.addPeerAddresses(peerId, [address]);
+      const task = ready().find((t) => t.nodeId !== null)!;
+      const outcome = await stranger.openByteStream(peerId, PROTOCOLS.lb, { signal: AbortSignal.timeout(10_000) }).then(
+        (stream) =>
+          new Promise<string>((resolve) => {
+            let received = 0;
+            stream.on('data', (chunk: Buffer) => {
+              received += chunk.length;
+            });
+            stream.on('error', () => resolve(`aborted after ${received} bytes`));
+            stream.on('close', () => resolve(`closed after ${received} bytes`));
+            stream.write(encodeRemoteHeader({ taskId: task.id }));
+          }),
+        (error: Error) => `refused: ${error.message}`,
+      );
+      // No status byte, let alone the task's bytes: the stream was refused before the header was read.
+      expect(outcome).toMatch(/^(refused|aborted after 0 bytes|closed after 0 bytes)/);
+      await waitFor(
+        () => /refused \/swarmd\/lb\/1 stream from/.test(w1.output()),
+        10_000,
+        () => w1.output().slice(-2000),
+      );
+    } finally {
+      await stranger.stop();
+    }
+  }, 60_000);
+
+  it('refuses a published port another service already publishes, naming it', () => {
+    const result = swarm(
+      m1,
+      'service',
+      'create',
+      '--detach',
+      '--name',
+      'other',
+      '--publish',
+      `${PUBLISHED}:81`,
+      '--',
+      '/bin/true',
+    );
+    expect(result.status).not.toBe(0);
+    expect(result.stderr).toContain(`port ${PUBLISHED} is already published by service web`);
+  });
+});
