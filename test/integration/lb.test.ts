@@ -1,12 +1,15 @@
 // The built-in load balancer end to end on a 3-node swarm of real processes (1 manager, 2 workers), process runtime:
 // a published port on every node (each node's ingress on its own loopback address, 127.0.0.1-3, since all three
 // share this host) reaches every task, local or over the mesh; a killed task costs no request; a stranger cannot
-// open the load balancer's mesh protocol; a port another service publishes is refused.
+// open the load balancer's mesh protocol; a port another service publishes is refused; a rolling update under a
+// request loop loses no request; PROXY protocol v2 gives the backend the client's address; a dead node's tasks
+// are replaced and every other node keeps answering.
 //
 // Tasks share the host's network, so each listens on the host port its node gives it in $PORT (the --publish
 // target only documents the container port); the backend answers "PORT PID".
 
 import { get as httpGet, request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Task } from '../../daemon/api/services.ts';
@@ -256,4 +259,119 @@ describe('load balancer', () => {
     expect(result.status).not.toBe(0);
     expect(result.stderr).toContain(`port ${PUBLISHED} is already published by service web`);
   });
+
+  it('a rolling update under a steady request loop loses no request', async () => {
+    const before = new Set(ready().map((t) => t.id));
+    const update = swarm(
+      m1,
+      'service',
+      'update',
+      '--detach',
+      '--env-add',
+      'VERSION=2',
+      '--update-order',
+      'start-first',
+      '--update-monitor',
+      '500ms',
+      'web',
+    );
+    expect(update.status, update.stderr).toBe(0);
+    const failures: string[] = [];
+    let requests = 0;
+    const hosts = Object.values(HOSTS);
+    // Bounded: at most 3000 requests or 90 s, until the update completed and a few more rounds after it.
+    const deadline = Date.now() + 90_000;
+    let doneAt = 0;
+    while (requests < 3000 && Date.now() < deadline && (doneAt === 0 || requests < doneAt + 30)) {
+      try {
+        await fetchOnce(hosts[requests % hosts.length]!);
+      } catch (error) {
+        failures.push(`${hosts[requests % hosts.length]}: ${(error as Error).message}`);
+      }
+      requests++;
+      if (doneAt === 0 && requests % 10 === 0) {
+        const [service] = swarmJson<{ updateStatus: { state: string } | null }[]>(m1, 'service', 'inspect', 'web');
+        if (service?.updateStatus?.state === 'completed') doneAt = requests;
+      }
+    }
+    expect(doneAt, `update did not complete in ${requests} requests`).toBeGreaterThan(0);
+    expect(failures).toEqual([]);
+    const after = ready();
+    expect(after).toHaveLength(3);
+    expect(after.some((t) => before.has(t.id))).toBe(false);
+  }, 150_000);
+
+  it('PROXY protocol v2: the backend sees the client address', async () => {
+    const published = PUBLISHED + 1;
+    // A TCP backend that decodes the PROXY v2 header (IPv4) and answers with the source address it carries.
+    const backend = `require('node:net').createServer((s) => s.once('data', (b) => {
+      const sig = Buffer.from([13,10,13,10,0,13,10,81,85,73,84,10]);
+      if (!b.subarray(0, 12).equals(sig) || b[13] !== 0x11) return s.end('no proxy header');
+      s.end(b.subarray(16, 20).join('.') + ':' + b.readUInt16BE(24) + ' ' + process.pid);
+    })).listen(Number(process.env.PORT), '127.0.0.1');`;
+    const created = swarm(
+      m1,
+      'service',
+      'create',
+      '--detach',
+      '--name',
+      'proxied',
+      '--constraint',
+      'node.role!=manager',
+      '--publish',
+      `published=${published},target=80,proxy-protocol=v2`,
+      '--',
+      process.execPath,
+      '-e',
+      backend,
+    );
+    expect(created.status, created.stderr).toBe(0);
+    const answer = () =>
+      new Promise<string>((resolve, reject) => {
+        // From 127.0.0.9, a source the nodes never use themselves, to the manager's ingress (the task is remote).
+        const socket = connect({ host: HOSTS.m1, port: published, localAddress: '127.0.0.9' });
+        let body = '';
+        socket.setEncoding('utf8');
+        socket.on('connect', () => socket.write('hello'));
+        socket.on('data', (chunk: string) => {
+          body += chunk;
+        });
+        socket.on('end', () => resolve(body));
+        socket.on('error', reject);
+        socket.setTimeout(10_000, () => socket.destroy(new Error('timed out')));
+      });
+    let last = '';
+    await until(
+      async () => {
+        last = await answer().catch((error: Error) => error.message);
+        return /^127\.0\.0\.9:\d+ \d+$/.test(last);
+      },
+      60_000,
+      () => `${last}\n${swarm(m1, 'service', 'ps', 'proxied').stdout}`,
+    );
+    pids.add(Number(last.split(' ')[1]));
+    swarm(m1, 'service', 'rm', 'proxied');
+  }, 90_000);
+
+  it("a dead node's tasks are replaced and every node keeps answering", async () => {
+    const w2Id = swarmJson<{ nodeId: string }>(cluster.nodes.get('w2')!, 'info').nodeId;
+    await cluster.kill9('w2');
+    await waitFor(
+      () => ready().length === 3 && ready().every((t) => t.nodeId !== w2Id),
+      60_000,
+      () => swarm(m1, 'service', 'ps', 'web').stdout,
+    );
+    // Once the swarm knows: no request fails, from the nodes that are left.
+    let last = '';
+    await until(
+      async () => {
+        const results = await Promise.all([sample(HOSTS.m1, 6), sample(HOSTS.w1, 6)]);
+        const expected = taskPorts();
+        last = results.map((r) => `ports ${[...r.ports].join(',')} failures ${r.failures.join('; ')}`).join(' | ');
+        return results.every((r) => r.failures.length === 0 && [...expected].every((p) => r.ports.has(p)));
+      },
+      30_000,
+      () => last,
+    );
+  }, 120_000);
 });
