@@ -35,6 +35,8 @@ export class IngressSet {
   private readonly failedAt = new Map<number, number>();
   /** One detector for the node: a task that fails on one port is as unreachable on the others. */
   private readonly outliers = new OutlierDetector();
+  /** Tasks drain() was called for; forgotten by the ingresses once the table no longer names them. */
+  private readonly drained = new Set<TaskId>();
   private closed = false;
 
   constructor(opts: IngressSetOptions) {
@@ -67,6 +69,7 @@ export class IngressSet {
     }
     this.views.clear();
     for (const [port, view] of wanted) this.views.set(port, view);
+    this.forgetDrained(table);
     for (const [port, entry] of this.ports) {
       if (!wanted.has(port)) this.stop(port, entry);
     }
@@ -84,7 +87,23 @@ export class IngressSet {
    * its open ones are done, or after graceMs (when the rest are cut).
    */
   async drain(taskId: TaskId, graceMs: number): Promise<void> {
+    this.drained.add(taskId);
     await Promise.all([...this.ports.values()].map((p) => p.ingress.drain(taskId, graceMs)));
+  }
+
+  /** A drained task the table no longer lists is gone for good: the ingresses need not remember it. */
+  private forgetDrained(table: readonly TableService[]): void {
+    if (this.drained.size === 0) return;
+    const named = new Set<TaskId>();
+    for (const service of table) {
+      for (const e of service.endpoints) named.add(e.taskId);
+      for (const id of service.draining) named.add(id);
+    }
+    for (const taskId of this.drained) {
+      if (named.has(taskId)) continue;
+      this.drained.delete(taskId);
+      for (const { ingress } of this.ports.values()) ingress.undrain(taskId);
+    }
   }
 
   stats(): ServiceStats[] {
