@@ -9,7 +9,7 @@
 //
 // Nothing here reads the store: `services()` gives the current endpoint table for the port each time a connection
 // arrives, so an update by the control plane applies to the next connection.
-import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import { type AddressInfo, createServer, isIP, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type Balancer, createBalancer } from './balancer.ts';
 import { type BalancingAlgorithm, type Endpoint, isDraining, type ServiceEndpoints, type TaskId } from './endpoints.ts';
@@ -466,9 +466,20 @@ export class Ingress {
 /** The client connection as PROXY protocol describes it: the client's address and the one it connected to. */
 function clientAddresses(client: Socket): ProxyAddresses {
   return {
-    sourceAddress: client.remoteAddress ?? '0.0.0.0',
+    sourceAddress: plainIp(client.remoteAddress),
     sourcePort: client.remotePort ?? 0,
-    destinationAddress: client.localAddress ?? '0.0.0.0',
+    destinationAddress: plainIp(client.localAddress),
     destinationPort: client.localPort ?? 0,
   };
+}
+
+/**
+ * An address the PROXY header can carry: without an IPv6 zone (it has no room for one), and 0.0.0.0 for a socket
+ * already closed, so that encoding never throws on the connection path.
+ */
+function plainIp(address: string | undefined): string {
+  if (address === undefined) return '0.0.0.0';
+  const zone = address.indexOf('%');
+  const ip = zone >= 0 ? address.slice(0, zone) : address;
+  return isIP(ip) === 0 ? '0.0.0.0' : ip;
 }

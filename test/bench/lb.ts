@@ -1,0 +1,496 @@
+// npm run bench -- lb
+// The load balancer's data plane against HAProxy, on loopback, the way shared/anchors/baselines.md measured HAProxy
+// (section 2): wrk -t2 -c64 --latency against 3 backends serving a 128-byte file over keep-alive connections.
+//
+// Targets, each in its own processes:
+//   direct         wrk -> backend 1
+//   haproxy        wrk -> HAProxy, mode tcp, roundrobin over the 3 backends (nbthread default: one per CPU)
+//   swarmd         wrk -> Ingress (one Node process, one thread), round-robin over the 3 backends as local endpoints
+//   swarmd-2acc    the same with two acceptor threads on the port (SO_REUSEPORT, worker_threads)
+//   mesh-hop       wrk -> Ingress process -> dialRemote -> serveRemote process -> backend. The hop between the two
+//                  Node processes is a LOOPBACK TCP CONNECTION PER CLIENT CONNECTION standing in for the libp2p mesh
+//                  stream (no encryption, no yamux): it measures the forwarder's two-hop cost, not libp2p's.
+// The targets are interleaved over rounds (the VM's speed drifts) and each figure is the median over the rounds.
+//
+// Backends are nginx (1 worker each, as in the anchors) when it is installed, else Node HTTP servers in their own
+// processes. wrk and HAProxy come from Debian (apt-get install -y wrk haproxy nginx); without HAProxy the comparison
+// is skipped, without wrk nothing can be measured and the bench says so.
+//
+// CPU placement: nothing is pinned, as in the anchors. The machine has 2 cores shared by wrk (2 threads), the
+// backends and the proxy, so requests/s measures the proxy's overhead under contention. The CPU seconds each proxy
+// used are reported too, and per request (µs), which is the fairer comparison between proxies on a shared box.
+//
+// This file is also the entry point of the bench's child processes (`--role ...`); each exits by itself after
+// --max-seconds, so a forgotten one cannot linger. Last line printed by run.ts: one JSON object.
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
+import { connect, createServer, type Socket } from 'node:net';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { isMainThread, Worker, workerData } from 'node:worker_threads';
+import type { Endpoint, ServiceEndpoints } from '../../daemon/lb/endpoints.ts';
+import { type DialRemote, Ingress, serveRemote } from '../../daemon/lb/forwarder.ts';
+import { round } from './lib/http-load.ts';
+import { killHard, type Started, startProcess } from './lib/processes.ts';
+
+const SECONDS = Number(process.env.BENCH_LB_SECONDS ?? 10);
+const ROUNDS = Number(process.env.BENCH_LB_ROUNDS ?? 3);
+const WARMUP_SECONDS = 2;
+const CONNECTIONS = 64;
+const THREADS = 2;
+const BODY = (n: number) => `backend ${n}\n${'x'.repeat(118)}\n`;
+const SELF = fileURLToPath(import.meta.url);
+const CHILD_MAX_SECONDS = 1800;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Child processes
+
+interface RoleArgs {
+  role: string;
+  port: number;
+  backends: string[];
+  node?: string;
+  acceptors: number;
+  n: number;
+  maxSeconds: number;
+}
+
+function parseRoleArgs(argv: string[]): RoleArgs {
+  const arg = (name: string) => {
+    const at = argv.indexOf(`--${name}`);
+    return at >= 0 ? argv[at + 1] : undefined;
+  };
+  const node = arg('node');
+  return {
+    role: arg('role') ?? '',
+    port: Number(arg('port') ?? 0),
+    backends: (arg('backends') ?? '').split(',').filter((b) => b !== ''),
+    ...(node === undefined ? {} : { node }),
+    acceptors: Number(arg('acceptors') ?? 1),
+    n: Number(arg('n') ?? 1),
+    maxSeconds: Number(arg('max-seconds') ?? CHILD_MAX_SECONDS),
+  };
+}
+
+function endpointsFor(backends: string[], nodeId: string): ServiceEndpoints {
+  const endpoints: Endpoint[] = backends.map((address, i) => ({ taskId: `b${i + 1}`, nodeId, address }));
+  return {
+    serviceId: 'bench',
+    serviceName: 'bench',
+    algorithm: 'round-robin',
+    proxyProtocol: false,
+    endpoints,
+    draining: [],
+  };
+}
+
+/**
+ * The mesh stand-in: one loopback TCP connection per client connection to the serveRemote process. A plain socket,
+ * read through 'data' events as any Duplex from dialRemote is; a libp2p stream adapter would add its own costs
+ * (Noise, yamux) on top.
+ */
+function loopbackDialRemote(node: string): DialRemote {
+  const [host, port] = [node.slice(0, node.lastIndexOf(':')), Number(node.slice(node.lastIndexOf(':') + 1))];
+  return (_endpoint, header, signal) =>
+    new Promise<Duplex>((resolve, reject) => {
+      const socket = connect({ host, port, noDelay: true, allowHalfOpen: true });
+      signal.addEventListener('abort', () => socket.destroy(), { once: true });
+      socket.once('error', reject);
+      socket.once('connect', () => {
+        socket.off('error', reject);
+        socket.write(header);
+        resolve(socket);
+      });
+    });
+}
+
+async function runIngress(args: RoleArgs): Promise<void> {
+  const remote = args.node !== undefined;
+  const service = endpointsFor(args.backends, remote ? 'remote-node' : 'local-node');
+  const ingress = new Ingress({
+    nodeId: 'local-node',
+    host: '127.0.0.1',
+    port: args.port,
+    services: () => service,
+    reusePort: args.acceptors > 1,
+    ...(remote ? { dialRemote: loopbackDialRemote(args.node!) } : {}),
+    log: (msg) => process.stderr.write(`${msg}\n`),
+  });
+  await ingress.listen();
+  // More acceptors: the same Ingress in worker threads, on the same port; the kernel spreads connections.
+  if (isMainThread) {
+    for (let i = 1; i < args.acceptors; i++)
+      new Worker(SELF, { argv: process.argv.slice(2), workerData: { acceptor: i } });
+    process.stdout.write(`ingress listening on ${args.port} (${args.acceptors} acceptor(s))\n`);
+  }
+}
+
+async function runNode(args: RoleArgs): Promise<void> {
+  const addresses = new Map(args.backends.map((address, i) => [`b${i + 1}`, address]));
+  const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false }, (stream: Socket) => {
+    void serveRemote(stream, (taskId) => addresses.get(taskId));
+  });
+  await new Promise<void>((resolve) => server.listen(args.port, '127.0.0.1', () => resolve()));
+  process.stdout.write(`serveRemote node listening on ${args.port}\n`);
+}
+
+async function runBackend(args: RoleArgs): Promise<void> {
+  const body = Buffer.from(BODY(args.n));
+  const server = createHttpServer({ keepAliveTimeout: 60_000 }, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html', 'content-length': body.length });
+    res.end(body);
+  });
+  await new Promise<void>((resolve) => server.listen(args.port, '127.0.0.1', () => resolve()));
+  process.stdout.write(`node backend ${args.n} listening on ${args.port}\n`);
+}
+
+async function runRole(args: RoleArgs): Promise<void> {
+  if (isMainThread) setTimeout(() => process.exit(0), args.maxSeconds * 1000).unref();
+  if (args.role === 'ingress') await runIngress(args);
+  else if (args.role === 'node') await runNode(args);
+  else if (args.role === 'backend') await runBackend(args);
+  else throw new Error(`unknown role ${args.role}`);
+  // The exit timer is unref'd; this keeps the process (not the worker threads) alive until then.
+  if (isMainThread) setInterval(() => {}, 60_000);
+}
+
+if (import.meta.main || (!isMainThread && workerData?.acceptor !== undefined)) {
+  await runRole(parseRoleArgs(process.argv.slice(2)));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The bench
+
+interface WrkResult {
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+  non2xx: number;
+  proxyCpuSeconds: number | null;
+}
+
+interface Target {
+  name: string;
+  port: number;
+  /** The proxy's processes, for CPU time; empty for direct. */
+  pids: number[];
+  note: string;
+}
+
+function have(command: string): boolean {
+  return spawnSync(command, ['-v'], { stdio: 'ignore' }).error === undefined;
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  const port = (server.address() as { port: number }).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** user + system CPU seconds of a process (all its threads). */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+async function get(port: number): Promise<string> {
+  const res = await fetch(`http://127.0.0.1:${port}/index.html`, { headers: { connection: 'close' } });
+  return (await res.text()).split('\n')[0]!;
+}
+
+async function httpReady(port: number): Promise<boolean> {
+  return (await get(port)).startsWith('backend');
+}
+
+function toMs(text: string): number {
+  const m = /^([\d.]+)(us|ms|s)$/.exec(text.trim());
+  if (m === null) return Number.NaN;
+  const v = Number(m[1]);
+  return m[2] === 'us' ? v / 1000 : m[2] === 's' ? v * 1000 : v;
+}
+
+function runWrk(port: number, seconds: number, pids: number[]): WrkResult {
+  const cpu0 = pids.map(cpuSeconds);
+  const out = spawnSync(
+    'wrk',
+    [`-t${THREADS}`, `-c${CONNECTIONS}`, `-d${seconds}s`, '--latency', `http://127.0.0.1:${port}/index.html`],
+    { encoding: 'utf8', timeout: (seconds + 30) * 1000 },
+  );
+  const cpu1 = pids.map(cpuSeconds);
+  const text = out.stdout ?? '';
+  const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? Number.NaN);
+  const socketErrors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
+  return {
+    rps: num(/Requests\/sec:\s+([\d.]+)/),
+    p50Ms: round(toMs(/^\s+50%\s+(\S+)/m.exec(text)?.[1] ?? ''), 3),
+    p99Ms: round(toMs(/^\s+99%\s+(\S+)/m.exec(text)?.[1] ?? ''), 3),
+    errors: socketErrors === null ? 0 : socketErrors.slice(1).reduce((a, b) => a + Number(b), 0),
+    non2xx: num(/Non-2xx or 3xx responses:\s+(\d+)/) || 0,
+    proxyCpuSeconds:
+      pids.length === 0 ? null : round(cpu1.reduce((a, c) => a + c, 0) - cpu0.reduce((a, c) => a + c, 0)),
+  };
+}
+
+function median(values: number[]): number {
+  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return Number.NaN;
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+function say(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+async function startNginx(dir: string, n: number, port: number): Promise<Started> {
+  const root = join(dir, `www${n}`);
+  mkdirSync(root, { recursive: true });
+  mkdirSync(join(dir, `nginx${n}`), { recursive: true });
+  writeFileSync(join(root, 'index.html'), BODY(n));
+  const conf = join(dir, `nginx${n}.conf`);
+  writeFileSync(
+    conf,
+    `# One process doing the work of master and worker: killing it leaves no orphaned worker behind.
+master_process off;
+worker_processes 1;
+pid ${dir}/nginx${n}.pid;
+error_log ${dir}/nginx${n}.error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  default_type text/html;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:${port}; root ${root}; location / { } }
+}
+`,
+  );
+  return startProcess(
+    'nginx',
+    ['-p', `${join(dir, `nginx${n}`)}/`, '-c', conf, '-g', 'daemon off;'],
+    join(dir, `nginx${n}.log`),
+    () => httpReady(port),
+  );
+}
+
+function nodeChild(dir: string, name: string, args: string[], ready: () => Promise<boolean>): Promise<Started> {
+  return startProcess(
+    process.execPath,
+    [SELF, ...args, '--max-seconds', String(CHILD_MAX_SECONDS)],
+    join(dir, `${name}.log`),
+    ready,
+  );
+}
+
+export async function benchLb(): Promise<Record<string, unknown>> {
+  const missing = ['wrk', 'haproxy', 'nginx'].filter((tool) => !have(tool));
+  if (missing.length > 0) {
+    say(`lb bench: not installed: ${missing.join(', ')} (Debian: apt-get install -y wrk haproxy nginx)`);
+  }
+  if (missing.includes('wrk')) {
+    say('lb bench: wrk is the load generator; nothing can be measured without it.');
+    return { bench: 'lb', skipped: 'wrk not installed', missing };
+  }
+  const useNginx = !missing.includes('nginx');
+  const useHaproxy = !missing.includes('haproxy');
+  const dir = mkdtempSync(join(tmpdir(), 'swarmd-bench-lb-'));
+  // nginx workers run as nobody when started by root, and must read the files.
+  chmodSync(dir, 0o755);
+  const started: Started[] = [];
+  try {
+    say(
+      `lb bench: ${availableParallelism()} CPUs, Node ${process.version}, wrk -t${THREADS} -c${CONNECTIONS} ` +
+        `-d${SECONDS}s, ${ROUNDS} interleaved rounds, no CPU pinning; backends: ${useNginx ? 'nginx (1 worker each)' : 'Node HTTP (own processes)'}`,
+    );
+    const backendPorts = [await freePort(), await freePort(), await freePort()];
+    const backendAddresses = backendPorts.map((p) => `127.0.0.1:${p}`);
+    for (const [i, port] of backendPorts.entries()) {
+      started.push(
+        useNginx
+          ? await startNginx(dir, i + 1, port)
+          : await nodeChild(
+              dir,
+              `backend${i + 1}`,
+              ['--role', 'backend', '--port', String(port), '--n', String(i + 1)],
+              () => httpReady(port),
+            ),
+      );
+    }
+
+    const targets: Target[] = [{ name: 'direct', port: backendPorts[0]!, pids: [], note: 'backend 1, no proxy' }];
+
+    if (useHaproxy) {
+      const port = await freePort();
+      const cfg = join(dir, 'haproxy.cfg');
+      writeFileSync(
+        cfg,
+        `global
+  maxconn 8192
+defaults
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+listen l4_tcp
+  mode tcp
+  bind 127.0.0.1:${port}
+  balance roundrobin
+${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
+`,
+      );
+      const haproxy = await startProcess('haproxy', ['-db', '-f', cfg], join(dir, 'haproxy.log'), () =>
+        httpReady(port),
+      );
+      started.push(haproxy);
+      targets.push({ name: 'haproxy', port, pids: [haproxy.pid], note: 'mode tcp, roundrobin, nbthread default' });
+    }
+
+    const backends = backendAddresses.join(',');
+    for (const acceptors of [1, 2]) {
+      const port = await freePort();
+      const ingress = await nodeChild(
+        dir,
+        `ingress${acceptors}`,
+        ['--role', 'ingress', '--port', String(port), '--backends', backends, '--acceptors', String(acceptors)],
+        () => httpReady(port),
+      );
+      started.push(ingress);
+      targets.push({
+        name: acceptors === 1 ? 'swarmd' : `swarmd-${acceptors}acc`,
+        port,
+        pids: [ingress.pid],
+        note: `Ingress, local endpoints, ${acceptors} acceptor thread(s)`,
+      });
+    }
+
+    const nodePort = await freePort();
+    const node = await nodeChild(
+      dir,
+      'node',
+      ['--role', 'node', '--port', String(nodePort), '--backends', backends],
+      () =>
+        new Promise((resolve) => {
+          const s = connect({ host: '127.0.0.1', port: nodePort }, () => {
+            s.destroy();
+            resolve(true);
+          });
+          s.on('error', () => resolve(false));
+        }),
+    );
+    started.push(node);
+    const meshPort = await freePort();
+    const meshIngress = await nodeChild(
+      dir,
+      'ingress-mesh',
+      ['--role', 'ingress', '--port', String(meshPort), '--backends', backends, '--node', `127.0.0.1:${nodePort}`],
+      () => httpReady(meshPort),
+    );
+    started.push(meshIngress);
+    targets.push({
+      name: 'mesh-hop',
+      port: meshPort,
+      pids: [meshIngress.pid, node.pid],
+      note: 'Ingress -> loopback TCP hop (NOT libp2p) -> serveRemote process -> backend',
+    });
+
+    say('round-robin check (first line of the body, 3 new connections each):');
+    for (const t of targets)
+      say(`  ${t.name.padEnd(12)} ${(await Promise.all([0, 1, 2].map(() => get(t.port)))).join(' | ')}`);
+
+    say(`warm-up ${WARMUP_SECONDS} s each`);
+    for (const t of targets) runWrk(t.port, WARMUP_SECONDS, []);
+
+    const samples = new Map<string, WrkResult[]>(targets.map((t) => [t.name, []]));
+    for (let r = 1; r <= ROUNDS; r++) {
+      for (const t of targets) {
+        const result = runWrk(t.port, SECONDS, t.pids);
+        samples.get(t.name)!.push(result);
+        say(
+          `round ${r} ${t.name.padEnd(12)} ${Math.round(result.rps)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms` +
+            `${result.proxyCpuSeconds === null ? '' : `  proxy CPU ${result.proxyCpuSeconds} s`}` +
+            `${result.errors + result.non2xx > 0 ? `  errors ${result.errors} non-2xx ${result.non2xx}` : ''}`,
+        );
+      }
+    }
+
+    const results: Record<string, Record<string, unknown>> = {};
+    for (const t of targets) {
+      const list = samples.get(t.name)!;
+      const rps = median(list.map((s) => s.rps));
+      const cpu = t.pids.length === 0 ? null : round(median(list.map((s) => s.proxyCpuSeconds ?? Number.NaN)));
+      results[t.name] = {
+        rps: Math.round(rps),
+        p50Ms: round(median(list.map((s) => s.p50Ms)), 3),
+        p99Ms: round(median(list.map((s) => s.p99Ms)), 3),
+        errors: list.reduce((a, s) => a + s.errors + s.non2xx, 0),
+        proxyCpuSeconds: cpu,
+        proxyCpuUsPerRequest: cpu === null ? null : round((cpu * 1e6) / (rps * SECONDS), 1),
+        note: t.note,
+      };
+    }
+
+    const hap = results.haproxy as { rps: number; p99Ms: number } | undefined;
+    // Each round's figure over HAProxy's in the same round, then the median: the VM's speed drifts between rounds
+    // (and other work on the machine comes and goes), and a ratio of neighbours cancels most of that.
+    const ratio = (name: string, key: 'rps' | 'p99Ms') => {
+      const mine = samples.get(name);
+      const theirs = samples.get('haproxy');
+      if (hap === undefined || mine === undefined || theirs === undefined) return null;
+      return round(median(mine.map((s, i) => s[key] / theirs[i]![key])), 3);
+    };
+    const ratios: Record<string, unknown> = {};
+    for (const name of ['swarmd', 'swarmd-2acc', 'mesh-hop']) {
+      ratios[name] = { rpsVsHaproxy: ratio(name, 'rps'), p99VsHaproxy: ratio(name, 'p99Ms') };
+    }
+    const best = ['swarmd', 'swarmd-2acc'].reduce((a, b) =>
+      ((results[b]?.rps as number) ?? 0) > ((results[a]?.rps as number) ?? 0) ? b : a,
+    );
+    const goals =
+      hap === undefined
+        ? null
+        : {
+            localRpsAtLeastHaproxy: (ratio(best, 'rps') ?? 0) >= 1,
+            localP99AtMost1_2xHaproxy: (ratio(best, 'p99Ms') ?? Number.POSITIVE_INFINITY) <= 1.2,
+            meshHopAtLeast60PctHaproxy: (ratio('mesh-hop', 'rps') ?? 0) >= 0.6,
+            bestLocalVariant: best,
+          };
+
+    say('');
+    say(
+      'target        req/s     p50 ms   p99 ms   proxy CPU-s  CPU µs/req  vs HAProxy req/s, p99 (median of per-round ratios)',
+    );
+    for (const t of targets) {
+      const r = results[t.name]!;
+      const rr = ratios[t.name] as { rpsVsHaproxy: number | null; p99VsHaproxy: number | null } | undefined;
+      say(
+        `${t.name.padEnd(12)} ${String(r.rps).padStart(7)}  ${String(r.p50Ms).padStart(7)}  ${String(r.p99Ms).padStart(7)}` +
+          `  ${String(r.proxyCpuSeconds ?? '-').padStart(11)}  ${String(r.proxyCpuUsPerRequest ?? '-').padStart(10)}` +
+          `  ${rr === undefined ? '' : `${rr.rpsVsHaproxy}x, ${rr.p99VsHaproxy}x`}`,
+      );
+    }
+    say('mesh-hop is a loopback TCP connection between two Node processes standing in for the libp2p stream.');
+    if (goals !== null) say(`goals: ${JSON.stringify(goals)}`);
+
+    return {
+      bench: 'lb',
+      seconds: SECONDS,
+      rounds: ROUNDS,
+      wrk: `-t${THREADS} -c${CONNECTIONS} --latency`,
+      cpus: availableParallelism(),
+      backends: useNginx ? 'nginx' : 'node',
+      missing,
+      results,
+      ratios,
+      goals,
+      meshHop: 'loopback TCP between two Node processes, not libp2p',
+    };
+  } finally {
+    for (const s of started.reverse()) await killHard(s);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
