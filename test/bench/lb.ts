@@ -10,6 +10,10 @@
 //   mesh-hop       wrk -> Ingress process -> dialRemote -> serveRemote process -> backend. The hop between the two
 //                  Node processes is a LOOPBACK TCP CONNECTION PER CLIENT CONNECTION standing in for the libp2p mesh
 //                  stream (no encryption, no yamux): it measures the forwarder's two-hop cost, not libp2p's.
+//   daemon-local   the real thing: a 2-node swarm of swarmd processes (manager + worker), a service of 3 tasks on
+//                  the worker (nginx as process-runtime tasks listening on $PORT), wrk -> the worker's published port
+//   daemon-mesh    the same service, wrk -> the manager's published port: every connection crosses the libp2p mesh
+//                  (Noise, yamux) to the worker, which connects to the task
 // The targets are interleaved over rounds (the VM's speed drifts) and each figure is the median over the rounds.
 //
 // Backends are nginx (1 worker each, as in the anchors) when it is installed, else Node HTTP servers in their own
@@ -31,8 +35,10 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, Worker, workerData } from 'node:worker_threads';
+import { ApiClient } from '../../daemon/api/client.ts';
 import type { Endpoint, ServiceEndpoints } from '../../daemon/lb/endpoints.ts';
 import { type DialRemote, Ingress, serveRemote } from '../../daemon/lb/forwarder.ts';
+import { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
 import { killHard, type Started, startProcess } from './lib/processes.ts';
 
@@ -179,6 +185,8 @@ interface Target {
   /** The proxy's processes, for CPU time; empty for direct. */
   pids: number[];
   note: string;
+  /** Where wrk connects; default 127.0.0.1. */
+  host?: string;
 }
 
 function have(command: string): boolean {
@@ -200,13 +208,13 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-async function get(port: number): Promise<string> {
-  const res = await fetch(`http://127.0.0.1:${port}/index.html`, { headers: { connection: 'close' } });
+async function get(port: number, host = '127.0.0.1'): Promise<string> {
+  const res = await fetch(`http://${host}:${port}/index.html`, { headers: { connection: 'close' } });
   return (await res.text()).split('\n')[0]!;
 }
 
-async function httpReady(port: number): Promise<boolean> {
-  return (await get(port)).startsWith('backend');
+async function httpReady(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return (await get(port, host).catch(() => '')).startsWith('backend');
 }
 
 function toMs(text: string): number {
@@ -216,11 +224,11 @@ function toMs(text: string): number {
   return m[2] === 'us' ? v / 1000 : m[2] === 's' ? v * 1000 : v;
 }
 
-function runWrk(port: number, seconds: number, pids: number[]): WrkResult {
+function runWrk(port: number, seconds: number, pids: number[], host = '127.0.0.1'): WrkResult {
   const cpu0 = pids.map(cpuSeconds);
   const out = spawnSync(
     'wrk',
-    [`-t${THREADS}`, `-c${CONNECTIONS}`, `-d${seconds}s`, '--latency', `http://127.0.0.1:${port}/index.html`],
+    [`-t${THREADS}`, `-c${CONNECTIONS}`, `-d${seconds}s`, '--latency', `http://${host}:${port}/index.html`],
     { encoding: 'utf8', timeout: (seconds + 30) * 1000 },
   );
   const cpu1 = pids.map(cpuSeconds);
@@ -288,6 +296,46 @@ function nodeChild(dir: string, name: string, args: string[], ready: () => Promi
   );
 }
 
+/**
+ * A real 2-node swarm (manager, worker) with a 3-task service published on one port: the worker's ingress
+ * (127.0.0.2) has the tasks locally, the manager's (127.0.0.1) reaches them over the libp2p mesh.
+ */
+async function startSwarm(dir: string, useNginx: boolean): Promise<{ cluster: SwarmProcesses; port: number }> {
+  const cluster = new SwarmProcesses(46000 + Math.floor(Math.random() * 400) * 5);
+  const m1 = await cluster.init('m1', ['--ingress-host', '127.0.0.1']);
+  const token = new ApiClient(m1.socket);
+  const workerToken = (await token.joinTokens()).worker;
+  await cluster.join('w1', workerToken, m1, ['--ingress-host', '127.0.0.2']);
+  // Tasks run as nobody: their nginx files go in a directory anyone may write.
+  const tasks = join(dir, 'tasks');
+  mkdirSync(tasks, { mode: 0o777 });
+  chmodSync(tasks, 0o777);
+  const nginx = [
+    'd=TASKS/$PORT; mkdir -p $d',
+    `printf 'master_process off; worker_processes 1; pid %s/pid; error_log %s/error.log warn; events { worker_connections 4096; } http { access_log off; default_type text/html; keepalive_requests 1000000; server { listen 127.0.0.1:%s; root ROOT; location / { } } }' $d $d $PORT > $d/nginx.conf`,
+    "exec nginx -p $d/ -c $d/nginx.conf -g 'daemon off;'",
+  ]
+    .join('; ')
+    .replaceAll('TASKS', tasks)
+    .replaceAll('ROOT', join(dir, 'www1'));
+  const node = `exec ${process.execPath} ${SELF} --role backend --port $PORT --n 1 --max-seconds ${CHILD_MAX_SECONDS}`;
+  const port = await freePort();
+  const created = spawnSync(
+    process.execPath,
+    [join(SELF, '../../../cli/swarm.ts'), '--host', m1.socket, 'service', 'create', '--detach', '--name', 'bench',
+      '--replicas', '3', '--constraint', 'node.role==worker', '--publish', `${port}:80`, '--', '/bin/sh', '-c',
+      useNginx ? nginx : node], // biome-ignore format: flags in pairs
+    { encoding: 'utf8' },
+  );
+  if (created.status !== 0) throw new Error(`service create: ${created.stderr}`);
+  const deadline = Date.now() + 60_000;
+  while (!((await httpReady(port, '127.0.0.1')) && (await httpReady(port, '127.0.0.2')))) {
+    if (Date.now() > deadline) throw new Error(`the swarm's published port ${port} did not answer within 60 s`);
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  return { cluster, port };
+}
+
 export async function benchLb(): Promise<Record<string, unknown>> {
   const missing = ['wrk', 'haproxy', 'nginx'].filter((tool) => !have(tool));
   if (missing.length > 0) {
@@ -303,6 +351,7 @@ export async function benchLb(): Promise<Record<string, unknown>> {
   // nginx workers run as nobody when started by root, and must read the files.
   chmodSync(dir, 0o755);
   const started: Started[] = [];
+  let swarmCluster: SwarmProcesses | undefined;
   try {
     say(
       `lb bench: ${availableParallelism()} CPUs, Node ${process.version}, wrk -t${THREADS} -c${CONNECTIONS} ` +
@@ -398,17 +447,37 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
       note: 'Ingress -> loopback TCP hop (NOT libp2p) -> serveRemote process -> backend',
     });
 
+    const swarm = await startSwarm(dir, useNginx);
+    swarmCluster = swarm.cluster;
+    const pidOf = (name: string) => swarm.cluster.nodes.get(name)!.child.pid!;
+    targets.push(
+      {
+        name: 'daemon-local',
+        port: swarm.port,
+        host: '127.0.0.2',
+        pids: [pidOf('w1')],
+        note: 'swarmd daemon (worker), published port, 3 local tasks',
+      },
+      {
+        name: 'daemon-mesh',
+        port: swarm.port,
+        host: '127.0.0.1',
+        pids: [pidOf('m1'), pidOf('w1')],
+        note: 'swarmd daemon (manager) -> libp2p mesh (Noise, yamux) -> worker -> task',
+      },
+    );
+
     say('round-robin check (first line of the body, 3 new connections each):');
     for (const t of targets)
-      say(`  ${t.name.padEnd(12)} ${(await Promise.all([0, 1, 2].map(() => get(t.port)))).join(' | ')}`);
+      say(`  ${t.name.padEnd(12)} ${(await Promise.all([0, 1, 2].map(() => get(t.port, t.host)))).join(' | ')}`);
 
     say(`warm-up ${WARMUP_SECONDS} s each`);
-    for (const t of targets) runWrk(t.port, WARMUP_SECONDS, []);
+    for (const t of targets) runWrk(t.port, WARMUP_SECONDS, [], t.host);
 
     const samples = new Map<string, WrkResult[]>(targets.map((t) => [t.name, []]));
     for (let r = 1; r <= ROUNDS; r++) {
       for (const t of targets) {
-        const result = runWrk(t.port, SECONDS, t.pids);
+        const result = runWrk(t.port, SECONDS, t.pids, t.host);
         samples.get(t.name)!.push(result);
         say(
           `round ${r} ${t.name.padEnd(12)} ${Math.round(result.rps)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms` +
@@ -444,7 +513,7 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
       return round(median(mine.map((s, i) => s[key] / theirs[i]![key])), 3);
     };
     const ratios: Record<string, unknown> = {};
-    for (const name of ['swarmd', 'swarmd-2acc', 'mesh-hop']) {
+    for (const name of ['swarmd', 'swarmd-2acc', 'mesh-hop', 'daemon-local', 'daemon-mesh']) {
       ratios[name] = { rpsVsHaproxy: ratio(name, 'rps'), p99VsHaproxy: ratio(name, 'p99Ms') };
     }
     const best = ['swarmd', 'swarmd-2acc'].reduce((a, b) =>
@@ -456,7 +525,7 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
         : {
             localRpsAtLeastHaproxy: (ratio(best, 'rps') ?? 0) >= 1,
             localP99AtMost1_2xHaproxy: (ratio(best, 'p99Ms') ?? Number.POSITIVE_INFINITY) <= 1.2,
-            meshHopAtLeast60PctHaproxy: (ratio('mesh-hop', 'rps') ?? 0) >= 0.6,
+            meshHopAtLeast60PctHaproxy: (ratio('daemon-mesh', 'rps') ?? 0) >= 0.6,
             bestLocalVariant: best,
           };
 
@@ -473,7 +542,8 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
           `  ${rr === undefined ? '' : `${rr.rpsVsHaproxy}x, ${rr.p99VsHaproxy}x`}`,
       );
     }
-    say('mesh-hop is a loopback TCP connection between two Node processes standing in for the libp2p stream.');
+    say('mesh-hop is a loopback TCP connection between two Node processes standing in for the libp2p stream;');
+    say('daemon-mesh is the real libp2p hop between two swarmd processes.');
     if (goals !== null) say(`goals: ${JSON.stringify(goals)}`);
 
     return {
@@ -487,9 +557,10 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
       results,
       ratios,
       goals,
-      meshHop: 'loopback TCP between two Node processes, not libp2p',
+      meshHop: 'mesh-hop: loopback TCP between two Node processes; daemon-mesh: libp2p between two swarmd daemons',
     };
   } finally {
+    await swarmCluster?.stopAll();
     for (const s of started.reverse()) await killHard(s);
     rmSync(dir, { recursive: true, force: true });
   }
