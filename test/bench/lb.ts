@@ -560,7 +560,14 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
       meshHop: 'mesh-hop: loopback TCP between two Node processes; daemon-mesh: libp2p between two swarmd daemons',
     };
   } finally {
-    await swarmCluster?.stopAll();
+    // Tasks outlive their daemon (by design: a restart re-attaches them): remove the service first, then make sure.
+    if (swarmCluster) {
+      const m1 = swarmCluster.nodes.get('m1')!;
+      spawnSync(process.execPath, [join(SELF, '../../../cli/swarm.ts'), '--host', m1.socket, 'service', 'rm', 'bench']);
+      await new Promise((r) => setTimeout(r, 2000));
+      await swarmCluster.stopAll();
+      spawnSync('pkill', ['-KILL', '-f', join(dir, 'tasks')]);
+    }
     for (const s of started.reverse()) await killHard(s);
     rmSync(dir, { recursive: true, force: true });
   }
