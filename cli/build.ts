@@ -21,6 +21,9 @@ export async function buildBundle(outdir: string = resolve(root, 'dist')): Promi
     format: 'esm',
     target: 'node22',
     outExtension: { '.js': '.mjs' },
+    // Native addons (ssh2's optional crypto and cpu-features, via dockerode) cannot be bundled; ssh2 loads them
+    // inside try/catch and works without them, so a missing one is left out rather than failing the build.
+    external: ['*.node'],
     // Some dependencies are CommonJS and call require(); give ES modules one.
     banner: {
       js: "import { createRequire as __swarmdRequire } from 'node:module'; const require = __swarmdRequire(import.meta.url);",

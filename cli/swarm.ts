@@ -5,6 +5,7 @@ import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { ApiClientError } from '../daemon/api/client.ts';
 import { type CommandGroup, type Io, UsageError } from './command.ts';
+import { completionCommand } from './commands/completion.ts';
 import { infoCommand } from './commands/info.ts';
 import { joinTokenCommand } from './commands/join-token.ts';
 import { nodeGroup } from './commands/node.ts';
@@ -14,7 +15,7 @@ import { dispatch } from './dispatch.ts';
 export const swarmCommands: CommandGroup = {
   name: 'swarm',
   summary: 'Manage a swarmd swarm: its nodes, join tokens and services',
-  commands: [infoCommand, nodeGroup, serviceGroup, joinTokenCommand],
+  commands: [infoCommand, nodeGroup, serviceGroup, joinTokenCommand, completionCommand(() => swarmCommands)],
 };
 
 export async function main(argv: readonly string[], io: Io): Promise<number> {

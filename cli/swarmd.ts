@@ -31,7 +31,7 @@ Options:
   --heartbeat-period SECONDS     How often nodes report to the leader (init; default 1)
   --node-down-after SECONDS      Missed-heartbeat time before a node is marked down (init; default 4)
   --cert-expiry SECONDS          Lifetime of membership certificates, renewed at half life (init; default 90 days)
-  --node-resource KIND=N|KIND=ID Declare a resource discovery does not see (e.g. fpga=2, ib=mlx5_0); repeatable
+  --node-resource KIND=N|ID      Declare a resource discovery does not see (fpga=2, ib=mlx5_0); repeatable
   --apptainer PATH               The apptainer or singularity binary (default: whichever is on PATH)
   --ingress-host HOST            Address published ports listen on (default: all interfaces)
   --force                        leave: even if this node is a manager

@@ -30,7 +30,7 @@ const list = (valueName: string, description: string): FlagSpec => ({
 
 export const CREATE_FLAGS: Record<string, FlagSpec> = {
   name: string('string', 'Service name (default: derived from the image or program)'),
-  mode: string('mode', 'replicated, global, replicated-job or global-job (default: replicated)'),
+  mode: string('replicated|global|replicated-job|global-job', 'How tasks are made (default: replicated)'),
   replicas: string('uint', 'Number of tasks (replicated: default 1; replicated-job: completions)'),
   'max-concurrent': string('uint', 'Number of job tasks to run at once (default: --replicas)'),
   'total-completions': string('uint', 'Number of job tasks to complete (default: --replicas)'),
