@@ -6,7 +6,7 @@
 //
 //   npm run demo              stays up until Ctrl-C
 //   npm run demo -- --exit    goes through the steps and stops (what the tests run)
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { get } from 'node:http';
 import { createServer } from 'node:net';
@@ -47,8 +47,11 @@ interface DemoNode {
 
 function startNode(name: string, args: string[]): DemoNode {
   const dataDir = join(dataRoot, name);
+  // Its own process group: a Ctrl-C in the terminal reaches the demo, which stops the swarm in order (the
+  // service first, so its tasks go too), not the daemons all at once.
   const child = spawn(process.execPath, [SWARMD, ...args, '--data-dir', dataDir], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
   });
   children.push(child);
   const node: DemoNode = { name, socket: join(dataDir, 'swarmd.sock'), child, output: [] };
@@ -118,11 +121,27 @@ const WEB = [
   "  .listen(Number(process.env.PORT), '127.0.0.1');",
 ].join('\n');
 
-async function cleanUp(): Promise<void> {
-  for (const child of children) if (child.exitCode === null) child.kill('SIGTERM');
-  await sleep(1500);
-  for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
-  rmSync(dataRoot, { recursive: true, force: true });
+/** Tasks outlive their daemon (a restarted swarmd re-attaches them): each carries this mark, for the last resort. */
+const TASK_MARK = `swarmd-demo-task-${process.pid}`;
+
+let manager: DemoNode | undefined;
+let cleaning: Promise<void> | undefined;
+
+/** Removes the service (its tasks stop), stops the daemons, and deletes the data; once, whoever asks. */
+function cleanUp(): Promise<void> {
+  cleaning ??= (async () => {
+    say('Stopping the swarm and removing its data');
+    if (manager && manager.child.exitCode === null) {
+      await swarm(manager, ['service', 'rm', 'web'], { capture: true });
+      await sleep(3000);
+    }
+    for (const child of children) if (child.exitCode === null) child.kill('SIGTERM');
+    await sleep(1500);
+    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL');
+    spawnSync('pkill', ['-KILL', '-f', TASK_MARK]);
+    rmSync(dataRoot, { recursive: true, force: true });
+  })();
+  return cleaning;
 }
 
 async function main(): Promise<void> {
@@ -131,13 +150,7 @@ async function main(): Promise<void> {
 
   say('Starting a 3-node swarm on this machine: 1 manager, 2 workers (separate processes, data in a temp dir)');
   show(`swarmd init --listen-addr 127.0.0.1:${ports[0]} --ingress-host 127.0.0.1 --data-dir ${dataRoot}/manager`);
-  const manager = startNode('manager', [
-    'init',
-    '--listen-addr',
-    `127.0.0.1:${ports[0]}`,
-    '--ingress-host',
-    '127.0.0.1',
-  ]);
+  manager = startNode('manager', ['init', '--listen-addr', `127.0.0.1:${ports[0]}`, '--ingress-host', '127.0.0.1']);
   await waitForOutput(manager, 'swarmd join --token');
   const token = (await swarm(manager, ['join-token', '-q', 'worker'], { capture: true })).stdout.trim();
   for (const [i, name] of ['worker1', 'worker2'].entries()) {
@@ -156,7 +169,7 @@ async function main(): Promise<void> {
     `Deploying "web": 3 replicas of a small HTTP server, health-checked, published on port ${published} of every node`,
   );
   const create = `service create --name web --replicas 3 --env VERSION=v1 --publish ${published}:80 --health-http /healthz --health-interval 1s --update-order start-first`;
-  await swarm(manager, [...create.split(' '), '--', process.execPath, '-e', WEB], {
+  await swarm(manager, [...create.split(' '), '--', process.execPath, '-e', WEB, TASK_MARK], {
     display: `swarm ${create} -- node -e "$WEB"   # WEB: a 3-line HTTP server, see cli/demo.ts`,
   });
   await sleep(2000);
@@ -176,13 +189,15 @@ async function main(): Promise<void> {
   );
   if (exitWhenDone) return;
   say('The swarm stays up until Ctrl-C');
-  await new Promise<void>((done) => process.once('SIGINT', () => done()));
+  await new Promise<void>(() => {}); // until a signal: its handler cleans up and exits
 }
 
-process.once('SIGTERM', () => void cleanUp().then(() => process.exit(143)));
+// Ctrl-C (or a kill) at any step stops the swarm cleanly.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => void cleanUp().then(() => process.exit(signal === 'SIGINT' ? 130 : 143)));
+}
 main().then(
   async () => {
-    say('Stopping the swarm and removing its data');
     await cleanUp();
     process.exit(0);
   },

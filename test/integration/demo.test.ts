@@ -25,5 +25,8 @@ describe('npm run demo', () => {
     const dataDir = /export SWARM_HOST=(\S+)\/manager\/swarmd\.sock/.exec(out)?.[1];
     expect(dataDir).toBeDefined();
     expect(existsSync(dataDir!)).toBe(false);
+    // The service was removed before the daemons stopped: none of its tasks is left running.
+    const left = spawnSync('pgrep', ['-f', `swarmd-demo-task-${result.pid}`], { encoding: 'utf8' });
+    expect(left.stdout.trim()).toBe('');
   }, 180_000);
 });
