@@ -10,12 +10,20 @@ import { infoCommand } from './commands/info.ts';
 import { joinTokenCommand } from './commands/join-token.ts';
 import { nodeGroup } from './commands/node.ts';
 import { serviceGroup } from './commands/service.ts';
+import { versionCommand } from './commands/version.ts';
 import { dispatch } from './dispatch.ts';
 
 export const swarmCommands: CommandGroup = {
   name: 'swarm',
   summary: 'Manage a swarmd swarm: its nodes, join tokens and services',
-  commands: [infoCommand, nodeGroup, serviceGroup, joinTokenCommand, completionCommand(() => swarmCommands)],
+  commands: [
+    infoCommand,
+    nodeGroup,
+    serviceGroup,
+    joinTokenCommand,
+    versionCommand,
+    completionCommand(() => swarmCommands),
+  ],
 };
 
 export async function main(argv: readonly string[], io: Io): Promise<number> {

@@ -8,6 +8,7 @@ import { homedir, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ApiClient } from '../daemon/api/client.ts';
+import { SWARMD_VERSION } from '../daemon/api/version.ts';
 import { JoinTokenError } from '../daemon/mesh/pki.ts';
 import { type HostPort, Swarmd, SwarmdError } from '../daemon/swarmd.ts';
 import { parseNodeResources } from '../daemon/worker/accelerators/node-resources.ts';
@@ -21,6 +22,7 @@ Commands:
   join    Join a swarm as a worker or manager: swarmd join --token TOKEN HOST:PORT
   run     Start this node again from its data dir
   leave   Make the running node leave its swarm
+  version Show the version (also --version)
 
 Options:
   --data-dir DIR                 State directory (default $SWARMD_DATA_DIR or ~/.swarmd)
@@ -84,6 +86,10 @@ export async function main(argv: string[]): Promise<number> {
   if (!command || command === '-h' || command === '--help' || command === 'help') {
     process.stdout.write(USAGE);
     return command ? 0 : 2;
+  }
+  if (command === '--version' || command === 'version') {
+    process.stdout.write(`swarmd ${SWARMD_VERSION}\n`);
+    return 0;
   }
   const { values, positionals } = parseArgs({
     args: rest,

@@ -8,6 +8,7 @@ import type { ControlHandlers, ServiceLogLine, ServiceLogOptions } from './api/h
 import { startApiServer } from './api/server.ts';
 import type { Task } from './api/services.ts';
 import type { NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
+import { SWARMD_VERSION } from './api/version.ts';
 import { IngressSet } from './lb/ingress-set.ts';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './lb/metrics.ts';
 import { serveRemote } from './lb/remote.ts';
@@ -39,7 +40,7 @@ import { ProcessExecutor } from './worker/executors/process.ts';
 import type { Executor, Runtime } from './worker/executors/types.ts';
 import { TaskRunner } from './worker/task-runner.ts';
 
-export const SWARMD_VERSION = '0.1.0';
+export { SWARMD_VERSION } from './api/version.ts';
 
 export interface HostPort {
   host: string;
