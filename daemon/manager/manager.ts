@@ -108,7 +108,9 @@ export class Manager {
     let self: Manager | undefined;
     // Any change to services, tasks or nodes may call for new tasks or placements: react at once.
     store.watch((events) => {
-      if (events.some((e) => e.table !== 'cluster')) self?.orchestrateSoon();
+      if (!events.some((e) => e.table !== 'cluster')) return;
+      self?.orchestrateSoon();
+      if (self) self.endpoints = null;
     });
     const transport = new MeshRaftTransport({
       host: opts.host,
@@ -254,13 +256,18 @@ export class Manager {
     };
   }
 
+  /** The endpoint table as of the last store change; every heartbeat answer carries it. */
+  private endpoints: TableService[] | null = null;
+
   /** What every node's load balancer balances over (services with published ports only). */
   endpointTable(): TableService[] {
-    return buildEndpointTable(
+    // Built once per store change, not once per heartbeat: it reads every service and task.
+    this.endpoints ??= buildEndpointTable(
       this.store.list<Service>('services'),
       this.store.list<Task>('tasks'),
       (nodeId) => this.store.get<NodeRecord>('nodes', nodeId)?.peerId,
     );
+    return this.endpoints;
   }
 
   /**

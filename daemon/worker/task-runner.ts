@@ -206,11 +206,6 @@ export class TaskRunner {
     return local?.status.state === 'running' ? local.status.address : undefined;
   }
 
-  /** Tasks running here, for host-mode published ports (only nodes with a task listen). */
-  runningTasks(): Task[] {
-    return [...this.tasks.values()].filter((l) => l.status.state === 'running').map((l) => l.task);
-  }
-
   /** Starts the task's health checks, if it has any; an unhealthy task is stopped and fails. */
   private checkHealth(local: Local, executor: Executor, address: string | undefined): void {
     const check = local.task.template.healthcheck;
