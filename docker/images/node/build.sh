@@ -15,7 +15,6 @@ set -euo pipefail
 IMAGE="${IMAGE:-swarmd-test/node:latest}"
 NODE="${NODE:-$(command -v node || true)}"
 BUSYBOX="${BUSYBOX:-/bin/busybox}"
-LABEL_KEY='org.swarmd.test.inputs'
 
 say() { printf 'node-image: %s\n' "$*" >&2; }
 
@@ -29,14 +28,9 @@ if ((major < 22)); then
   say "$NODE is Node $("$NODE" --version); swarmd needs Node >= 22"
   exit 1
 fi
-if [[ ! -x "$BUSYBOX" ]]; then
-  say "no $BUSYBOX; install Debian's busybox-static (apt-get install -y busybox-static)"
-  exit 1
-fi
-if ldd "$BUSYBOX" 2>&1 | grep -q '=>'; then
-  say "$BUSYBOX is dynamically linked; the image needs a static one (Debian's busybox-static)"
-  exit 1
-fi
+# shellcheck source=../lib/rootfs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/rootfs.sh"
+require_static_busybox "$BUSYBOX"
 
 # The libraries node loads, by the paths the dynamic loader will look for them at: `libc.so.6 => /lib/...`
 # lines, and the loader itself (`/lib64/ld-linux-x86-64.so.2 (0x...)`).
@@ -46,46 +40,20 @@ if ((${#libs[@]} == 0)); then
 fi
 
 self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
-inputs="$(cat "$self" "$NODE" "$BUSYBOX" "${libs[@]}" | sha256sum | cut -d' ' -f1)"
+inputs="$(cat "$self" "$ROOTFS_LIB" "$NODE" "$BUSYBOX" "${libs[@]}" | sha256sum | cut -d' ' -f1)"
 
-if [[ "${FORCE:-0}" != 1 ]]; then
-  existing="$(docker image inspect --format "{{ index .Config.Labels \"$LABEL_KEY\" }}" "$IMAGE" 2>/dev/null || true)"
-  if [[ "$existing" == "$inputs" ]]; then
-    say "$IMAGE is up to date ($inputs)"
-    exit 0
-  fi
-fi
+exit_if_current "$IMAGE" "$inputs"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/swarmd-node-image.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
 
-mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,etc,root,tmp,proc,sys,dev,home,var/tmp}
+busybox_rootfs "$root" "$BUSYBOX"
 install -m 0755 "$NODE" "$root/usr/local/bin/node"
 for lib in "${libs[@]}"; do
   mkdir -p "$root$(dirname "$lib")"
   cp -L "$lib" "$root$lib" # the file itself, not the host's symlink
 done
-install -m 0755 "$BUSYBOX" "$root/bin/busybox"
-if [[ "$(id -u)" == 0 ]]; then
-  chroot "$root" /bin/busybox --install -s
-else
-  while read -r applet; do
-    [[ -e "$root/$applet" || -L "$root/$applet" ]] || ln -s /bin/busybox "$root/$applet"
-  done < <("$BUSYBOX" --list-full)
-fi
-
-cat >"$root/etc/passwd" <<'PASSWD'
-root:x:0:0:root:/root:/bin/sh
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false
-PASSWD
-cat >"$root/etc/group" <<'GROUP'
-root:x:0:
-nogroup:x:65534:
-GROUP
-chmod 0644 "$root/etc/passwd" "$root/etc/group"
-chmod 0700 "$root/root"
-chmod 1777 "$root/tmp" "$root/var/tmp"
 
 tar --numeric-owner --owner=0 --group=0 -C "$root" -cf - . |
   docker import \
