@@ -6,9 +6,10 @@
 import type Docker from 'dockerode';
 import { ApiClient } from '../../daemon/api/client.ts';
 import type { ServiceSpec } from '../../daemon/api/services.ts';
-import { ensureTestImage, probeDocker, TEST_IMAGE } from '../helpers/docker.ts';
+import { ensureTestImage, probeDocker, removeTaskContainers, TEST_IMAGE } from '../helpers/docker.ts';
 import { serviceSpec, taskTemplate } from '../helpers/fixtures.ts';
 import { SwarmProcesses } from '../helpers/swarm-processes.ts';
+import { inDockerSwarm } from './lib/docker-swarm.ts';
 import { round } from './lib/http-load.ts';
 import { until } from './lib/poll.ts';
 
@@ -66,25 +67,12 @@ async function measureSwarmd(docker: Docker, host: string): Promise<Steps> {
     return { create10Seconds, scale10To50Seconds, removeSeconds };
   } finally {
     await cluster.stopAll();
-    const left = await docker.listContainers({ all: true, filters: { label: ['swarmd.task.id'] } });
-    await Promise.all(
-      left.map((c) =>
-        docker
-          .getContainer(c.Id)
-          .remove({ force: true })
-          .catch(() => {}),
-      ),
-    );
+    await removeTaskContainers(docker);
   }
 }
 
 async function measureDockerSwarm(docker: Docker): Promise<Steps | { error: string }> {
-  try {
-    await docker.swarmInit({ ListenAddr: '127.0.0.1:2377', AdvertiseAddr: '127.0.0.1' });
-  } catch (error) {
-    return { error: `docker swarm init failed: ${(error as Error).message}` };
-  }
-  try {
+  return inDockerSwarm(docker, async () => {
     const running = async (n: number) => {
       const tasks = (await docker.listTasks({ filters: { service: ['bench'], 'desired-state': ['running'] } })) as {
         Status: { State: string };
@@ -122,9 +110,7 @@ async function measureDockerSwarm(docker: Docker): Promise<Steps | { error: stri
       3,
     );
     return { create10Seconds, scale10To50Seconds, removeSeconds };
-  } finally {
-    await docker.swarmLeave({ force: true }).catch(() => {});
-  }
+  });
 }
 
 export async function benchDeploy(): Promise<Record<string, unknown>> {

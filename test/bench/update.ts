@@ -9,10 +9,11 @@
 import type Docker from 'dockerode';
 import { ApiClient } from '../../daemon/api/client.ts';
 import type { Task } from '../../daemon/api/services.ts';
-import { ensureTestImage, probeDocker, TEST_IMAGE } from '../helpers/docker.ts';
+import { ensureTestImage, probeDocker, removeTaskContainers, TEST_IMAGE } from '../helpers/docker.ts';
 import { serviceSpec, taskTemplate } from '../helpers/fixtures.ts';
 import { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { containersOf } from './deploy.ts';
+import { inDockerSwarm } from './lib/docker-swarm.ts';
 import { round } from './lib/http-load.ts';
 import { until } from './lib/poll.ts';
 
@@ -103,15 +104,7 @@ async function measureSwarmd(docker: Docker, host: string): Promise<Steps> {
     return { update10Seconds, unhealthyToReplacedSeconds };
   } finally {
     await cluster.stopAll();
-    const left = await docker.listContainers({ all: true, filters: { label: ['swarmd.task.id'] } });
-    await Promise.all(
-      left.map((c) =>
-        docker
-          .getContainer(c.Id)
-          .remove({ force: true })
-          .catch(() => {}),
-      ),
-    );
+    await removeTaskContainers(docker);
   }
 }
 
@@ -122,12 +115,7 @@ interface SwarmTask {
 }
 
 async function measureDockerSwarm(docker: Docker): Promise<Steps | { error: string }> {
-  try {
-    await docker.swarmInit({ ListenAddr: '127.0.0.1:2377', AdvertiseAddr: '127.0.0.1' });
-  } catch (error) {
-    return { error: `docker swarm init failed: ${(error as Error).message}` };
-  }
-  try {
+  return inDockerSwarm(docker, async () => {
     const runningTasks = async (name: string) =>
       ((await docker.listTasks({ filters: { service: [name], 'desired-state': ['running'] } })) as SwarmTask[]).filter(
         (t) => t.Status.State === 'running',
@@ -195,9 +183,7 @@ async function measureDockerSwarm(docker: Docker): Promise<Steps | { error: stri
     );
     await docker.getService(checkedCreated.id ?? checkedCreated.ID!).remove();
     return { update10Seconds, unhealthyToReplacedSeconds };
-  } finally {
-    await docker.swarmLeave({ force: true }).catch(() => {});
-  }
+  });
 }
 
 export async function benchUpdate(): Promise<Record<string, unknown>> {

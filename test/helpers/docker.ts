@@ -187,3 +187,16 @@ export async function runContainer(docker: Docker, spec: Docker.ContainerCreateO
     await container.remove({ force: true, v: true }).catch(() => undefined);
   }
 }
+
+/** Force-removes every container a swarmd task left on the engine (a test or bench that stopped half way). */
+export async function removeTaskContainers(docker: Docker): Promise<void> {
+  const left = await docker.listContainers({ all: true, filters: { label: ['swarmd.task.id'] } });
+  await Promise.all(
+    left.map((c) =>
+      docker
+        .getContainer(c.Id)
+        .remove({ force: true })
+        .catch(() => {}),
+    ),
+  );
+}

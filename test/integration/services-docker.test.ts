@@ -2,7 +2,13 @@
 // service, a constraint, a job to its completions, a killed container replaced.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { Task } from '../../daemon/api/services.ts';
-import { describeWithDocker, ensureTestImage, probeDocker, TEST_IMAGE } from '../helpers/docker.ts';
+import {
+  describeWithDocker,
+  ensureTestImage,
+  probeDocker,
+  removeTaskContainers,
+  TEST_IMAGE,
+} from '../helpers/docker.ts';
 import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
 
 const probe = await probeDocker();
@@ -36,15 +42,7 @@ describeWithDocker('services on the docker runtime', probe, (docker) => {
     await new Promise((r) => setTimeout(r, 3000));
     await cluster.stopAll();
     // Whatever is left (a test that failed half way) goes too.
-    const left = await docker().listContainers({ all: true, filters: { label: ['swarmd.task.id'] } });
-    await Promise.all(
-      left.map((c) =>
-        docker()
-          .getContainer(c.Id)
-          .remove({ force: true })
-          .catch(() => {}),
-      ),
-    );
+    await removeTaskContainers(docker());
   });
 
   it('a global service runs one unprivileged container per node', async () => {

@@ -6,7 +6,13 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ApiClient } from '../../daemon/api/client.ts';
 import type { Service, Task } from '../../daemon/api/services.ts';
 import type { SwarmNode } from '../../daemon/api/types.ts';
-import { describeWithDocker, ensureTestImage, probeDocker, TEST_IMAGE } from '../helpers/docker.ts';
+import {
+  describeWithDocker,
+  ensureTestImage,
+  probeDocker,
+  removeTaskContainers,
+  TEST_IMAGE,
+} from '../helpers/docker.ts';
 import { type NodeProcess, SwarmProcesses, swarm } from '../helpers/swarm-processes.ts';
 
 const probe = await probeDocker();
@@ -88,15 +94,7 @@ describeWithDocker('rolling updates on the docker runtime', probe, (docker) => {
     for (const name of names) swarm(via, 'service', 'rm', name);
     await new Promise((r) => setTimeout(r, 3000));
     await cluster.stopAll();
-    const left = await docker().listContainers({ all: true, filters: { label: ['swarmd.task.id'] } });
-    await Promise.all(
-      left.map((c) =>
-        docker()
-          .getContainer(c.Id)
-          .remove({ force: true })
-          .catch(() => {}),
-      ),
-    );
+    await removeTaskContainers(docker());
   });
 
   it('updates 6 replicas two at a time with start-first, never below 6 running, in three waves', async () => {
