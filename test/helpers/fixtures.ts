@@ -1,6 +1,7 @@
 // Service and task fixtures shared by unit tests and benchmarks.
 import { DEFAULT_ROLLBACK_CONFIG, DEFAULT_UPDATE_CONFIG } from '../../daemon/api/service-schema.ts';
 import type { Service, ServiceSpec, TaskTemplate } from '../../daemon/api/services.ts';
+import type { SwarmNode } from '../../daemon/api/types.ts';
 
 /** A process-runtime template with nothing reserved, limited or constrained; override what a test needs. */
 export function taskTemplate(
@@ -65,5 +66,30 @@ export function storedService(id: string, spec: ServiceSpec, at: string, version
     version,
     createdAt: at,
     updatedAt: at,
+  };
+}
+
+/** A ready, active worker as the API shows it (4 CPUs, 8 GiB); override what a test needs. */
+export function swarmNode(id: string, hostname: string, overrides: Partial<SwarmNode> = {}): SwarmNode {
+  return {
+    id,
+    peerId: `12D3KooW${hostname}`,
+    role: 'worker',
+    availability: 'active',
+    labels: {},
+    description: {
+      hostname,
+      platform: { os: 'linux', arch: 'x64' },
+      resources: { nanoCpus: 4e9, memoryBytes: 8 * 1024 ** 3 },
+      swarmdVersion: '0.1.0',
+    },
+    addresses: [],
+    status: { state: 'ready', message: '', since: '2026-01-01T00:00:00.000Z' },
+    heartbeatPeriodMs: null,
+    managerStatus: null,
+    version: 1,
+    createdAt: '2026-01-01T00:00:00.000Z',
+    updatedAt: '2026-01-01T00:00:00.000Z',
+    ...overrides,
   };
 }

@@ -13,30 +13,11 @@ import { resolveNodeRef } from '../../daemon/api/node-ref.ts';
 import type { NodeUpdate } from '../../daemon/api/schemas.ts';
 import { type ApiServer, MAX_BODY_BYTES, startApiServer } from '../../daemon/api/server.ts';
 import type { JoinTokens, SwarmInfo, SwarmNode } from '../../daemon/api/types.ts';
+import { swarmNode } from '../helpers/fixtures.ts';
 import { runSwarm } from '../helpers/swarm-cli.ts';
 
 function makeNode(id: string, hostname: string, overrides: Partial<SwarmNode> = {}): SwarmNode {
-  return {
-    id,
-    peerId: `12D3KooW${hostname}`,
-    role: 'worker',
-    availability: 'active',
-    labels: {},
-    description: {
-      hostname,
-      platform: { os: 'linux', arch: 'x64' },
-      resources: { nanoCpus: 4e9, memoryBytes: 8 * 1024 ** 3 },
-      swarmdVersion: '0.1.0',
-    },
-    addresses: [`/ip4/10.0.0.${hostname.length}/tcp/4242`],
-    status: { state: 'ready', message: '', since: '2026-01-01T00:00:00.000Z' },
-    heartbeatPeriodMs: null,
-    managerStatus: null,
-    version: 7,
-    createdAt: '2026-01-01T00:00:00.000Z',
-    updatedAt: '2026-01-01T00:00:00.000Z',
-    ...overrides,
-  };
+  return swarmNode(id, hostname, { addresses: [`/ip4/10.0.0.${hostname.length}/tcp/4242`], version: 7, ...overrides });
 }
 
 const MGR1 = 'abc123def4567890aaaaaaaaaaaaaaaa';

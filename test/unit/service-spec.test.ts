@@ -15,6 +15,7 @@ import { parseConstraint, type ServiceUpdate, serviceSpecSchema } from '../../da
 import type { Service, ServiceSpec, Task, TaskState } from '../../daemon/api/services.ts';
 import type { JoinTokens, SwarmInfo, SwarmNode } from '../../daemon/api/types.ts';
 import { parseBytes, parseCpus, parseDuration } from '../../daemon/api/units.ts';
+import { storedService, swarmNode } from '../helpers/fixtures.ts';
 import { runSwarm } from '../helpers/swarm-cli.ts';
 
 // ---------------------------------------------------------------- schema
@@ -374,40 +375,8 @@ describe('units', () => {
 const NODE_A = 'aaaa1111aaaa1111aaaa1111aaaa1111';
 const NODE_B = 'bbbb2222bbbb2222bbbb2222bbbb2222';
 
-function makeNode(id: string, hostname: string): SwarmNode {
-  return {
-    id,
-    peerId: `12D3KooW${hostname}`,
-    role: 'worker',
-    availability: 'active',
-    labels: {},
-    description: {
-      hostname,
-      platform: { os: 'linux', arch: 'x64' },
-      resources: { nanoCpus: 4e9, memoryBytes: 8 * 1024 ** 3 },
-      swarmdVersion: '0.1.0',
-    },
-    addresses: [],
-    status: { state: 'ready', message: '', since: '2026-01-01T00:00:00.000Z' },
-    heartbeatPeriodMs: null,
-    managerStatus: null,
-    version: 1,
-    createdAt: '2026-01-01T00:00:00.000Z',
-    updatedAt: '2026-01-01T00:00:00.000Z',
-  };
-}
-
 function makeService(id: string, spec: ServiceSpec): Service {
-  return {
-    id,
-    spec,
-    specVersion: 1,
-    previousSpec: null,
-    updateStatus: null,
-    version: 10,
-    createdAt: '2026-01-01T00:00:00.000Z',
-    updatedAt: '2026-01-01T00:00:00.000Z',
-  };
+  return storedService(id, spec, '2026-01-01T00:00:00.000Z', 10);
 }
 
 const ago = (ms: number) => new Date(Date.now() - ms).toISOString();
@@ -441,7 +410,7 @@ class FakeHandlers implements ControlHandlers {
   services: Service[] = [];
   tasks: Task[] = [];
   calls: { method: string; args: unknown[] }[] = [];
-  nodes = [makeNode(NODE_A, 'edge-1'), makeNode(NODE_B, 'edge-2')];
+  nodes = [swarmNode(NODE_A, 'edge-1'), swarmNode(NODE_B, 'edge-2')];
   logLines: ServiceLogLine[] = [];
   /** Thrown after the log lines, as a failure half-way through a stream. */
   logFailure: Error | undefined;
