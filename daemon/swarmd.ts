@@ -533,7 +533,11 @@ export class Swarmd {
     });
     await this.host.handleBytes(
       PROTOCOLS.lb,
-      (stream) => void serveRemote(stream, (taskId) => this.runner.localAddress(taskId), { log: lbLog }),
+      (stream) =>
+        void serveRemote(stream, (taskId) => this.runner.localAddress(taskId), {
+          log: lbLog,
+          drains: this.ingresses.meshStreams,
+        }),
       { maxInboundStreams: LB_STREAMS },
     );
   }

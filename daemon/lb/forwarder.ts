@@ -12,6 +12,7 @@
 import { type AddressInfo, createServer, isIP, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type Balancer, createBalancer } from './balancer.ts';
+import { DrainTracker } from './drain-tracker.ts';
 import { type BalancingAlgorithm, type Endpoint, isDraining, type ServiceEndpoints, type TaskId } from './endpoints.ts';
 import { OutlierDetector } from './outliers.ts';
 import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
@@ -70,6 +71,8 @@ interface Conn {
   attempts: number;
   taskId: TaskId | undefined;
   task: TaskCounters | undefined;
+  /** Tells the drain tracker this forwarded connection is closed. */
+  release: (() => void) | undefined;
   /** Parts of client.bytesRead / bytesWritten already added to the counters. */
   countedIn: number;
   countedOut: number;
@@ -88,10 +91,8 @@ export class Ingress {
   private readonly service: ServiceCounters = newServiceCounters();
   private readonly tasks = new Map<TaskId, TaskCounters>();
   private readonly conns = new Set<Conn>();
-  private readonly byTask = new Map<TaskId, Set<Conn>>();
-  /** Tasks drain() was called for: no new connections, whatever the endpoint table says. */
-  private readonly draining = new Set<TaskId>();
-  private readonly drainWaiters = new Map<TaskId, Array<() => void>>();
+  /** Forwarded connections per task, and the tasks drain() was called for (excluded whatever the table says). */
+  private readonly drains = new DrainTracker();
   private serviceId = '';
   private serviceName = '';
   private listeningPort = 0;
@@ -138,29 +139,11 @@ export class Ingress {
    * left are cut. The task stays excluded until undrain().
    */
   drain(taskId: TaskId, graceMs: number): Promise<void> {
-    this.draining.add(taskId);
-    const open = this.byTask.get(taskId);
-    if (open === undefined || open.size === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        for (const conn of this.byTask.get(taskId) ?? []) this.destroyConn(conn);
-        done();
-      }, graceMs);
-      const done = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      let waiters = this.drainWaiters.get(taskId);
-      if (waiters === undefined) {
-        waiters = [];
-        this.drainWaiters.set(taskId, waiters);
-      }
-      waiters.push(done);
-    });
+    return this.drains.drain(taskId, graceMs);
   }
 
   undrain(taskId: TaskId): void {
-    this.draining.delete(taskId);
+    this.drains.undrain(taskId);
   }
 
   /** Counters now, bytes of open connections included. Tasks gone from the table with nothing open are dropped after. */
@@ -203,6 +186,7 @@ export class Ingress {
       attempts: 0,
       taskId: undefined,
       task: undefined,
+      release: undefined,
       countedIn: 0,
       countedOut: 0,
     };
@@ -241,7 +225,7 @@ export class Ingress {
         return;
       }
       this.outliers.recordSuccess(endpoint.taskId);
-      if (this.draining.has(endpoint.taskId)) {
+      if (this.drains.isDraining(endpoint.taskId)) {
         // drain() began while this connect was under way and may already have resolved: go elsewhere.
         backend.destroy();
         this.attempt(conn);
@@ -275,7 +259,7 @@ export class Ingress {
     let excluded: Set<TaskId> | undefined;
     for (const endpoint of service.endpoints) {
       const id = endpoint.taskId;
-      if (tried.has(id) || this.draining.has(id) || isDraining(service, id) || this.outliers.isEjected(id)) {
+      if (tried.has(id) || this.drains.isDraining(id) || isDraining(service, id) || this.outliers.isEjected(id)) {
         excluded ??= new Set();
         excluded.add(id);
       }
@@ -286,7 +270,8 @@ export class Ingress {
     // beats refusing the client outright.
     const fallback = new Set<TaskId>(tried);
     for (const endpoint of service.endpoints) {
-      if (this.draining.has(endpoint.taskId) || isDraining(service, endpoint.taskId)) fallback.add(endpoint.taskId);
+      if (this.drains.isDraining(endpoint.taskId) || isDraining(service, endpoint.taskId))
+        fallback.add(endpoint.taskId);
     }
     return balancer.pick(service.endpoints, fallback);
   }
@@ -346,6 +331,10 @@ export class Ingress {
       // Paused before the listener goes: the backend's first bytes may be right behind the status byte.
       stream!.pause();
       const status = chunk[0];
+      if (status === REMOTE_STATUS.draining) {
+        settle(new TaskDrainingError(endpoint));
+        return;
+      }
       if (status !== REMOTE_STATUS.ok) {
         settle(new Error(`node ${endpoint.nodeId} refused task ${endpoint.taskId} (status ${status})`));
         return;
@@ -382,6 +371,11 @@ export class Ingress {
   }
 
   private onConnectFailure(conn: Conn, service: ServiceEndpoints, endpoint: Endpoint, err: Error | undefined): void {
+    // Its node is stopping it and our table does not say so yet: nothing wrong with the task, try the next one.
+    if (err instanceof TaskDrainingError) {
+      this.attempt(conn);
+      return;
+    }
     const task = this.taskCounters(endpoint.taskId);
     task.errors++;
     if (this.outliers.recordFailure(endpoint.taskId, service.endpoints)) {
@@ -400,12 +394,7 @@ export class Ingress {
     conn.task = task;
     task.connectionsTotal++;
     task.connectionsActive++;
-    let open = this.byTask.get(taskId);
-    if (open === undefined) {
-      open = new Set();
-      this.byTask.set(taskId, open);
-    }
-    open.add(conn);
+    conn.release = this.drains.opened(taskId, () => this.destroyConn(conn));
     if (early !== undefined) conn.client.write(early);
     pump(conn.client, backend, () => this.destroyConn(conn));
   }
@@ -425,16 +414,9 @@ export class Ingress {
     this.conns.delete(conn);
     this.service.connectionsActive--;
     this.countBytes(conn);
-    if (!wasForwarding || conn.taskId === undefined || conn.task === undefined) return;
+    if (!wasForwarding || conn.task === undefined) return;
     conn.task.connectionsActive--;
-    const open = this.byTask.get(conn.taskId);
-    open?.delete(conn);
-    if (open !== undefined && open.size === 0) {
-      this.byTask.delete(conn.taskId);
-      const waiters = this.drainWaiters.get(conn.taskId);
-      this.drainWaiters.delete(conn.taskId);
-      for (const waiter of waiters ?? []) waiter();
-    }
+    conn.release?.();
   }
 
   private countBytes(conn: Conn): void {
@@ -460,6 +442,14 @@ export class Ingress {
       this.tasks.set(taskId, counters);
     }
     return counters;
+  }
+}
+
+/** The task's node answered that it is draining the task (see REMOTE_STATUS.draining). */
+class TaskDrainingError extends Error {
+  constructor(endpoint: Endpoint) {
+    super(`node ${endpoint.nodeId} is draining task ${endpoint.taskId}`);
+    this.name = 'TaskDrainingError';
   }
 }
 

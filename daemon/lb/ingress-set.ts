@@ -4,6 +4,7 @@
 // The Ingress asks for its port's view on each connection, so a new table applies to the next connection; nothing
 // here reads the store.
 import type { Duplex } from 'node:stream';
+import { DrainTracker } from './drain-tracker.ts';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
 import { Ingress } from './forwarder.ts';
 import { OutlierDetector } from './outliers.ts';
@@ -37,6 +38,8 @@ export class IngressSet {
   private readonly outliers = new OutlierDetector();
   /** Tasks drain() was called for; forgotten by the ingresses once the table no longer names them. */
   private readonly drained = new Set<TaskId>();
+  /** Streams other nodes' ingresses opened to this node's tasks (pass to serveRemote): drained with the rest. */
+  readonly meshStreams = new DrainTracker();
   private closed = false;
 
   constructor(opts: IngressSetOptions) {
@@ -83,12 +86,16 @@ export class IngressSet {
   }
 
   /**
-   * A task of this node is about to stop: every ingress stops sending it new connections, and this resolves once
-   * its open ones are done, or after graceMs (when the rest are cut).
+   * A task of this node is about to stop: every ingress stops sending it new connections, streams from other nodes
+   * for it are refused, and this resolves once its open connections (both kinds) are done, or after graceMs (when
+   * the rest are cut).
    */
   async drain(taskId: TaskId, graceMs: number): Promise<void> {
     this.drained.add(taskId);
-    await Promise.all([...this.ports.values()].map((p) => p.ingress.drain(taskId, graceMs)));
+    await Promise.all([
+      this.meshStreams.drain(taskId, graceMs),
+      ...[...this.ports.values()].map((p) => p.ingress.drain(taskId, graceMs)),
+    ]);
   }
 
   /** A drained task the table no longer lists is gone for good: the ingresses need not remember it. */
@@ -102,6 +109,7 @@ export class IngressSet {
     for (const taskId of this.drained) {
       if (named.has(taskId)) continue;
       this.drained.delete(taskId);
+      this.meshStreams.undrain(taskId);
       for (const { ingress } of this.ports.values()) ingress.undrain(taskId);
     }
   }

@@ -14,6 +14,7 @@
 import { isIP, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Packr } from 'msgpackr';
+import type { DrainTracker } from './drain-tracker.ts';
 import { parseAddress, type TaskId } from './endpoints.ts';
 import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
 import { connectDirect, pump } from './pump.ts';
@@ -27,6 +28,8 @@ export const REMOTE_STATUS = {
   badHeader: 1,
   unknownTask: 2,
   connectFailed: 3,
+  /** The task is about to stop: not a failure of the task, just a reason to pick another. */
+  draining: 4,
 } as const;
 export type RemoteStatus = (typeof REMOTE_STATUS)[keyof typeof REMOTE_STATUS];
 
@@ -107,9 +110,15 @@ export interface ServeRemoteOptions {
   timeoutMs?: number;
   /** Told why a stream was refused or failed (the design wants hostile input logged). */
   log?: (msg: string) => void;
+  /**
+   * This node's served streams per task: a task being drained is refused (the ingress picks another, no byte lost),
+   * and its drain waits for the streams already served. Other nodes may still choose the task until the endpoint
+   * table tells them it drains, which is what makes this side's check necessary.
+   */
+  drains?: DrainTracker;
 }
 
-export type ServeRemoteResult = 'served' | 'bad-header' | 'unknown-task' | 'connect-failed' | 'closed';
+export type ServeRemoteResult = 'served' | 'bad-header' | 'unknown-task' | 'connect-failed' | 'draining' | 'closed';
 
 /**
  * Serves one mesh stream on the task's node: reads the header, connects to the task's local address (from
@@ -130,7 +139,8 @@ export function serveRemote(
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      log(`lb: refused mesh-forwarded connection: ${why}`);
+      // A draining task is refused by design during every rolling update: not worth a line each time.
+      if (status !== REMOTE_STATUS.draining) log(`lb: refused mesh-forwarded connection: ${why}`);
       // The status byte tells the ingress to try elsewhere; the stream is then done.
       stream.end(STATUS_BYTES[status]);
       stream.once('finish', () => stream.destroy());
@@ -187,6 +197,12 @@ export function serveRemote(
         refuse(REMOTE_STATUS.unknownTask, 'unknown-task', `no local task ${header.taskId}`);
         return;
       }
+      const drains = options.drains;
+      const refuseDraining = () => refuse(REMOTE_STATUS.draining, 'draining', `task ${header.taskId} is draining`);
+      if (drains?.isDraining(header.taskId)) {
+        refuseDraining();
+        return;
+      }
       connectTask(address, timeoutMs, (err, backend) => {
         if (settled) {
           backend?.destroy();
@@ -196,12 +212,23 @@ export function serveRemote(
           refuse(REMOTE_STATUS.connectFailed, 'connect-failed', `task ${header.taskId}: ${err?.message}`);
           return;
         }
+        // The drain began while connecting and may already have resolved: nothing was sent yet, so refuse.
+        if (drains?.isDraining(header.taskId)) {
+          backend.destroy();
+          refuseDraining();
+          return;
+        }
         settled = true;
         clearTimeout(timer);
+        const release = drains?.opened(header.taskId, () => {
+          stream.destroy();
+          backend.destroy();
+          release?.();
+        });
         stream.write(STATUS_BYTES[REMOTE_STATUS.ok]);
         if (header.client !== undefined) backend.write(encodeProxyV2(header.client));
         if (early !== undefined) backend.write(early);
-        pump(stream, backend, () => {});
+        pump(stream, backend, () => release?.());
         resolve('served');
       });
     };

@@ -4,6 +4,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { type Duplex, duplexPair } from 'node:stream';
 import { Packr } from 'msgpackr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DrainTracker } from '../../daemon/lb/drain-tracker.ts';
 import {
   decodeRemoteHeader,
   encodeRemoteHeader,
@@ -160,5 +161,50 @@ describe('serveRemote', () => {
     ingress2.end(Buffer.from([0]));
     node2.destroy();
     expect(await served2).toBe('closed');
+  });
+
+  it('refuses a draining task with its own status, and a drain waits for the streams already served', async () => {
+    const drains = new DrainTracker();
+    const resolve = () => `127.0.0.1:${echoPort}`;
+    const [ingress, node] = duplexPair();
+    const served = serveRemote(node, resolve, { drains });
+    const received = collect(ingress);
+    ingress.write(encodeRemoteHeader({ taskId: 't1' }));
+    expect(await served).toBe('served');
+    expect(drains.openCount('t1')).toBe(1);
+
+    let drained = false;
+    const drain = drains.drain('t1', 10_000).then(() => {
+      drained = true;
+    });
+    // A stream that arrives once the drain began is refused, so its ingress tries another task.
+    const [late, lateNode] = duplexPair();
+    const lateServed = serveRemote(lateNode, resolve, { drains });
+    const lateReceived = collect(late);
+    late.write(encodeRemoteHeader({ taskId: 't1' }));
+    expect(await lateServed).toBe('draining');
+    expect([...(await lateReceived)]).toEqual([REMOTE_STATUS.draining]);
+
+    // The open stream still works and holds the drain until it is done.
+    ingress.write('still here');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(drained).toBe(false);
+    ingress.end();
+    await drain;
+    expect((await received).subarray(1).toString()).toBe('still here');
+    expect(drains.openCount('t1')).toBe(0);
+  });
+
+  it('a drain that runs out of grace cuts the served streams', async () => {
+    const drains = new DrainTracker();
+    const [ingress, node] = duplexPair();
+    const served = serveRemote(node, () => `127.0.0.1:${echoPort}`, { drains });
+    const received = collect(ingress);
+    ingress.write(encodeRemoteHeader({ taskId: 't1' }));
+    expect(await served).toBe('served');
+    await drains.drain('t1', 50);
+    await received;
+    expect(node.destroyed).toBe(true);
+    expect(drains.openCount('t1')).toBe(0);
   });
 });
