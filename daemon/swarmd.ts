@@ -13,6 +13,7 @@ import { IngressSet } from './lb/ingress-set.ts';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './lb/metrics.ts';
 import { serveRemote } from './lb/remote.ts';
 import { validateTable } from './lb/table.ts';
+import { TunnelDialer, TunnelServer } from './lb/tunnel.ts';
 import { collectServiceLogs, serveLogs } from './logs.ts';
 // Manager code (Raft, storage, the store) is loaded only on managers: workers are often small devices.
 import type { ManagerControl } from './manager/control.ts';
@@ -71,8 +72,11 @@ export class SwarmdError extends Error {
 }
 
 const DEFAULT_LISTEN: HostPort = { host: '0.0.0.0', port: 2377 };
-/** Concurrent load balancer streams per mesh connection, each way (libp2p's default of 32/64 is for control traffic). */
-const LB_STREAMS = 4096;
+/**
+ * Load balancer tunnels per mesh connection, each way: one is used per pair of nodes (it carries every forwarded
+ * connection, see daemon/lb/tunnel.ts); the slack covers a tunnel reopened while the old one is still closing.
+ */
+const LB_TUNNELS = 8;
 
 /** What this node has. Accelerators and declared resources come once discovery ran (startExecutors). */
 function describeThisHost(extra: Pick<NodeDescription['resources'], 'gpus' | 'generic'> = {}): NodeDescription {
@@ -103,6 +107,8 @@ export class Swarmd {
   private agent!: Agent;
   private runner!: TaskRunner;
   private ingresses!: IngressSet;
+  private tunnels: TunnelDialer | undefined;
+  private tunnelServer: TunnelServer | undefined;
   private executors = new Map<Runtime, Executor>();
   private accelerators: Pick<NodeDescription['resources'], 'gpus' | 'generic'> = {};
   private manager: Manager | null = null;
@@ -519,27 +525,30 @@ export class Swarmd {
   /** Published ports on this node, and the mesh hop's far end for this node's tasks. */
   private async startLoadBalancer(): Promise<void> {
     const lbLog = (message: string) => this.log('warn', message);
+    const tunnels = new TunnelDialer(async (peerId, signal) => {
+      // The far end serves members only: it must have seen our certificate (once per connection).
+      await this.gate.ensureHello(peerId);
+      return this.host.openByteStream(peerId, PROTOCOLS.lb, { signal, maxOutboundStreams: LB_TUNNELS });
+    }, lbLog);
+    this.tunnels = tunnels;
     this.ingresses = new IngressSet({
       nodeId: this.state.nodeId,
       ...(this.opts.ingressHost ? { host: this.opts.ingressHost } : {}),
-      dialPeer: async (peerId, header, signal) => {
-        // The far end serves members only: it must have seen our certificate (once per connection).
-        await this.gate.ensureHello(peerId);
-        const stream = await this.host.openByteStream(peerId, PROTOCOLS.lb, { signal, maxOutboundStreams: LB_STREAMS });
-        stream.write(header);
-        return stream;
-      },
+      dialPeer: (peerId, header, signal) => tunnels.dial(peerId, header, signal),
       log: (level, message) => this.log(level, message),
     });
-    await this.host.handleBytes(
-      PROTOCOLS.lb,
+    const tunnelServer = new TunnelServer(
       (stream) =>
         void serveRemote(stream, (taskId) => this.runner.localAddress(taskId), {
           log: lbLog,
           drains: this.ingresses.meshStreams,
         }),
-      { maxInboundStreams: LB_STREAMS },
+      lbLog,
     );
+    this.tunnelServer = tunnelServer;
+    await this.host.handleBytes(PROTOCOLS.lb, (stream) => tunnelServer.serve(stream), {
+      maxInboundStreams: LB_TUNNELS,
+    });
   }
 
   /** A new endpoint table (from the leader's heartbeat answer, or the leader's own store). */
@@ -604,6 +613,8 @@ export class Swarmd {
     this.stopping ??= (async () => {
       this.agent?.stop();
       await this.ingresses?.close().catch(() => {});
+      this.tunnels?.close();
+      this.tunnelServer?.close();
       (this.executors.get('process') as ProcessExecutor | undefined)?.close();
       await this.api?.close().catch(() => {});
       if (this.manager) await this.manager.stop().catch(() => {});

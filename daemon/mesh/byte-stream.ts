@@ -46,6 +46,17 @@ export function byteStream(stream: Stream): Duplex {
         callback(err as Error);
       }
     },
+    // Chunks written while corked (node:http2 corks around each batch of frames it writes) leave as one message:
+    // one yamux frame, one Noise message and one socket write instead of one per chunk.
+    writev(chunks: Array<{ chunk: Buffer }>, callback) {
+      try {
+        const data = chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk));
+        if (stream.send(data)) callback();
+        else stream.onDrain().then(() => callback(), callback);
+      } catch (err) {
+        callback(err as Error);
+      }
+    },
     final(callback) {
       // Half-close: the remote reads the end of the stream and may still answer.
       stream.close().then(

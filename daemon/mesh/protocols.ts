@@ -16,10 +16,11 @@ export const PROTOCOLS = {
   /** Managers only: a task's logs, read from the node that runs it. */
   logs: '/swarmd/logs/1.0.0',
   /**
-   * Members: the load balancer's mesh hop. Raw bytes, not frames: a small header, a status byte, then a client
-   * connection's bytes (daemon/lb/remote.ts). Every node serves it (ingress on any node, tasks on any node).
+   * Members: the load balancer's mesh hop. One long-lived stream per pair of nodes, carrying HTTP/2 (one CONNECT
+   * stream per forwarded client connection, daemon/lb/tunnel.ts); inside each, a small header, a status byte, then
+   * the connection's bytes (daemon/lb/remote.ts). Every node serves it (ingress on any node, tasks on any node).
    */
-  lb: '/swarmd/lb/1',
+  lb: '/swarmd/lb/2',
 } as const;
 
 export const MANAGER_ONLY = new Set<string>([PROTOCOLS.raft, PROTOCOLS.control, PROTOCOLS.logs, PROTOCOLS.nudge]);

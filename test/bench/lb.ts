@@ -23,6 +23,7 @@
 // CPU placement: nothing is pinned, as in the anchors. The machine has 2 cores shared by wrk (2 threads), the
 // backends and the proxy, so requests/s measures the proxy's overhead under contention. The CPU seconds each proxy
 // used are reported too, and per request (µs), which is the fairer comparison between proxies on a shared box.
+// BENCH_LB_SECONDS, BENCH_LB_ROUNDS and BENCH_LB_ONLY (a comma list of targets) shorten a run while working on one.
 //
 // This file is also the entry point of the bench's child processes (`--role ...`); each exits by itself after
 // --max-seconds, so a forgotten one cannot linger. Last line printed by run.ts: one JSON object.
@@ -466,6 +467,13 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
         note: 'swarmd daemon (manager) -> libp2p mesh (Noise, yamux) -> worker -> task',
       },
     );
+
+    // BENCH_LB_ONLY=daemon-mesh,swarmd (say): measure only these, with HAProxy always kept for the ratios.
+    const only = process.env.BENCH_LB_ONLY?.split(',').filter((name) => name !== '');
+    if (only !== undefined && only.length > 0) {
+      const keep = new Set([...only, 'haproxy']);
+      targets.splice(0, targets.length, ...targets.filter((t) => keep.has(t.name)));
+    }
 
     say('round-robin check (first line of the body, 3 new connections each):');
     for (const t of targets)

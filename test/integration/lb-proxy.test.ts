@@ -12,6 +12,7 @@ import { type DialRemote, Ingress, serveRemote } from '../../daemon/lb/forwarder
 import { renderMetrics } from '../../daemon/lb/metrics.ts';
 import { OutlierDetector } from '../../daemon/lb/outliers.ts';
 import { readProxyHeader } from '../../daemon/lb/proxy-protocol.ts';
+import { TunnelDialer, TunnelServer } from '../../daemon/lb/tunnel.ts';
 
 const LOCAL = 'node-local';
 const OTHER = 'node-other';
@@ -465,7 +466,7 @@ describe('Ingress', () => {
     expect(stats.bytesOut).toBe(payload.length);
   });
 
-  it('moves large transfers intact through slow readers, directly, over a TCP hop and over an in-memory hop', async () => {
+  it('moves large transfers intact through slow readers: directly, over a TCP hop, an in-memory hop and an HTTP/2 tunnel', async () => {
     // A backend that sends 32 MiB of random bytes (more than loopback's socket buffers hold): any reuse of a read
     // buffer while a write still points into it would show up as a different hash.
     const payload = randomBytes(32 * 1024 * 1024);
@@ -487,10 +488,20 @@ describe('Ingress', () => {
       near.write(header);
       return near;
     };
+    // The daemon's mesh hop: every connection an HTTP/2 stream of one tunnel (here over an in-memory transport).
+    const tunnelServer = new TunnelServer((stream) => void serveRemote(stream, () => `127.0.0.1:${backend.port}`));
+    const tunnels = new TunnelDialer(async () => {
+      const [near, far] = duplexPair();
+      tunnelServer.serve(far);
+      return near;
+    });
     const ingresses = [
       await startIngress(() => table([endpointOf(backend)])),
       await startIngress(() => table([endpointOf(backend, OTHER)]), { dialRemote: tcpMesh.dialRemote }),
       await startIngress(() => table([endpointOf(backend, OTHER)]), { dialRemote: memoryDial }),
+      await startIngress(() => table([endpointOf(backend, OTHER)]), {
+        dialRemote: (endpoint, header, signal) => tunnels.dial(endpoint.nodeId, header, signal),
+      }),
     ];
     for (const ingress of ingresses) {
       const received = await new Promise<string>((resolve, reject) => {
@@ -513,5 +524,7 @@ describe('Ingress', () => {
       });
       expect(received).toBe(digest);
     }
+    tunnels.close();
+    tunnelServer.close();
   });
 });

@@ -14,6 +14,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Task } from '../../daemon/api/services.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
+import { TunnelDialer } from '../../daemon/lb/tunnel.ts';
 import { createMeshHost } from '../../daemon/mesh/host.ts';
 import { PROTOCOLS } from '../../daemon/mesh/protocols.ts';
 import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
@@ -218,26 +219,30 @@ describe('load balancer', () => {
     try {
       await stranger.addPeerAddresses(peerId, [address]);
       const task = ready().find((t) => t.nodeId !== null)!;
-      const outcome = await stranger.openByteStream(peerId, PROTOCOLS.lb, { signal: AbortSignal.timeout(10_000) }).then(
-        (stream) =>
-          new Promise<string>((resolve) => {
-            let received = 0;
-            stream.on('data', (chunk: Buffer) => {
-              received += chunk.length;
-            });
-            stream.on('error', () => resolve(`aborted after ${received} bytes`));
-            stream.on('close', () => resolve(`closed after ${received} bytes`));
-            stream.write(encodeRemoteHeader({ taskId: task.id }));
-          }),
-        (error: Error) => `refused: ${error.message}`,
-      );
+      // Speaking the real protocol: an HTTP/2 tunnel over the stream, one CONNECT stream with the remote header.
+      const tunnels = new TunnelDialer((peer, signal) => stranger.openByteStream(peer, PROTOCOLS.lb, { signal }));
+      const outcome = await tunnels
+        .dial(peerId, encodeRemoteHeader({ taskId: task.id }), AbortSignal.timeout(10_000))
+        .then(
+          (stream) =>
+            new Promise<string>((resolve) => {
+              let received = 0;
+              stream.on('data', (chunk: Buffer) => {
+                received += chunk.length;
+              });
+              stream.on('error', () => resolve(`aborted after ${received} bytes`));
+              stream.on('close', () => resolve(`closed after ${received} bytes`));
+            }),
+          (error: Error) => `refused: ${error.message}`,
+        );
       // No status byte, let alone the task's bytes: the stream was refused before the header was read.
       expect(outcome).toMatch(/^(refused|aborted after 0 bytes|closed after 0 bytes)/);
       await waitFor(
-        () => /refused \/swarmd\/lb\/1 stream from/.test(w1.output()),
+        () => w1.output().includes(`refused ${PROTOCOLS.lb} stream from`),
         10_000,
         () => w1.output().slice(-2000),
       );
+      tunnels.close();
     } finally {
       await stranger.stop();
     }

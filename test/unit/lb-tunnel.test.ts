@@ -1,0 +1,150 @@
+// The mesh hop's HTTP/2 tunnel (daemon/lb/tunnel.ts) over in-memory transports standing in for the libp2p stream
+// (the real one is exercised by test/integration/lb.test.ts): many connections on one tunnel, half-close, a tunnel
+// that dies and is reopened, and hostile input on the serving side.
+import { constants, connect as http2Connect } from 'node:http2';
+import { createServer, type Server, type Socket } from 'node:net';
+import { type Duplex, duplexPair } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encodeRemoteHeader, REMOTE_STATUS, type ServeRemoteResult, serveRemote } from '../../daemon/lb/remote.ts';
+import { TunnelDialer, TunnelServer } from '../../daemon/lb/tunnel.ts';
+
+let echo: Server;
+let echoAddress = '';
+const echoSockets = new Set<Socket>();
+beforeAll(async () => {
+  echo = createServer({ allowHalfOpen: true }, (s) => {
+    echoSockets.add(s);
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  await new Promise<void>((r) => echo.listen(0, '127.0.0.1', () => r()));
+  echoAddress = `127.0.0.1:${(echo.address() as { port: number }).port}`;
+});
+afterAll(async () => {
+  for (const s of echoSockets) s.destroy();
+  await new Promise<void>((r) => echo.close(() => r()));
+});
+
+/** A tunnel server serving the echo task, and a dialer whose tunnels are in-memory pairs to it. */
+function tunnelPair() {
+  const results: ServeRemoteResult[] = [];
+  const server = new TunnelServer((stream) => {
+    void serveRemote(stream, (id) => (id === 'echo' ? echoAddress : undefined)).then((r) => results.push(r));
+  });
+  const transports: Duplex[] = [];
+  const dialer = new TunnelDialer(async () => {
+    const [near, far] = duplexPair();
+    server.serve(far);
+    transports.push(near);
+    return near;
+  });
+  return { server, dialer, transports, results };
+}
+
+/** Writes `text` on a dialed stream, half-closes, and returns what came back (status byte first). */
+function exchange(stream: Duplex, text: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('end', () => resolve(Buffer.concat(chunks)));
+    stream.on('error', reject);
+    stream.end(text);
+  });
+}
+
+describe('load balancer tunnel', () => {
+  it('carries many connections on one tunnel, each with its own bytes and half-close', async () => {
+    const { server, dialer, transports } = tunnelPair();
+    const replies = await Promise.all(
+      Array.from({ length: 40 }, async (_, i) => {
+        const stream = await dialer.dial('peer-b', encodeRemoteHeader({ taskId: 'echo' }), AbortSignal.timeout(5000));
+        return exchange(stream, `connection ${i}`);
+      }),
+    );
+    for (const [i, reply] of replies.entries()) {
+      expect(reply[0]).toBe(REMOTE_STATUS.ok);
+      expect(reply.subarray(1).toString()).toBe(`connection ${i}`);
+    }
+    expect(transports).toHaveLength(1);
+    dialer.close();
+    server.close();
+  });
+
+  it('passes the task node status through: an unknown task is refused', async () => {
+    const { server, dialer, results } = tunnelPair();
+    const stream = await dialer.dial('peer-b', encodeRemoteHeader({ taskId: 'gone' }), AbortSignal.timeout(5000));
+    expect([...(await exchange(stream, ''))]).toEqual([REMOTE_STATUS.unknownTask]);
+    expect(results).toEqual(['unknown-task']);
+    dialer.close();
+    server.close();
+  });
+
+  it('opens a new tunnel once the old one died, and the next connection works', async () => {
+    const { server, dialer, transports } = tunnelPair();
+    const first = await dialer.dial('peer-b', encodeRemoteHeader({ taskId: 'echo' }), AbortSignal.timeout(5000));
+    const cut = new Promise<string>((resolve) => {
+      first.on('error', (err) => resolve(`error: ${err.message}`));
+      first.on('close', () => resolve('closed'));
+    });
+    first.resume();
+    transports[0]!.destroy(new Error('peer went away'));
+    expect(await cut).toBeTruthy();
+    // The session learns of the loss asynchronously; the dialer must not hand out the dead one.
+    await new Promise((r) => setTimeout(r, 20));
+    const second = await dialer.dial('peer-b', encodeRemoteHeader({ taskId: 'echo' }), AbortSignal.timeout(5000));
+    const reply = await exchange(second, 'again');
+    expect(reply.subarray(1).toString()).toBe('again');
+    expect(transports).toHaveLength(2);
+    dialer.close();
+    server.close();
+  });
+
+  it('an aborted connection is reset, and the task node lets go of it', async () => {
+    const { server, dialer, results } = tunnelPair();
+    const abort = new AbortController();
+    const stream = await dialer.dial('peer-b', encodeRemoteHeader({ taskId: 'echo' }), abort.signal);
+    const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));
+    stream.on('error', () => {});
+    stream.resume();
+    await new Promise((r) => setTimeout(r, 50));
+    abort.abort(new Error('client left'));
+    await closed;
+    await expect(dialer.dial('peer-b', encodeRemoteHeader({ taskId: 'echo' }), abort.signal)).rejects.toThrow(
+      'client left',
+    );
+    expect(results).toEqual(['served']);
+    dialer.close();
+    server.close();
+  });
+
+  it('refuses anything but CONNECT, and survives a transport that does not speak HTTP/2', async () => {
+    const { server, dialer } = tunnelPair();
+    const [near, far] = duplexPair();
+    server.serve(far);
+    const session = http2Connect('http://swarmd-lb', { createConnection: () => near });
+    session.on('error', () => {});
+    const code = await new Promise<number>((resolve) => {
+      const req = session.request({ ':method': 'GET', ':path': '/' });
+      req.on('error', () => {});
+      req.on('close', () => resolve(req.rstCode));
+      req.end();
+    });
+    expect(code).toBe(constants.NGHTTP2_REFUSED_STREAM);
+    session.destroy();
+
+    const [junk, junkFar] = duplexPair();
+    const junkClosed = new Promise<void>((resolve) => junkFar.once('close', () => resolve()));
+    server.serve(junkFar);
+    junk.on('error', () => {});
+    junk.resume();
+    junk.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    junk.write(Buffer.alloc(4096, 0xff));
+    await junkClosed;
+
+    // The server still serves real tunnels.
+    const stream = await dialer.dial('peer-b', encodeRemoteHeader({ taskId: 'echo' }), AbortSignal.timeout(5000));
+    expect((await exchange(stream, 'still up')).subarray(1).toString()).toBe('still up');
+    dialer.close();
+    server.close();
+  });
+});
