@@ -499,6 +499,7 @@ export class Swarmd {
         addresses: this.host.multiaddrs(),
         certSerial: '',
         taskStatuses: this.runner.pendingStatuses(),
+        ...(this.endpointsVersion === undefined ? {} : { endpointsVersion: this.endpointsVersion }),
       }),
       // Managers report to the leader too (from the live node table); workers use what they last heard.
       managers: () =>
@@ -551,6 +552,9 @@ export class Swarmd {
     });
   }
 
+  /** The version of the endpoint table last applied from a heartbeat answer (the leader then leaves it out). */
+  private endpointsVersion: string | undefined;
+
   /** A new endpoint table (from the leader's heartbeat answer, or the leader's own store). */
   private applyEndpointTable(table: unknown): void {
     const { services, dropped } = validateTable(table);
@@ -575,6 +579,8 @@ export class Swarmd {
     this.runner.acknowledge(tasks.map((t) => ({ taskId: t.id, status: t.status })));
     this.runner.sync(tasks);
     this.applyEndpointTable(manager.endpointTable());
+    // Applied from our own store, not as a version of a leader's: the next leader we heartbeat sends its table.
+    this.endpointsVersion = undefined;
   }
 
   private async onHeartbeat(response: Extract<HeartbeatResponse, { ok: true }>): Promise<void> {
@@ -587,7 +593,11 @@ export class Swarmd {
     this.runner.acknowledge(tasks.map((t) => ({ taskId: t.id, status: t.status })));
     this.runner.sync(tasks);
     // An old leader sends none: keep what we have rather than close every published port.
-    if (response.endpoints !== undefined) this.applyEndpointTable(response.endpoints);
+    if (response.endpoints !== undefined) {
+      this.applyEndpointTable(response.endpoints);
+      const version = response.endpointsVersion;
+      this.endpointsVersion = typeof version === 'string' && version.length <= 64 ? version : undefined;
+    }
     this.denylist = { nodeIds: new Set(response.denylist.nodeIds), peerIds: new Set(response.denylist.peerIds) };
     let changed = false;
     if (response.cert && response.cert !== this.state.cert) {

@@ -26,7 +26,7 @@ import {
 import { PROTOCOLS } from '../mesh/protocols.ts';
 import { MeshRaftTransport } from '../mesh/raft-transport.ts';
 import type { KnownManager } from '../node-state.ts';
-import { buildEndpointTable } from './endpoint-table.ts';
+import { buildEndpointTable, EndpointTableCache } from './endpoint-table.ts';
 import { downAfterMs, type NodeRecord } from './nodes.ts';
 import { reconcile } from './orchestrator.ts';
 import { scheduleInChunks, toSchedulerNode } from './scheduling.ts';
@@ -110,7 +110,7 @@ export class Manager {
     store.watch((events) => {
       if (!events.some((e) => e.table !== 'cluster')) return;
       self?.orchestrateSoon();
-      if (self) self.endpoints = null;
+      self?.endpoints.invalidate();
     });
     const transport = new MeshRaftTransport({
       host: opts.host,
@@ -252,22 +252,28 @@ export class Manager {
       heartbeatPeriodMs: node.heartbeatPeriodMs ?? cluster.settings.heartbeatPeriodMs,
       ...(renew ? { cert: this.issueCert(node.id, node.peerId, node.role) } : {}),
       tasks: this.store.list<Task>('tasks').filter((t) => t.nodeId === node.id),
-      endpoints: this.endpointTable(),
+      ...this.endpointsFor(request.endpointsVersion),
     };
   }
 
-  /** The endpoint table as of the last store change; every heartbeat answer carries it. */
-  private endpoints: TableService[] | null = null;
+  /** The endpoint table, unless the node already has this version (most heartbeats: the table rarely changes). */
+  private endpointsFor(nodeHas: unknown): { endpoints?: TableService[]; endpointsVersion?: string } {
+    const { table, version } = this.endpoints.current();
+    return nodeHas === version ? {} : { endpoints: table, endpointsVersion: version };
+  }
 
-  /** What every node's load balancer balances over (services with published ports only). */
-  endpointTable(): TableService[] {
-    // Built once per store change, not once per heartbeat: it reads every service and task.
-    this.endpoints ??= buildEndpointTable(
+  /** Rebuilt once per store change, not once per heartbeat: it reads every service and task. */
+  private readonly endpoints = new EndpointTableCache(() =>
+    buildEndpointTable(
       this.store.list<Service>('services'),
       this.store.list<Task>('tasks'),
       (nodeId) => this.store.get<NodeRecord>('nodes', nodeId)?.peerId,
-    );
-    return this.endpoints;
+    ),
+  );
+
+  /** What every node's load balancer balances over (services with published ports only). */
+  endpointTable(): TableService[] {
+    return this.endpoints.current().table;
   }
 
   /**

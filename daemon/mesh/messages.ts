@@ -12,6 +12,8 @@ export interface HeartbeatRequest {
   certSerial: string;
   /** Task status changes since the last acknowledged heartbeat. */
   taskStatuses?: { taskId: string; status: TaskStatus }[];
+  /** The version of the endpoint table this node has; the answer carries the table only when it differs. */
+  endpointsVersion?: string;
 }
 
 export type HeartbeatResponse =
@@ -25,7 +27,11 @@ export type HeartbeatResponse =
       cert?: string;
       /** Every task the managers have for this node (what it must run, stop, or has finished). */
       tasks: Task[];
-      /** The load balancer's endpoint table: every service with published ports (validated by the receiver). */
+      /**
+       * The load balancer's endpoint table: every service with published ports (validated by the receiver). Left
+       * out when the node already has this version.
+       */
       endpoints?: TableService[];
+      endpointsVersion?: string;
     }
   | { ok: false; redirect: string | null; managers: KnownManager[]; error: string };

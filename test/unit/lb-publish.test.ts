@@ -6,7 +6,7 @@ import { specFromFlags } from '../../cli/commands/service-flags.ts';
 import { updatedSpec } from '../../cli/commands/service-update.ts';
 import type { Service, Task } from '../../daemon/api/services.ts';
 import { validateTable } from '../../daemon/lb/table.ts';
-import { buildEndpointTable } from '../../daemon/manager/endpoint-table.ts';
+import { buildEndpointTable, EndpointTableCache } from '../../daemon/manager/endpoint-table.ts';
 import { runSwarm } from '../helpers/swarm-cli.ts';
 
 // No daemon listens there: a refused flag must fail before any request (exit 2).
@@ -131,5 +131,29 @@ describe('endpoint table', () => {
     expect(validateTable(bad)).toEqual({ services: good, dropped: 3 });
     expect(validateTable(withBadEndpoint).services).toEqual(good);
     expect(validateTable({ not: 'a list' })).toEqual({ services: [], dropped: 1 });
+  });
+
+  it('versions the table by content: a store change that leaves it as it was keeps its version', () => {
+    let tasks = [task('a', {})];
+    let builds = 0;
+    const build = () => {
+      builds++;
+      return buildEndpointTable([service], tasks, () => 'peer');
+    };
+    const cache = new EndpointTableCache(build);
+    const first = cache.current();
+    expect(cache.current()).toBe(first);
+    expect(builds).toBe(1);
+    // A store change that does not touch the table (a status update of an unpublished task, say).
+    cache.invalidate();
+    expect(cache.current().version).toBe(first.version);
+    expect(builds).toBe(2);
+    tasks = [task('a', {}), task('bb', {})];
+    cache.invalidate();
+    const second = cache.current();
+    expect(second.version).not.toBe(first.version);
+    expect(second.table[0]!.endpoints.map((e) => e.taskId)).toEqual(['a', 'bb']);
+    // Another manager (the next leader) never claims the same version for its table.
+    expect(new EndpointTableCache(build).current().version).not.toBe(second.version);
   });
 });
