@@ -30,6 +30,8 @@ import type { Duplex } from 'node:stream';
 const STREAM_WINDOW_BYTES = 1024 * 1024;
 /** The whole tunnel's window: shared by every connection between the two nodes. */
 const SESSION_WINDOW_BYTES = 32 * 1024 * 1024;
+/** Opening the libp2p stream of a tunnel (a dial to the peer included). */
+const TUNNEL_OPEN_TIMEOUT_MS = 10_000;
 /** Forwarded connections open at once between two nodes, per direction. */
 export const TUNNEL_MAX_STREAMS = 4096;
 
@@ -59,6 +61,25 @@ function widenWindow(session: Http2Session): void {
   }
 }
 
+/** Resolves or rejects as `promise` does, or rejects with the signal's reason as soon as it fires. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
 /** Opens a new tunnel (a libp2p byte stream of the tunnel protocol) to a peer. */
 export type OpenTunnel = (peerId: string, signal: AbortSignal) => Promise<Duplex>;
 
@@ -79,11 +100,11 @@ export class TunnelDialer {
   /** A new forwarded connection to the peer, `header` sent first; resolves once the stream is open. */
   async dial(peerId: string, header: Buffer, signal: AbortSignal): Promise<Duplex> {
     signal.throwIfAborted();
-    let session = await this.session(peerId, signal);
+    let session = await untilAborted(this.session(peerId), signal);
     // Closed since it was opened (its peer went away): the next connection must not fail for it.
     if (session.closed || session.destroyed) {
       this.sessions.delete(peerId);
-      session = await this.session(peerId, signal);
+      session = await untilAborted(this.session(peerId), signal);
     }
     signal.throwIfAborted();
     const stream: ClientHttp2Stream = session.request(
@@ -109,11 +130,11 @@ export class TunnelDialer {
     this.sessions.clear();
   }
 
-  private session(peerId: string, signal: AbortSignal): Promise<ClientHttp2Session> {
+  private session(peerId: string): Promise<ClientHttp2Session> {
     if (this.closed) return Promise.reject(new Error('the load balancer is shutting down'));
     let pending = this.sessions.get(peerId);
     if (pending === undefined) {
-      pending = this.connect(peerId, signal);
+      pending = this.connect(peerId);
       this.sessions.set(peerId, pending);
       const created = pending;
       const forget = () => {
@@ -124,9 +145,12 @@ export class TunnelDialer {
     return pending;
   }
 
-  private async connect(peerId: string, signal: AbortSignal): Promise<ClientHttp2Session> {
-    // Not the caller's signal: the tunnel outlives the connection that happened to open it.
-    const transport = await this.openTunnel(peerId, AbortSignal.any([signal, AbortSignal.timeout(10_000)]));
+  private async connect(peerId: string): Promise<ClientHttp2Session> {
+    // Not the caller's signal: the tunnel outlives the connection that happened to open it, and other connections
+    // may be waiting for it too.
+    const transport = await this.openTunnel(peerId, AbortSignal.timeout(TUNNEL_OPEN_TIMEOUT_MS));
+    // Its errors reach the session (logged there); this keeps one after the session is gone from being unhandled.
+    transport.on('error', () => {});
     return new Promise((resolve, reject) => {
       const session = connect('http://swarmd-lb', { ...SESSION_OPTIONS, createConnection: () => transport });
       session.on('error', (err) => {
@@ -175,6 +199,7 @@ export class TunnelServer {
 
   /** Serves one tunnel (an inbound libp2p byte stream of the tunnel protocol) until it closes. */
   serve(transport: Duplex): void {
+    transport.on('error', () => {});
     this.transports.add(transport);
     transport.once('close', () => this.transports.delete(transport));
     this.server.emit('connection', transport);

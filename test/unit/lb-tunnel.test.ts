@@ -117,6 +117,35 @@ describe('load balancer tunnel', () => {
     server.close();
   });
 
+  it('a connection given up while the tunnel opens does not fail the others waiting for it', async () => {
+    const { server } = tunnelPair();
+    let opened = 0;
+    // Slow to open, and honouring its signal as libp2p's dial does.
+    const dialer = new TunnelDialer(async (_peer, signal) => {
+      opened++;
+      await new Promise((resolve, reject) => {
+        const timer = setTimeout(resolve, 100);
+        signal.addEventListener('abort', () => {
+          clearTimeout(timer);
+          reject(signal.reason);
+        });
+      });
+      const [near, far] = duplexPair();
+      server.serve(far);
+      return near;
+    });
+    const quitter = new AbortController();
+    const header = encodeRemoteHeader({ taskId: 'echo' });
+    const first = dialer.dial('peer-b', header, quitter.signal);
+    const second = dialer.dial('peer-b', header, AbortSignal.timeout(5000));
+    quitter.abort(new Error('client left'));
+    await expect(first).rejects.toThrow('client left');
+    expect((await exchange(await second, 'patient')).subarray(1).toString()).toBe('patient');
+    expect(opened).toBe(1);
+    dialer.close();
+    server.close();
+  });
+
   it('refuses anything but CONNECT, and survives a transport that does not speak HTTP/2', async () => {
     const { server, dialer } = tunnelPair();
     const [near, far] = duplexPair();
