@@ -12,6 +12,7 @@ import { SWARMD_VERSION } from './api/version.ts';
 import { IngressSet } from './lb/ingress-set.ts';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './lb/metrics.ts';
 import { serveRemote } from './lb/remote.ts';
+import { newMeshHopCounters } from './lb/stats.ts';
 import { validateTable } from './lb/table.ts';
 import { TunnelDialer, TunnelServer } from './lb/tunnel.ts';
 import { collectServiceLogs, serveLogs } from './logs.ts';
@@ -109,6 +110,7 @@ export class Swarmd {
   private ingresses!: IngressSet;
   private tunnels: TunnelDialer | undefined;
   private tunnelServer: TunnelServer | undefined;
+  private readonly meshHopCounters = newMeshHopCounters();
   private executors = new Map<Runtime, Executor>();
   private accelerators: Pick<NodeDescription['resources'], 'gpus' | 'generic'> = {};
   private manager: Manager | null = null;
@@ -543,6 +545,8 @@ export class Swarmd {
         void serveRemote(stream, (taskId) => this.runner.localAddress(taskId), {
           log: lbLog,
           drains: this.ingresses.meshStreams,
+        }).then((result) => {
+          this.meshHopCounters[result]++;
         }),
       lbLog,
     );
@@ -662,7 +666,13 @@ export class Swarmd {
       promoteService: (ref) => this.requireControl().promoteService(ref),
       listTasks: (filter) => this.requireControl().listTasks(filter),
       serviceLogs: (ref, options) => this.serviceLogs(ref, options),
-      metrics: async () => ({ text: renderMetrics(this.ingresses.stats()), contentType: METRICS_CONTENT_TYPE }),
+      metrics: async () => ({
+        text: renderMetrics(this.ingresses.stats(), {
+          streams: this.meshHopCounters,
+          tunnels: { in: this.tunnelServer?.openCount ?? 0, out: this.tunnels?.openCount ?? 0 },
+        }),
+        contentType: METRICS_CONTENT_TYPE,
+      }),
     };
   }
 

@@ -4,7 +4,7 @@
 // numbers in the forwarder (prom-client would keep a second copy in its own registry, a process-global one by
 // default, and need series removed by hand as tasks come and go), and the daemon's footprint is measured against
 // dockerd's (test/bench/footprint.ts), so a dependency and its registry for ~60 lines of output is not worth it.
-import type { ServiceStats, TaskCounters } from './stats.ts';
+import type { MeshHopCounters, ServiceStats, TaskCounters, TunnelCounts } from './stats.ts';
 
 export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
@@ -104,11 +104,17 @@ const TASK_METRICS: MetricDef<TaskCounters>[] = [
   },
 ];
 
+/** What this node did as the far end of the mesh hop, and its tunnels. */
+export interface MeshHopStats {
+  streams: MeshHopCounters;
+  tunnels: TunnelCounts;
+}
+
 /**
  * The exposition text for the stats of every ingress on this node. A service published on several ports gets one
  * series per metric: its ingresses' counters are summed (series must be unique per label set).
  */
-export function renderMetrics(stats: readonly ServiceStats[]): string {
+export function renderMetrics(stats: readonly ServiceStats[], meshHop?: MeshHopStats): string {
   const services = new Map<string, ServiceRow>();
   const tasks = new Map<string, TaskRow>();
   for (const s of stats) {
@@ -146,7 +152,25 @@ export function renderMetrics(stats: readonly ServiceStats[]): string {
       );
     }
   }
+  if (meshHop !== undefined) renderMeshHop(lines, meshHop);
   return `${lines.join('\n')}\n`;
+}
+
+function renderMeshHop(lines: string[], meshHop: MeshHopStats): void {
+  const streams = 'swarmd_lb_mesh_streams_total';
+  header(lines, {
+    name: streams,
+    type: 'counter',
+    help: 'Connections other nodes forwarded to tasks of this node, by outcome (served, draining, unknown-task, ...).',
+  });
+  for (const [result, count] of Object.entries(meshHop.streams)) lines.push(`${streams}{result="${result}"} ${count}`);
+  const tunnels = 'swarmd_lb_tunnels';
+  header(lines, {
+    name: tunnels,
+    type: 'gauge',
+    help: 'Load balancer tunnels open now: to other nodes (out) and from them (in).',
+  });
+  lines.push(`${tunnels}{direction="in"} ${meshHop.tunnels.in}`, `${tunnels}{direction="out"} ${meshHop.tunnels.out}`);
 }
 
 function header(lines: string[], def: { name: string; type: string; help: string }): void {

@@ -2,6 +2,7 @@
 // Plain objects with number fields: incremented once per connection, never per chunk (bytes are read from the
 // sockets' own counts when a snapshot is taken or a connection ends).
 import type { TaskId } from './endpoints.ts';
+import type { ServeRemoteResult } from './remote.ts';
 
 export interface TrafficCounters {
   /** Connections accepted (service) or forwarded to the task (task). */
@@ -46,4 +47,17 @@ export function newServiceCounters(): ServiceCounters {
 
 export function newTaskCounters(): TaskCounters {
   return { connectionsTotal: 0, connectionsActive: 0, bytesIn: 0, bytesOut: 0, errors: 0, ejections: 0 };
+}
+
+/** The far end of the mesh hop on this node: what became of the connections other nodes forwarded here. */
+export type MeshHopCounters = Record<ServeRemoteResult, number>;
+
+export function newMeshHopCounters(): MeshHopCounters {
+  return { served: 0, 'bad-header': 0, 'unknown-task': 0, 'connect-failed': 0, draining: 0, closed: 0 };
+}
+
+/** Tunnels (daemon/lb/tunnel.ts) open now, to other nodes (out) and from them (in). */
+export interface TunnelCounts {
+  in: number;
+  out: number;
 }

@@ -119,6 +119,11 @@ export class TunnelDialer {
     return stream;
   }
 
+  /** Tunnels open or being opened now. */
+  get openCount(): number {
+    return this.sessions.size;
+  }
+
   /** Closes every tunnel; their forwarded connections are cut. */
   close(): void {
     this.closed = true;
@@ -203,6 +208,11 @@ export class TunnelServer {
     this.transports.add(transport);
     transport.once('close', () => this.transports.delete(transport));
     this.server.emit('connection', transport);
+  }
+
+  /** Tunnels being served now. */
+  get openCount(): number {
+    return this.transports.size;
   }
 
   close(): void {

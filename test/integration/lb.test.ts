@@ -156,21 +156,30 @@ describe('load balancer', () => {
   }, 120_000);
 
   it('serves the counters of this node in the Prometheus format on GET /v1/metrics', async () => {
-    const text = await new Promise<{ status: number; type: string; body: string }>((resolve, reject) => {
-      const req = httpRequest({ socketPath: m1.socket, path: '/v1/metrics', timeout: 10_000 }, (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (chunk: string) => {
-          body += chunk;
+    const metricsOf = (node: NodeProcess) =>
+      new Promise<{ status: number; type: string; body: string }>((resolve, reject) => {
+        const req = httpRequest({ socketPath: node.socket, path: '/v1/metrics', timeout: 10_000 }, (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk: string) => {
+            body += chunk;
+          });
+          res.on('end', () =>
+            resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), body }),
+          );
         });
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), body }));
+        req.on('error', reject);
+        req.end();
       });
-      req.on('error', reject);
-      req.end();
-    });
+    const text = await metricsOf(m1);
     expect(text.status).toBe(200);
     expect(text.type).toMatch(/^text\/plain; version=0.0.4/);
     expect(text.body).toMatch(/swarmd_lb_service_connections_total\{[^}]*web[^}]*\} [1-9]/);
+    // m1 runs no task: everything it accepted went through its tunnels to the workers, which served it.
+    expect(text.body).toMatch(/^swarmd_lb_tunnels\{direction="out"\} [1-9]/m);
+    const workers = await Promise.all([w1, cluster.nodes.get('w2')!].map(metricsOf));
+    expect(workers.some((w) => /^swarmd_lb_mesh_streams_total\{result="served"\} [1-9]/m.test(w.body))).toBe(true);
+    expect(workers.some((w) => /^swarmd_lb_tunnels\{direction="in"\} [1-9]/m.test(w.body))).toBe(true);
   });
 
   it('a killed task costs no request: connections go to the others', async () => {

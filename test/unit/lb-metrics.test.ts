@@ -2,6 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { escapeLabel, renderMetrics } from '../../daemon/lb/metrics.ts';
 import type { ServiceStats } from '../../daemon/lb/stats.ts';
+import { newMeshHopCounters } from '../../daemon/lb/stats.ts';
 
 function stats(overrides: Partial<ServiceStats> = {}): ServiceStats {
   return {
@@ -91,6 +92,19 @@ describe('renderMetrics', () => {
     const text = renderMetrics([stats({ serviceName: 'web' }), stats({ serviceName: 'api', tasks: [] })]);
     const names = [...text.matchAll(/swarmd_lb_service_connections_total\{service="(\w+)"\}/g)].map((m) => m[1]);
     expect(names).toEqual(['api', 'web']);
+  });
+
+  it('renders the mesh hop outcomes and tunnels when given, in the exposition format', () => {
+    const streams = { ...newMeshHopCounters(), served: 7, draining: 2 };
+    const text = renderMetrics([stats()], { streams, tunnels: { in: 1, out: 2 } });
+    const s = samples(text);
+    expect(s.get('swarmd_lb_mesh_streams_total{result="served"}')).toBe(7);
+    expect(s.get('swarmd_lb_mesh_streams_total{result="draining"}')).toBe(2);
+    expect(s.get('swarmd_lb_mesh_streams_total{result="unknown-task"}')).toBe(0);
+    expect(s.get('swarmd_lb_tunnels{direction="in"}')).toBe(1);
+    expect(s.get('swarmd_lb_tunnels{direction="out"}')).toBe(2);
+    expect(text).toContain('# TYPE swarmd_lb_tunnels gauge\n');
+    expect(renderMetrics([stats()])).not.toContain('swarmd_lb_tunnels');
   });
 
   it('renders only HELP and TYPE when there is nothing to count', () => {
