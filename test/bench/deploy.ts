@@ -2,7 +2,9 @@
 // On a real dockerd (SWARMD_TEST_DOCKER_HOST or DOCKER_HOST): create a service of 10 replicas and time
 // until all run, scale it to 50, remove it. First with a one-node swarmd (a separate process) on that
 // engine, then with Docker Swarm on the same engine (swarm mode, run after swarmd is gone), and the ratios.
-// Both are driven through their APIs and polled every 50 ms. Last line: one JSON object.
+// Both are driven through their APIs and polled every 50 ms. Then the engine alone: the same numbers of
+// containers created and started in parallel straight through its API (dockerode), no orchestrator at all, which
+// is the floor for any orchestrator that drives this engine through its API. Last line: one JSON object.
 import type Docker from 'dockerode';
 import { ApiClient } from '../../daemon/api/client.ts';
 import type { ServiceSpec } from '../../daemon/api/services.ts';
@@ -113,6 +115,42 @@ async function measureDockerSwarm(docker: Docker): Promise<Steps | { error: stri
   });
 }
 
+interface EngineFloor {
+  create10Seconds: number;
+  create40Seconds: number;
+}
+
+/** 10, then 40 more, containers created and started at once through the engine's API; removed after. */
+async function measureEngineFloor(docker: Docker): Promise<EngineFloor> {
+  const label = `swarmd-bench-floor=${process.pid}`;
+  const started: Docker.Container[] = [];
+  const batch = async (n: number) => {
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: n }, async () => {
+        const container = await docker.createContainer({
+          Image: TEST_IMAGE,
+          Cmd: ['sleep', '1000'],
+          Labels: { 'swarmd-bench-floor': String(process.pid) },
+          HostConfig: { NetworkMode: 'none' },
+        });
+        started.push(container);
+        await container.start();
+      }),
+    );
+    return round((performance.now() - t0) / 1000, 3);
+  };
+  try {
+    const create10Seconds = await batch(10);
+    const create40Seconds = await batch(40);
+    return { create10Seconds, create40Seconds };
+  } finally {
+    await Promise.all(started.map((c) => c.remove({ force: true }).catch(() => {})));
+    if ((await containersOf(docker, label)) > 0)
+      process.stdout.write(`engine floor: containers labelled ${label} left\n`);
+  }
+}
+
 export async function benchDeploy(): Promise<Record<string, unknown>> {
   const probe = await probeDocker();
   if (!probe.ok || !probe.docker) {
@@ -132,12 +170,17 @@ export async function benchDeploy(): Promise<Record<string, unknown>> {
       `docker swarm: 10 running in ${dockerSwarm.create10Seconds} s, 10 -> 50 in ${dockerSwarm.scale10To50Seconds} s, removed in ${dockerSwarm.removeSeconds} s\n`,
     );
   }
+  const engineFloor = await measureEngineFloor(docker);
+  process.stdout.write(
+    `engine alone (parallel create+start through its API): 10 in ${engineFloor.create10Seconds} s, 40 more in ${engineFloor.create40Seconds} s\n`,
+  );
   const ratio = (k: keyof Steps) => ('error' in dockerSwarm ? null : round(swarmd[k] / dockerSwarm[k]));
   return {
     bench: 'deploy',
     engine: probe.reason,
     swarmd,
     dockerSwarm,
+    engineFloor,
     ratios: {
       create10: ratio('create10Seconds'),
       scale10To50: ratio('scale10To50Seconds'),
