@@ -2,6 +2,7 @@
 import { DEFAULT_ROLLBACK_CONFIG, DEFAULT_UPDATE_CONFIG } from '../../daemon/api/service-schema.ts';
 import type { Service, ServiceSpec, TaskTemplate } from '../../daemon/api/services.ts';
 import type { SwarmNode } from '../../daemon/api/types.ts';
+import type { TaskRunSpec } from '../../daemon/worker/executors/types.ts';
 
 /** A process-runtime template with nothing reserved, limited or constrained; override what a test needs. */
 export function taskTemplate(
@@ -34,6 +35,28 @@ export function taskTemplate(
     stopGracePeriodMs: 10_000,
     healthcheck: null,
     forceUpdate: 0,
+  };
+}
+
+/** What a worker hands an executor: a plain task with nothing mounted, limited or allocated; override the rest. */
+export function runSpec(overrides: Partial<TaskRunSpec> = {}): TaskRunSpec {
+  return {
+    taskId: 't1',
+    serviceId: 'svc-id',
+    serviceName: 'svc',
+    slot: '1',
+    nodeId: 'node-a',
+    image: '',
+    command: [],
+    args: [],
+    env: {},
+    labels: {},
+    limits: {},
+    mounts: [],
+    stopSignal: 'SIGTERM',
+    stopGracePeriodMs: 1000,
+    devices: [],
+    ...overrides,
   };
 }
 

@@ -13,30 +13,22 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DockerExecutor } from '../../daemon/worker/executors/docker.ts';
 import { ExecutorError, type LogLine, type TaskRunSpec } from '../../daemon/worker/executors/types.ts';
 import { describeWithDocker, ensureTestImage, probeDocker, TEST_IMAGE } from '../helpers/docker.ts';
+import { runSpec } from '../helpers/fixtures.ts';
 
 const probe = await probeDocker();
 // A node ID of this run only: recover() and the cleanup see our containers, not another suite's.
 const NODE = `node-${randomUUID().slice(0, 8)}`;
 
 function taskSpec(overrides: Partial<TaskRunSpec> = {}): TaskRunSpec {
-  return {
+  return runSpec({
     taskId: `task-${randomUUID().slice(0, 8)}`,
     serviceId: 'svc-dexec',
     serviceName: 'dexec',
-    slot: '1',
     nodeId: NODE,
     image: TEST_IMAGE,
-    command: [],
-    args: [],
-    env: {},
-    labels: {},
-    limits: {},
-    mounts: [],
-    stopSignal: 'SIGTERM',
     stopGracePeriodMs: 10_000,
-    devices: [],
     ...overrides,
-  };
+  });
 }
 
 const sh = (script: string): Pick<TaskRunSpec, 'command' | 'args'> => ({ command: ['sh', '-c', script], args: [] });

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ProcessExecutor, type ProcessExecutorOptions } from '../../daemon/worker/executors/process.ts';
 import { ExecutorError, type LogLine, type TaskHandle, type TaskRunSpec } from '../../daemon/worker/executors/types.ts';
+import { runSpec } from '../helpers/fixtures.ts';
 
 const stateDir = mkdtempSync(join(tmpdir(), 'swarmd-process-'));
 // Tasks may run as nobody (when the tests run as root): they must be able to reach their directories.
@@ -26,24 +27,7 @@ let counter = 0;
 
 function spec(command: string[], overrides: Partial<TaskRunSpec> = {}): TaskRunSpec {
   counter += 1;
-  return {
-    taskId: `task-${counter}`,
-    serviceId: 'svc-id',
-    serviceName: 'svc',
-    slot: '1',
-    nodeId: 'node-a',
-    image: 'ignored',
-    command,
-    args: [],
-    env: {},
-    labels: {},
-    limits: {},
-    mounts: [],
-    stopSignal: 'SIGTERM',
-    stopGracePeriodMs: 1000,
-    devices: [],
-    ...overrides,
-  };
+  return runSpec({ taskId: `task-${counter}`, image: 'ignored', command, ...overrides });
 }
 
 const sh = (script: string): string[] => ['/bin/sh', '-c', script];

@@ -26,6 +26,7 @@ import {
   type TaskHandle,
   type TaskRunSpec,
 } from '../../daemon/worker/executors/types.ts';
+import { runSpec } from '../helpers/fixtures.ts';
 
 const STANDIN = resolve(import.meta.dirname, '../fixtures/apptainer-standin');
 const isRoot = process.getuid?.() === 0;
@@ -98,24 +99,7 @@ function executorCases(setup: () => Setup) {
 
   function spec(command: string[], overrides: Partial<TaskRunSpec> = {}): TaskRunSpec {
     counter += 1;
-    return {
-      taskId: `sing-${counter}`,
-      serviceId: 'svc-id',
-      serviceName: 'svc',
-      slot: '1',
-      nodeId: 'node-a',
-      image: env.image,
-      command,
-      args: [],
-      env: {},
-      labels: {},
-      limits: {},
-      mounts: [...env.baseMounts],
-      stopSignal: 'SIGTERM',
-      stopGracePeriodMs: 1000,
-      devices: [],
-      ...overrides,
-    };
+    return runSpec({ taskId: `sing-${counter}`, image: env.image, command, mounts: [...env.baseMounts], ...overrides });
   }
 
   const sh = (script: string): string[] => ['/bin/sh', '-c', script];

@@ -11,6 +11,7 @@ import { NVIDIA_SMI_ARGS, parseNvidiaSmi } from '../../daemon/worker/accelerator
 import type { CommandResult, RunCommand } from '../../daemon/worker/accelerators/types.ts';
 import { gpuEnv, taskEnv } from '../../daemon/worker/executors/process/launch.ts';
 import type { TaskRunSpec } from '../../daemon/worker/executors/types.ts';
+import { runSpec } from '../helpers/fixtures.ts';
 
 const fixtures = resolve(import.meta.dirname, '../fixtures/nvidia-smi');
 const recorded = (name: string): string => readFileSync(join(fixtures, name), 'utf8');
@@ -285,24 +286,16 @@ describe('--node-resource', () => {
 });
 
 describe('process runtime GPU environment (launch.ts)', () => {
-  const spec = (overrides: Partial<TaskRunSpec>): TaskRunSpec => ({
-    taskId: 't',
-    serviceId: 's',
-    serviceName: 's',
-    slot: '1',
-    nodeId: 'n',
-    image: '',
-    command: ['true'],
-    args: [],
-    env: {},
-    labels: {},
-    limits: {},
-    mounts: [],
-    stopSignal: 'SIGTERM',
-    stopGracePeriodMs: 0,
-    devices: [],
-    ...overrides,
-  });
+  const spec = (overrides: Partial<TaskRunSpec>): TaskRunSpec =>
+    runSpec({
+      taskId: 't',
+      serviceId: 's',
+      serviceName: 's',
+      nodeId: 'n',
+      command: ['true'],
+      stopGracePeriodMs: 0,
+      ...overrides,
+    });
 
   it('names the allocated GPUs in CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES, over the spec', () => {
     const ids = ['GPU-5c1e0f4a-8d2b-7e39-a4f6-0b9d3c2e1f87', 'GPU-e21a9b7c-3f64-d805-12ab-6c7d8e9f0a13'];

@@ -8,6 +8,7 @@ import { exitStatusOf } from '../../daemon/worker/executors/docker/state.ts';
 import { FrameDecoder, LogLineSplitter } from '../../daemon/worker/executors/docker/streams.ts';
 import { normalizeSignal } from '../../daemon/worker/executors/signals.ts';
 import { ExecutorError, type TaskRunSpec } from '../../daemon/worker/executors/types.ts';
+import { runSpec } from '../helpers/fixtures.ts';
 
 const policy: ContainerPolicy = {
   capAddAllowlist: ['NET_BIND_SERVICE'],
@@ -19,24 +20,16 @@ const policy: ContainerPolicy = {
 };
 
 function spec(overrides: Partial<TaskRunSpec> = {}): TaskRunSpec {
-  return {
-    taskId: 't1',
+  return runSpec({
     serviceId: 's1',
     serviceName: 'web',
     slot: '2',
     nodeId: 'n1',
     image: 'nginx:1',
-    command: [],
-    args: [],
-    env: {},
-    labels: {},
-    limits: {},
-    mounts: [],
     stopSignal: 'TERM',
     stopGracePeriodMs: 2500,
-    devices: [],
     ...overrides,
-  };
+  });
 }
 
 function fieldError(run: () => unknown): ExecutorError {

@@ -5,27 +5,9 @@ import { buildCommand, isRootUser, parseImage } from '../../daemon/worker/execut
 import { failureLine, isRuntimeFailure, runtimeFailure } from '../../daemon/worker/executors/singularity/exit.ts';
 import { acceleratorOptions } from '../../daemon/worker/executors/singularity/gpus.ts';
 import type { ExecutorError, TaskRunSpec } from '../../daemon/worker/executors/types.ts';
+import { runSpec } from '../helpers/fixtures.ts';
 
-function spec(overrides: Partial<TaskRunSpec> = {}): TaskRunSpec {
-  return {
-    taskId: 't1',
-    serviceId: 'svc-id',
-    serviceName: 'svc',
-    slot: '1',
-    nodeId: 'node-a',
-    image: '/images/app.sif',
-    command: [],
-    args: [],
-    env: {},
-    labels: {},
-    limits: {},
-    mounts: [],
-    stopSignal: 'SIGTERM',
-    stopGracePeriodMs: 1000,
-    devices: [],
-    ...overrides,
-  };
-}
+const spec = (overrides: Partial<TaskRunSpec> = {}): TaskRunSpec => runSpec({ image: '/images/app.sif', ...overrides });
 
 const options = { envPrefix: 'APPTAINERENV_', swarmdIsRoot: false };
 const NO_GPU = { APPTAINERENV_NVIDIA_VISIBLE_DEVICES: 'void', APPTAINERENV_CUDA_VISIBLE_DEVICES: '' };
