@@ -370,8 +370,10 @@ export class Swarmd {
       this.state.managers = this.manager.knownManagers();
       this.saveStateSoon();
     }
-    // The endpoint table reaches every node soon after a change, not at its next heartbeat.
-    if (endpointsChanged && this.manager?.isLeader()) {
+    // The endpoint table reaches every node soon after a change, not at its next heartbeat. Most task events
+    // leave it as it was (a status that does not make a task ready or draining): no nudges then.
+    if (endpointsChanged && this.manager?.isLeader() && this.manager.endpointTableVersion() !== this.nudgedVersion) {
+      this.nudgedVersion = this.manager.endpointTableVersion();
       this.agent?.beatSoon();
       for (const node of this.manager.store.list<NodeRecord>('nodes')) {
         if (node.id !== this.state.nodeId) this.nudgeSoon(node.id);
@@ -380,6 +382,8 @@ export class Swarmd {
   }
 
   private readonly nudges = new Set<string>();
+  /** The endpoint table version the nodes were last nudged for. */
+  private nudgedVersion = '';
 
   /** Tells a node (once per turn of the event loop) to heartbeat now: its tasks changed. Best effort. */
   private nudgeSoon(nodeId: string): void {

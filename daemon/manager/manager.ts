@@ -104,14 +104,15 @@ export class Manager {
 
   static async start(opts: ManagerOptions): Promise<Manager> {
     const store = new ClusterStore();
-    if (opts.watch) store.watch(opts.watch);
     let self: Manager | undefined;
-    // Any change to services, tasks or nodes may call for new tasks or placements: react at once.
+    // Any change to services, tasks or nodes may call for new tasks or placements: react at once. Registered
+    // before opts.watch, so that what it reads (the endpoint table) already reflects the change.
     store.watch((events) => {
       if (!events.some((e) => e.table !== 'cluster')) return;
       self?.orchestrateSoon();
       self?.endpoints.invalidate();
     });
+    if (opts.watch) store.watch(opts.watch);
     const transport = new MeshRaftTransport({
       host: opts.host,
       gate: opts.gate,
@@ -274,6 +275,11 @@ export class Manager {
   /** What every node's load balancer balances over (services with published ports only). */
   endpointTable(): TableService[] {
     return this.endpoints.current().table;
+  }
+
+  /** Changes only when the endpoint table's content does. */
+  endpointTableVersion(): string {
+    return this.endpoints.current().version;
   }
 
   /**
