@@ -69,7 +69,6 @@ interface Conn {
   abort: AbortController | undefined;
   tried: Set<TaskId>;
   attempts: number;
-  taskId: TaskId | undefined;
   task: TaskCounters | undefined;
   /** Tells the drain tracker this forwarded connection is closed. */
   release: (() => void) | undefined;
@@ -184,7 +183,6 @@ export class Ingress {
       abort: undefined,
       tried: new Set(),
       attempts: 0,
-      taskId: undefined,
       task: undefined,
       release: undefined,
       countedIn: 0,
@@ -389,7 +387,6 @@ export class Ingress {
   private startForwarding(conn: Conn, taskId: TaskId, backend: Duplex, early: Buffer | undefined): void {
     conn.state = 'forwarding';
     conn.pending = backend;
-    conn.taskId = taskId;
     const task = this.taskCounters(taskId);
     conn.task = task;
     task.connectionsTotal++;
