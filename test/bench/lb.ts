@@ -13,7 +13,7 @@
 //   daemon-local   the real thing: a 2-node swarm of swarmd processes (manager + worker), a service of 3 tasks on
 //                  the worker (nginx as process-runtime tasks listening on $PORT), wrk -> the worker's published port
 //   daemon-mesh    the same service, wrk -> the manager's published port: every connection crosses the libp2p mesh
-//                  (Noise, yamux) to the worker, which connects to the task
+//                  (an HTTP/2 tunnel in one Noise+yamux stream) to the worker, which connects to the task
 // The targets are interleaved over rounds (the VM's speed drifts) and each figure is the median over the rounds.
 //
 // Backends are nginx (1 worker each, as in the anchors) when it is installed, else Node HTTP servers in their own
@@ -464,7 +464,7 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
         port: swarm.port,
         host: '127.0.0.1',
         pids: [pidOf('m1'), pidOf('w1')],
-        note: 'swarmd daemon (manager) -> libp2p mesh (Noise, yamux) -> worker -> task',
+        note: 'swarmd daemon (manager) -> HTTP/2 tunnel over the libp2p mesh (Noise, yamux) -> worker -> task',
       },
     );
 
