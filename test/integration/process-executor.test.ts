@@ -117,15 +117,17 @@ describe('process executor', () => {
     expect((await collect(executor.logs(handle, { follow: false, tail: 1 }))).map((l) => l.line)).toHaveLength(1);
   });
 
-  it("gives the program only the spec's environment, plus PORT and a default PATH/HOME", async () => {
+  it("gives the program only the spec's environment, plus PORT, a default PATH/HOME and no GPU", async () => {
     const handle = await start(spec(['env'], { env: { FOO: 'bar baz', EMPTY: '' }, hostPort: 40123 }));
     await executor.wait(handle);
     const env = (await collect(executor.logs(handle, { follow: false }))).map((l) => l.line).sort();
     const work = join(stateDir, 'tasks', handle.taskId, 'work');
     expect(env).toEqual(
       [
+        'CUDA_VISIBLE_DEVICES=',
         'EMPTY=',
         'FOO=bar baz',
+        'NVIDIA_VISIBLE_DEVICES=void',
         `HOME=${work}`,
         'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
         'PORT=40123',
@@ -136,7 +138,7 @@ describe('process executor', () => {
     const given = await start(spec(['env'], { env: { PATH: '/usr/bin:/bin', HOME: '/tmp' } }));
     await executor.wait(given);
     const env2 = (await collect(executor.logs(given, { follow: false }))).map((l) => l.line).sort();
-    expect(env2).toEqual(['HOME=/tmp', 'PATH=/usr/bin:/bin']);
+    expect(env2).toEqual(['CUDA_VISIBLE_DEVICES=', 'HOME=/tmp', 'NVIDIA_VISIBLE_DEVICES=void', 'PATH=/usr/bin:/bin']);
     expect((await executor.inspect(given)).address).toBeUndefined();
   });
 

@@ -312,11 +312,13 @@ describe('process runtime GPU environment (launch.ts)', () => {
     });
   });
 
-  it('adds nothing without GPUs, or for other kinds of device', () => {
-    expect(gpuEnv(spec({}))).toEqual({});
-    expect(gpuEnv(spec({ devices: [{ kind: 'fpga', ids: ['fpga-0'] }] }))).toEqual({});
-    expect(taskEnv(spec({ env: { A: '1' } }), '/w')).toEqual({
+  it('hides every GPU from a task with none allocated (other kinds of device do not count), over the spec', () => {
+    const none = { CUDA_VISIBLE_DEVICES: '', NVIDIA_VISIBLE_DEVICES: 'void' };
+    expect(gpuEnv(spec({}))).toEqual(none);
+    expect(gpuEnv(spec({ devices: [{ kind: 'fpga', ids: ['fpga-0'] }] }))).toEqual(none);
+    expect(taskEnv(spec({ env: { A: '1', CUDA_VISIBLE_DEVICES: '0' } }), '/w')).toEqual({
       A: '1',
+      ...none,
       PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
       HOME: '/w',
     });

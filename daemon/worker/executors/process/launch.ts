@@ -10,11 +10,13 @@ export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 
 /**
  * The GPUs allocated to the task, for CUDA and NVIDIA's tools. A plain process cannot be kept from the other
- * devices (it sees the host's /dev), so this only tells well-behaved programs which GPUs are theirs.
+ * devices (it sees the host's /dev), so this only tells well-behaved programs which GPUs are theirs. A task
+ * with none gets an empty list (as the singularity runtime does), so a CUDA program in it does not land on a
+ * GPU the scheduler gave to another task.
  */
 export function gpuEnv(spec: TaskRunSpec): Record<string, string> {
   const ids = spec.devices.filter((device) => device.kind === 'gpu').flatMap((device) => device.ids);
-  if (ids.length === 0) return {};
+  if (ids.length === 0) return { CUDA_VISIBLE_DEVICES: '', NVIDIA_VISIBLE_DEVICES: 'void' };
   return { CUDA_VISIBLE_DEVICES: ids.join(','), NVIDIA_VISIBLE_DEVICES: ids.join(',') };
 }
 
