@@ -2,9 +2,10 @@
 // swarmd's PATH that prints the recorded output of an H100 node (test/fixtures/nvidia-smi/h100.csv) for the
 // exact query swarmd makes, and fails for any other. Everything after it is real: the node advertises the GPU
 // by UUID, the scheduler allocates it to one task, the process runtime hands the task exactly that GPU
-// (CUDA_VISIBLE_DEVICES), a second service waits pending with the reason, and runs once the GPU is free.
+// (CUDA_VISIBLE_DEVICES) and a task without --gpus none, a second service waits pending with the reason, and
+// runs once the GPU is free.
 // test/gpu/run-on-gpu.sh does the same on a machine with a real GPU.
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -82,6 +83,13 @@ describe('GPUs (stand-in nvidia-smi with recorded H100 output)', () => {
     await waitFor(() => readFileSync(join(out, 'train'), 'utf8').trim() !== '', 10_000);
     expect(readFileSync(join(out, 'train'), 'utf8').trim()).toBe(`${UUID}|${UUID}`);
     expect(swarm(m1, 'service', 'ps', 'train').stdout).toContain(`gpu:${UUID}`);
+
+    // A task without --gpus is told there is no GPU for it, so CUDA does not pick the one train holds.
+    const cpu = swarm(m1, 'service', 'create', '--detach', '--name', 'cpu', '--', '/bin/sh', '-c', script('cpu'));
+    expect(cpu.status, cpu.stderr).toBe(0);
+    await waitFor(() => existsSync(join(out, 'cpu')) && readFileSync(join(out, 'cpu'), 'utf8').trim() !== '', 30_000);
+    expect(readFileSync(join(out, 'cpu'), 'utf8').trim()).toBe('|void');
+    swarm(m1, 'service', 'rm', 'cpu');
 
     const second = swarm(
       m1,
