@@ -158,7 +158,9 @@ export async function main(argv: string[]): Promise<number> {
         ...(certTtlMs ? { certTtlMs } : {}),
       });
       const tokens = await new ApiClient(daemon.socketPath).joinTokens();
-      const address = joinAddress(listen ?? { host: '0.0.0.0', port: 2377 }, advertise ?? null);
+      const listening = listen ?? { host: '0.0.0.0', port: 2377 };
+      // With --listen-addr HOST:0 the kernel picks the port: print the one it picked.
+      const address = joinAddress({ ...listening, port: daemon.meshPort ?? listening.port }, advertise ?? null);
       process.stdout.write(
         `Swarm initialized: current node (${daemon.nodeId}) is now a manager.\n\n` +
           `To add a worker to this swarm, run the following command:\n\n` +

@@ -141,6 +141,15 @@ export class Swarmd {
     return join(this.opts.dataDir, 'swarmd.sock');
   }
 
+  /** The TCP port the mesh listens on: the one asked for, or the one the kernel chose for port 0. */
+  get meshPort(): number | undefined {
+    for (const addr of this.host.multiaddrs()) {
+      const port = /\/tcp\/(\d+)/.exec(addr)?.[1];
+      if (port !== undefined) return Number(port);
+    }
+    return undefined;
+  }
+
   // ------------------------------------------------------------ the three ways to start
 
   /** `swarmd init`: a new swarm with this node as its first manager. */

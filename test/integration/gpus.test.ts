@@ -6,6 +6,7 @@
 // runs once the GPU is free.
 // test/gpu/run-on-gpu.sh does the same on a machine with a real GPU.
 import { chmodSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -35,12 +36,21 @@ describe('GPUs (stand-in nvidia-smi with recorded H100 output)', () => {
     );
     chmodSync(join(bin, 'nvidia-smi'), 0o755);
     process.env.PATH = `${bin}:${savedPath}`;
-    m1 = await cluster.init('m1');
+    // Port 0: the kernel picks the mesh port, and the join instructions must name the one it picked.
+    m1 = await cluster.init('m1', ['--listen-addr', '127.0.0.1:0']);
   }, 60_000);
 
   afterAll(async () => {
     process.env.PATH = savedPath;
     await cluster.stopAll();
+  });
+
+  it('with --listen-addr 127.0.0.1:0, the join instructions name the port the mesh listens on', async () => {
+    const port = Number(/swarmd join --token \S+ 127\.0\.0\.1:(\d+)\n/.exec(m1.output())?.[1]);
+    expect(port).toBeGreaterThan(0);
+    const socket = connect(port, '127.0.0.1');
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    socket.destroy();
   });
 
   it('the node advertises the GPU by UUID, with its model and memory', async () => {

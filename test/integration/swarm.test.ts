@@ -61,6 +61,7 @@ afterAll(async () => {
 describe('swarm formation', () => {
   it('init prints how to join, with a worker token that names the CA', () => {
     expect(m1.output()).toMatch(/Swarm initialized: current node \(\w+\) is now a manager/);
+    expect(m1.output()).toContain(`swarmd join --token ${workerToken} 127.0.0.1:${m1.port}\n`);
     expect(workerToken).toMatch(/^SWMTKN-1-[a-z2-7]{32}-[a-z2-7]{26}$/);
     expect(managerToken).not.toBe(workerToken);
   });
