@@ -7,7 +7,7 @@ import { ApiError, notManager } from './api/errors.ts';
 import type { ControlHandlers, ServiceLogLine, ServiceLogOptions } from './api/handlers.ts';
 import { startApiServer } from './api/server.ts';
 import type { Task } from './api/services.ts';
-import type { NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
+import type { HostPortInUse, NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
 import { SWARMD_VERSION } from './api/version.ts';
 import { IngressSet } from './lb/ingress-set.ts';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './lb/metrics.ts';
@@ -40,6 +40,7 @@ import { type KnownManager, loadNodeState, type NodeState, nodeStatePath, saveNo
 import { Agent } from './worker/agent.ts';
 import { ProcessExecutor } from './worker/executors/process.ts';
 import type { Executor, Runtime } from './worker/executors/types.ts';
+import { ListeningPorts } from './worker/listening-ports.ts';
 import { TaskRunner } from './worker/task-runner.ts';
 
 export { SWARMD_VERSION } from './api/version.ts';
@@ -79,8 +80,14 @@ const DEFAULT_LISTEN: HostPort = { host: '0.0.0.0', port: 2377 };
  */
 const LB_TUNNELS = 8;
 
-/** What this node has. Accelerators and declared resources come once discovery ran (startExecutors). */
-function describeThisHost(extra: Pick<NodeDescription['resources'], 'gpus' | 'generic'> = {}): NodeDescription {
+/**
+ * What this node has. Accelerators and declared resources come once discovery ran (startExecutors); the ports
+ * the host's programs listen on once the first scan ran.
+ */
+function describeThisHost(
+  extra: Pick<NodeDescription['resources'], 'gpus' | 'generic'> = {},
+  hostPorts: HostPortInUse[] = [],
+): NodeDescription {
   return {
     hostname: hostname(),
     platform: { os: platform(), arch: arch() },
@@ -90,6 +97,7 @@ function describeThisHost(extra: Pick<NodeDescription['resources'], 'gpus' | 'ge
       ...(extra.gpus?.length ? { gpus: extra.gpus } : {}),
       ...(extra.generic?.length ? { generic: extra.generic } : {}),
     },
+    ...(hostPorts.length > 0 ? { hostPorts } : {}),
     swarmdVersion: SWARMD_VERSION,
   };
 }
@@ -108,6 +116,8 @@ export class Swarmd {
   private agent!: Agent;
   private runner!: TaskRunner;
   private ingresses!: IngressSet;
+  /** The TCP ports other programs on this host listen on, for the node description. */
+  private listeningPorts: ListeningPorts | undefined;
   private tunnels: TunnelDialer | undefined;
   private tunnelServer: TunnelServer | undefined;
   private readonly meshHopCounters = newMeshHopCounters();
@@ -496,6 +506,12 @@ export class Swarmd {
       log: (level, message) => this.log(level, message),
     });
     await this.startLoadBalancer();
+    this.listeningPorts = new ListeningPorts({
+      exclude: () => this.ingresses.listening(),
+      ...(this.opts.ingressHost ? { bindHost: this.opts.ingressHost } : {}),
+      onChange: () => this.agent?.beatSoon(),
+    });
+    await this.listeningPorts.start();
     await serveLogs(this.host, () => this.runner);
     await this.host.handle(
       PROTOCOLS.nudge,
@@ -510,7 +526,7 @@ export class Swarmd {
       gate: this.gate,
       request: () => ({
         nodeId: this.state.nodeId,
-        description: describeThisHost(this.accelerators),
+        description: describeThisHost(this.accelerators, this.listeningPorts?.current()),
         addresses: this.host.multiaddrs(),
         certSerial: '',
         taskStatuses: this.runner.pendingStatuses(),
@@ -586,7 +602,8 @@ export class Swarmd {
     const manager = this.manager;
     if (!manager) return;
     const self = manager.store.get<NodeRecord>('nodes', this.state.nodeId);
-    if (self) manager.noteNodeFacts(self, { description: describeThisHost(this.accelerators) });
+    if (self)
+      manager.noteNodeFacts(self, { description: describeThisHost(this.accelerators, this.listeningPorts?.current()) });
     await manager.applyTaskStatuses(this.state.nodeId, this.runner.pendingStatuses());
     const tasks = manager.store.list<Task>('tasks').filter((t) => t.nodeId === this.state.nodeId);
     if (!this.recovered) {
@@ -639,6 +656,7 @@ export class Swarmd {
   async stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.agent?.stop();
+      this.listeningPorts?.stop();
       await this.ingresses?.close().catch(() => {});
       this.tunnels?.close();
       this.tunnelServer?.close();

@@ -226,6 +226,8 @@ export interface Task {
   startAfter?: string;
   /** Its service publishes ports: the node gives the task a host port ($PORT) and reports its address. */
   publishes?: boolean;
+  /** Its service's host-mode published ports: the scheduler keeps it off nodes where a host program holds one. */
+  hostPorts?: number[];
   version: number;
   createdAt: string;
   updatedAt: string;

@@ -16,7 +16,18 @@ export interface NodeDescription {
     /** Named resources the operator declared (--node-resource), e.g. fpga: [fpga-0, fpga-1]. */
     generic?: { kind: string; ids: string[] }[];
   };
+  /**
+   * TCP ports programs on the host (not this swarmd's published services) listen on, outside the ephemeral range,
+   * as the node last read them: publishing one of them would fail there.
+   */
+  hostPorts?: HostPortInUse[];
   swarmdVersion: string;
+}
+
+export interface HostPortInUse {
+  port: number;
+  /** "nginx (pid 812)", when the node could see which program holds it. */
+  process?: string;
 }
 
 export interface ManagerStatus {

@@ -204,7 +204,7 @@ export class ManagerControl {
     const services = this.manager.store.list<Service>('services');
     if (services.some((s) => s.spec.name === spec.name))
       throw new ApiError(409, `a service named ${spec.name} already exists`);
-    refusePortConflicts(services, spec, null);
+    refusePortConflicts(services, this.manager.store.list<NodeRecord>('nodes'), spec, null);
     const at = new Date().toISOString();
     const service: Service = {
       id: newTaskId(),
@@ -224,7 +224,12 @@ export class ManagerControl {
     const service = resolveServiceRef(this.manager.store.list<Service>('services'), ref);
     if (version !== service.version) throw versionConflict('service', service.id, version, service.version);
     if (spec.name !== service.spec.name) throw new ApiError(400, 'a service cannot be renamed', 'name');
-    refusePortConflicts(this.manager.store.list<Service>('services'), spec, service.id);
+    refusePortConflicts(
+      this.manager.store.list<Service>('services'),
+      this.manager.store.list<NodeRecord>('nodes'),
+      spec,
+      service,
+    );
     const changed = withNewSpec(service, spec, new Date().toISOString());
     await this.manager.transact([put('services', changed, service.version)]);
     return this.manager.store.get<Service>('services', service.id)!;
@@ -375,13 +380,18 @@ function toAnswer(error: unknown): LeaderAnswer {
 
 /**
  * A published port belongs to one service across the swarm (every node listens on it, in ingress mode): another
- * service publishing it is refused, naming that service. (Ports the host itself uses show up when a node's ingress
- * fails to listen; that is logged there, since the managers cannot see every node's sockets.)
+ * service publishing it is refused, naming that service. So is a port a program on the host holds (the nodes
+ * report them: daemon/worker/listening-ports.ts), naming the node and the program: in ingress mode when any ready
+ * node has it taken (its ingress could not listen), in host mode only when every ready node has (the scheduler
+ * keeps the tasks off the others). Ports the service published already are not checked again, so an update is
+ * never refused for a conflict that arose after its port was published.
  */
-function refusePortConflicts(services: Service[], spec: ServiceSpec, selfId: string | null): void {
+function refusePortConflicts(services: Service[], nodes: NodeRecord[], spec: ServiceSpec, self: Service | null): void {
+  const before = new Set((self?.spec.endpoint?.ports ?? []).map((p) => p.published));
+  const ready = nodes.filter((n) => n.status.state === 'ready');
   for (const port of spec.endpoint?.ports ?? []) {
     const owner = services.find(
-      (s) => s.id !== selfId && (s.spec.endpoint?.ports ?? []).some((p) => p.published === port.published),
+      (s) => s.id !== self?.id && (s.spec.endpoint?.ports ?? []).some((p) => p.published === port.published),
     );
     if (owner) {
       throw new ApiError(
@@ -390,5 +400,19 @@ function refusePortConflicts(services: Service[], spec: ServiceSpec, selfId: str
         'endpoint.ports',
       );
     }
+    if (before.has(port.published)) continue;
+    const taken = ready.flatMap((node) => {
+      const use = node.description.hostPorts?.find((p) => p.port === port.published);
+      return use ? [{ node, use }] : [];
+    });
+    if (taken.length === 0 || (port.mode === 'host' && taken.length < ready.length)) continue;
+    const [first] = taken;
+    const others = taken.length > 1 ? ` (and on ${taken.length - 1} more node${taken.length > 2 ? 's' : ''})` : '';
+    throw new ApiError(
+      409,
+      `port ${port.published} is in use on node ${first!.node.description.hostname} (${first!.node.id}) by ` +
+        `${first!.use.process ?? 'a program of the host'}, not by a swarmd service${others}`,
+      'endpoint.ports',
+    );
   }
 }

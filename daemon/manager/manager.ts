@@ -610,6 +610,13 @@ function sanitizeDescription(raw: unknown): NodeRecord['description'] {
         .map((id) => str(id, 256))
         .filter(Boolean),
     }));
+  const hostPorts = (Array.isArray(d.hostPorts) ? d.hostPorts : [])
+    .slice(0, 1024)
+    .filter(
+      (p): p is Record<string, unknown> =>
+        typeof p === 'object' && p !== null && Number.isInteger(p.port) && num(p.port) > 0 && num(p.port) <= 65535,
+    )
+    .map((p) => ({ port: num(p.port), ...(str(p.process, 64) ? { process: str(p.process, 64) } : {}) }));
   return {
     hostname: str(d.hostname) || 'unknown',
     platform: { os: str(platform.os, 32), arch: str(platform.arch, 32) },
@@ -619,6 +626,7 @@ function sanitizeDescription(raw: unknown): NodeRecord['description'] {
       ...(gpus.length > 0 ? { gpus } : {}),
       ...(generic.length > 0 ? { generic } : {}),
     },
+    ...(hostPorts.length > 0 ? { hostPorts } : {}),
     swarmdVersion: str(d.swarmdVersion, 32),
   };
 }

@@ -50,10 +50,16 @@ export function newTask(service: Service, slot: number, nodeId: string | null, a
     attempt,
     // Decided when the task is made: its node gives it a host port ($PORT) and reports where it listens.
     ...((service.spec.endpoint?.ports.length ?? 0) > 0 ? { publishes: true } : {}),
+    ...hostModePorts(service),
     version: 0,
     createdAt: at,
     updatedAt: at,
   };
+}
+
+function hostModePorts(service: Service): { hostPorts?: number[] } {
+  const ports = (service.spec.endpoint?.ports ?? []).filter((p) => p.mode === 'host').map((p) => p.published);
+  return ports.length > 0 ? { hostPorts: ports } : {};
 }
 
 function shutdown(task: Task, at: string): Task {

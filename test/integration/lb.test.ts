@@ -9,10 +9,11 @@
 // target only documents the container port); the backend answers "PORT PID".
 
 import { get as httpGet, request as httpRequest } from 'node:http';
-import { connect } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Task } from '../../daemon/api/services.ts';
+import type { SwarmNode } from '../../daemon/api/types.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { TunnelDialer } from '../../daemon/lb/tunnel.ts';
 import { createMeshHost } from '../../daemon/mesh/host.ts';
@@ -273,6 +274,82 @@ describe('load balancer', () => {
     expect(result.status).not.toBe(0);
     expect(result.stderr).toContain(`port ${PUBLISHED} is already published by service web`);
   });
+
+  it('refuses a port a host program holds, naming node and program; host mode avoids such nodes', async () => {
+    // A program of w1's host listens on w1's ingress address, on two ports below the kernel's ephemeral range
+    // (nodes do not report ports in that range; this suite's BASE is in it).
+    const held = [21000 + ((BASE - 47000) / 5) * 2, 21001 + ((BASE - 47000) / 5) * 2];
+    const servers = await Promise.all(
+      held.map(
+        (port) =>
+          new Promise<Server>((resolve, reject) => {
+            const server = createServer().once('error', reject);
+            server.listen(port, HOSTS.w1, () => resolve(server));
+          }),
+      ),
+    );
+    try {
+      const w1Id = swarmJson<{ nodeId: string }>(w1, 'info').nodeId;
+      const reported = () =>
+        swarmJson<SwarmNode[]>(m1, 'node', 'ls')
+          .find((n) => n.id === w1Id)!
+          .description.hostPorts?.map((p) => p.port) ?? [];
+      // Nodes read their ports every 10 s and heartbeat when the set changed.
+      await waitFor(
+        () => held.every((port) => reported().includes(port)),
+        30_000,
+        () => String(reported()),
+      );
+      const refused = swarm(
+        m1,
+        'service',
+        'create',
+        '--detach',
+        '--name',
+        'taken',
+        '--publish',
+        `${held[0]}:80`,
+        '--',
+        '/bin/true',
+      );
+      expect(refused.status).not.toBe(0);
+      expect(refused.stderr).toMatch(
+        new RegExp(
+          `port ${held[0]} is in use on node \\S+ \\(${w1Id}\\) by .+ \\(pid ${process.pid}\\), not by a swarmd service`,
+        ),
+      );
+
+      // Host mode: only nodes running a task listen, so w1 is left out and the tasks go to w2.
+      const hostMode = swarm(
+        m1,
+        'service',
+        'create',
+        '--detach',
+        '--name',
+        'hostmode',
+        '--replicas',
+        '2',
+        '--constraint',
+        'node.role!=manager',
+        '--publish',
+        `mode=host,published=${held[1]},target=80`,
+        '--',
+        '/bin/sleep',
+        '600',
+      );
+      expect(hostMode.status, hostMode.stderr).toBe(0);
+      const placed = () => swarmJson<Task[]>(m1, 'service', 'ps', 'hostmode').filter((t) => t.nodeId !== null);
+      await waitFor(
+        () => placed().length === 2,
+        30_000,
+        () => swarm(m1, 'service', 'ps', 'hostmode').stdout,
+      );
+      expect(placed().every((t) => t.nodeId !== w1Id)).toBe(true);
+    } finally {
+      swarm(m1, 'service', 'rm', 'hostmode');
+      for (const server of servers) server.close();
+    }
+  }, 60_000);
 
   it('a rolling update under a steady request loop loses no request', async () => {
     const before = new Set(ready().map((t) => t.id));

@@ -285,6 +285,31 @@ describe('scheduler: node state and resources', () => {
   });
 });
 
+describe('scheduler: host-mode published ports', () => {
+  it('keeps a host-mode task off nodes where a host program holds its port, and says so when none is left', () => {
+    const nodes = [node('a', { portsInUse: new Set([8080]) }), node('b'), node('c', { portsInUse: new Set([22]) })];
+    const tasks = pending('web', 4).map((t) => ({ ...t, hostPorts: [8080] }));
+    const r = run({ nodes, pending: tasks });
+    expect(spreadOf(r.placements)).toEqual({ b: 2, c: 2 });
+
+    const crowded = [node('a', { portsInUse: new Set([8080]) }), node('b', { portsInUse: new Set([8080, 9090]) })];
+    const r2 = run({ nodes: crowded, pending: tasks.slice(0, 1) });
+    expect(r2.unplaced).toEqual([
+      { taskId: 'web.1', reason: 'no suitable node (published port in use by the host on 2 nodes)' },
+    ]);
+    // A task without host-mode ports (ingress mode) may go anywhere: the other nodes' ingresses reach it.
+    expect(run({ nodes: crowded, pending: pending('api', 2) }).placements).toHaveLength(2);
+  });
+
+  it('says why a global task cannot run on its node', () => {
+    const t = { ...makeTask('g', 0, 'a', template({})), hostPorts: [8080] };
+    const r = run({ nodes: [node('a', { portsInUse: new Set([8080]) })], pending: [t] });
+    expect(r.unplaced).toEqual([
+      { taskId: 'g.0', reason: 'no suitable node (published port in use by the host on 1 node)' },
+    ]);
+  });
+});
+
 /** A mid-sized cluster with labels, resources, constraints and spread, for determinism and chunking. */
 function bigInput(nodeCount: number, services: number, perService: number): SchedulingInput {
   const nodes = Array.from({ length: nodeCount }, (_, i) =>

@@ -1,5 +1,5 @@
 // The filter pipeline (DESIGN.md "Data flow" step 5), in its order: ready, availability, resources,
-// accelerators, constraints, platform, max replicas per node. A service's tasks are identical, so instead of
+// accelerators, constraints, platform, max replicas per node, host-mode ports a host program holds. A service's tasks are identical, so instead of
 // asking "does one more fit?" per task, capacity() says how many more of them a node takes, and the placement
 // loop just counts that down. rejection() names the first filter a node fails, to explain unplaced tasks the
 // way swarmkit does: counts per cause, most common first.
@@ -22,9 +22,11 @@ export interface Demand {
   maxPerNode: number;
   constraints: NodeConstraint[];
   spread: NodeAttribute[];
+  /** Host-mode published ports: the node must not have a host program on any of them. */
+  hostPorts: readonly number[];
 }
 
-export function parseDemand(template: TaskTemplate): Demand | { error: string } {
+export function parseDemand(template: TaskTemplate, hostPorts: readonly number[] = []): Demand | { error: string } {
   const constraints: NodeConstraint[] = [];
   for (const text of template.placement.constraints) {
     const c = parseNodeConstraint(text);
@@ -45,6 +47,7 @@ export function parseDemand(template: TaskTemplate): Demand | { error: string } 
     maxPerNode: Math.max(0, template.placement.maxReplicasPerNode),
     constraints,
     spread,
+    hostPorts,
   };
 }
 
@@ -58,7 +61,8 @@ export const GPUS = 4;
 export const CONSTRAINTS = 5;
 export const PLATFORM = 6;
 export const MAX_REPLICAS = 7;
-export const CAUSES = 8;
+export const HOST_PORT = 8;
+export const CAUSES = 9;
 
 const nodes = (n: number) => (n === 1 ? '1 node' : `${n} nodes`);
 const MESSAGES: ((n: number) => string)[] = [
@@ -70,6 +74,7 @@ const MESSAGES: ((n: number) => string)[] = [
   (n) => `constraint mismatch on ${nodes(n)}`,
   (n) => `unsupported platform on ${nodes(n)}`,
   (n) => `max replicas per node reached on ${nodes(n)}`,
+  (n) => `published port in use by the host on ${nodes(n)}`,
 ];
 
 /**
@@ -82,6 +87,7 @@ export function capacity(cluster: ClusterState, i: number, d: Demand, svcCount: 
   if (d.nanoCpus > 0) cap = Math.min(cap, Math.floor((cluster.freeCpu[i] as number) / d.nanoCpus));
   if (d.gpus > 0) cap = Math.min(cap, Math.floor((cluster.freeGpus[i] as string[]).length / d.gpus));
   if (d.maxPerNode > 0) cap = Math.min(cap, d.maxPerNode - svcCount);
+  if (portTaken(cluster, i, d)) return 0;
   return Math.max(0, cap);
 }
 
@@ -95,7 +101,13 @@ export function rejection(cluster: ClusterState, i: number, d: Demand, svcCount:
   if (d.gpus > 0 && (cluster.freeGpus[i] as string[]).length < d.gpus) return GPUS;
   if (!allMatch(d.constraints, node)) return CONSTRAINTS;
   if (d.maxPerNode > 0 && svcCount >= d.maxPerNode) return MAX_REPLICAS;
+  if (portTaken(cluster, i, d)) return HOST_PORT;
   return -1;
+}
+
+function portTaken(cluster: ClusterState, i: number, d: Demand): boolean {
+  const inUse = cluster.nodes[i]!.portsInUse;
+  return inUse !== undefined && d.hostPorts.some((port) => inUse.has(port));
 }
 
 /** "no suitable node (insufficient memory on 3 nodes; 2 nodes not available for new tasks)". */

@@ -85,7 +85,7 @@ function* run(input: SchedulingInput): Generator<void, SchedulingResult, void> {
 function* placeBatch(cluster: ClusterState, tasks: Task[], out: SchedulingResult): Generator<void, void, void> {
   const first = tasks[0]!;
   const serviceId = first.serviceId;
-  const demand = parseDemand(first.template);
+  const demand = parseDemand(first.template, first.hostPorts);
   let work = 0;
   if ('error' in demand) {
     for (const task of tasks) {
@@ -144,7 +144,7 @@ function* placeBatch(cluster: ClusterState, tasks: Task[], out: SchedulingResult
  */
 function placePinned(cluster: ClusterState, task: Task, out: SchedulingResult): void {
   const nodeId = task.nodeId as string;
-  const demand = parseDemand(task.template);
+  const demand = parseDemand(task.template, task.hostPorts);
   const unplaced = (reason: string) => out.unplaced.push({ taskId: task.id, reason } satisfies Unplaced);
   if ('error' in demand) return void unplaced(`no suitable node (${demand.error})`);
   const i = cluster.index.get(nodeId);

@@ -21,6 +21,8 @@ export interface SchedulerNode {
   os: string;
   arch: string;
   resources: { nanoCpus: number; memoryBytes: number; gpus: SchedulerGpu[] };
+  /** TCP ports programs of the host hold (description.hostPorts): a host-mode published port cannot go there. */
+  portsInUse?: ReadonlySet<number>;
 }
 
 export interface SchedulingInput {
@@ -71,5 +73,8 @@ export function schedulerNode(
       memoryBytes: record.description.resources.memoryBytes,
       gpus,
     },
+    ...(record.description.hostPorts?.length
+      ? { portsInUse: new Set(record.description.hostPorts.map((p) => p.port)) }
+      : {}),
   };
 }

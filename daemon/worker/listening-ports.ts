@@ -1,0 +1,173 @@
+// The TCP ports programs on this host listen on, so the managers can refuse to publish a port the host already
+// uses (every node's ingress would fail to listen on it) and name who holds it. Read from /proc/net/tcp{,6}
+// (no `ss`, no root), every SCAN_MS, and reported in the node description only when the set changes.
+//
+// Left out, because they are no conflict anyone can act on:
+// - ports in the kernel's ephemeral range (ip_local_port_range): outgoing connections and the host ports tasks are
+//   given ($PORT, taken by binding port 0) come from there; they come and go, and would rewrite the node's
+//   description with every task start. Publishing in that range is unusual (Docker picks 30000-32767 itself).
+// - the ports this swarmd listens on for published services (the caller passes them): those belong to services,
+//   whose conflicts the managers already see.
+// - listeners on another address than the ingress's (--ingress-host), which do not keep it from listening.
+//
+// The owning program is named where this process may look (its own processes; all of them as root): a socket's
+// inode is matched against /proc/PID/fd links, once per new listening socket, with a bound on the work.
+import { readdir, readFile, readlink } from 'node:fs/promises';
+import type { HostPortInUse } from '../api/types.ts';
+
+/** How often the ports are read again. */
+export const SCAN_MS = 10_000;
+/** At most this many processes are looked through per scan to name new listeners. */
+const MAX_PROCESSES_SEARCHED = 4096;
+const LISTEN_STATE = '0A';
+
+export interface ListeningSocket {
+  /** Dotted IPv4, '0.0.0.0' or '::' for every address, or 'ipv6' for one IPv6 address. */
+  address: string;
+  port: number;
+  inode: number;
+}
+
+/** The listening sockets in the text of /proc/net/tcp or /proc/net/tcp6. */
+export function parseProcNetTcp(text: string): ListeningSocket[] {
+  const sockets: ListeningSocket[] = [];
+  for (const line of text.split('\n').slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    if (fields.length < 10 || fields[3] !== LISTEN_STATE) continue;
+    const [hexAddress = '', hexPort = ''] = fields[1]!.split(':');
+    const port = Number.parseInt(hexPort, 16);
+    const inode = Number(fields[9]);
+    if (!Number.isInteger(port) || port <= 0 || port > 65535 || !Number.isInteger(inode)) continue;
+    sockets.push({ address: decodeAddress(hexAddress), port, inode });
+  }
+  return sockets;
+}
+
+/** The kernel prints an IPv4 address as one little-endian 32-bit word in hex, an IPv6 one as four of them. */
+function decodeAddress(hex: string): string {
+  if (hex.length === 8) {
+    const word = Number.parseInt(hex, 16);
+    return [word & 255, (word >>> 8) & 255, (word >>> 16) & 255, word >>> 24].join('.');
+  }
+  return /^0+$/.test(hex) ? '::' : 'ipv6';
+}
+
+/** Whether a listener there keeps an ingress bound to bindHost (undefined: every address) from listening. */
+export function blocksIngress(socket: ListeningSocket, bindHost: string | undefined): boolean {
+  if (bindHost === undefined || socket.address === '0.0.0.0' || socket.address === '::') return true;
+  return socket.address === bindHost;
+}
+
+/** The kernel's ephemeral port range; Linux's default when it cannot be read. */
+export function parsePortRange(text: string | undefined): [number, number] {
+  const [low, high] = (text ?? '').trim().split(/\s+/).map(Number);
+  if (low !== undefined && high !== undefined && low > 0 && high >= low && high <= 65535) return [low, high];
+  return [32768, 60999];
+}
+
+export interface ListeningPortsOptions {
+  /** Ports to leave out: those this swarmd's ingress listens on. */
+  exclude: () => Iterable<number>;
+  /** The address the ingress listens on (--ingress-host); left out, every address. */
+  bindHost?: string;
+  /** Called when the reported set changes (to send a heartbeat soon). */
+  onChange?: () => void;
+  procRoot?: string;
+  scanMs?: number;
+}
+
+export class ListeningPorts {
+  private readonly opts: ListeningPortsOptions;
+  private readonly proc: string;
+  private ports: HostPortInUse[] = [];
+  /** Socket inode -> "name (pid N)" or '' when no process we could see holds it. */
+  private readonly owners = new Map<number, string>();
+  private timer: NodeJS.Timeout | undefined;
+  private scanning: Promise<void> | undefined;
+
+  constructor(opts: ListeningPortsOptions) {
+    this.opts = opts;
+    this.proc = opts.procRoot ?? '/proc';
+  }
+
+  /** The ports as of the last scan, sorted. */
+  current(): HostPortInUse[] {
+    return this.ports;
+  }
+
+  /** Scans now, then every scanMs. */
+  async start(): Promise<void> {
+    await this.scan();
+    const tick = () => {
+      this.timer = setTimeout(() => void this.scan().finally(tick), this.opts.scanMs ?? SCAN_MS);
+      this.timer.unref();
+    };
+    tick();
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  /** One scan; concurrent callers share it. Never throws: an unreadable /proc reports no ports. */
+  scan(): Promise<void> {
+    this.scanning ??= this.scanOnce()
+      .catch(() => undefined)
+      .finally(() => {
+        this.scanning = undefined;
+      });
+    return this.scanning;
+  }
+
+  private async scanOnce(): Promise<void> {
+    const read = (path: string) => readFile(`${this.proc}/${path}`, 'utf8').catch(() => undefined);
+    const [tcp, tcp6, range] = await Promise.all([
+      read('net/tcp'),
+      read('net/tcp6'),
+      read('sys/net/ipv4/ip_local_port_range'),
+    ]);
+    const [low, high] = parsePortRange(range);
+    const excluded = new Set(this.opts.exclude());
+    const inodesByPort = new Map<number, number[]>();
+    for (const socket of [...parseProcNetTcp(tcp ?? ''), ...parseProcNetTcp(tcp6 ?? '')]) {
+      if ((socket.port >= low && socket.port <= high) || excluded.has(socket.port)) continue;
+      if (!blocksIngress(socket, this.opts.bindHost)) continue;
+      inodesByPort.set(socket.port, [...(inodesByPort.get(socket.port) ?? []), socket.inode]);
+    }
+    const wanted = [...inodesByPort];
+    const inodes = new Set(wanted.flatMap(([, ids]) => ids));
+    for (const inode of this.owners.keys()) if (!inodes.has(inode)) this.owners.delete(inode);
+    const unknown = [...inodes].filter((inode) => inode !== 0 && !this.owners.has(inode));
+    if (unknown.length > 0) await this.findOwners(new Set(unknown));
+    const ports = wanted
+      .map(([port, ids]) => {
+        const owner = ids.map((id) => this.owners.get(id)).find(Boolean);
+        return owner ? { port, process: owner } : { port };
+      })
+      .sort((a, b) => a.port - b.port);
+    const changed = JSON.stringify(ports) !== JSON.stringify(this.ports);
+    this.ports = ports;
+    if (changed) this.opts.onChange?.();
+  }
+
+  /** Looks through /proc/PID/fd for the sockets; what is not found (another user's process) stays unnamed. */
+  private async findOwners(inodes: Set<number>): Promise<void> {
+    const pids = (await readdir(this.proc).catch(() => [] as string[])).filter((name) => /^\d+$/.test(name));
+    let left = inodes.size;
+    for (const pid of pids.slice(0, MAX_PROCESSES_SEARCHED)) {
+      if (left === 0) break;
+      const fds = await readdir(`${this.proc}/${pid}/fd`).catch(() => [] as string[]);
+      const links = await Promise.all(fds.map((fd) => readlink(`${this.proc}/${pid}/fd/${fd}`).catch(() => '')));
+      for (const link of links) {
+        const inode = Number(/^socket:\[(\d+)\]$/.exec(link)?.[1]);
+        if (!inodes.has(inode) || this.owners.has(inode)) continue;
+        const comm = (await readFile(`${this.proc}/${pid}/comm`, 'utf8').catch(() => '')).trim();
+        const name = Number(pid) === process.pid ? 'swarmd' : comm || 'a process';
+        this.owners.set(inode, `${name} (pid ${pid})`);
+        left--;
+      }
+    }
+    for (const inode of inodes) if (!this.owners.has(inode)) this.owners.set(inode, '');
+  }
+}
