@@ -201,6 +201,8 @@ export interface TaskStatus {
   health?: HealthState;
   /** Where the task listens (host:port, reachable from its node), for services with published ports. */
   address?: string;
+  /** When it began running, kept through its later states: the updater's monitor window counts from here. */
+  startedAt?: string;
 }
 
 export interface Task {

@@ -314,11 +314,14 @@ export class Manager {
       // Health changes within a state (running: starting -> healthy -> unhealthy) count too, as does the address.
       const sameState = state === task.status.state;
       if (!forward && (!sameState || (health === task.status.health && address === task.status.address))) continue;
+      const since = String(report.status.since ?? new Date().toISOString()).slice(0, 40);
+      const startedAt = task.status.startedAt ?? (state === 'running' ? since : undefined);
       const status: TaskStatus = {
         ...(health ? { health } : {}),
         ...(address ? { address } : {}),
+        ...(startedAt ? { startedAt } : {}),
         state,
-        since: String(report.status.since ?? new Date().toISOString()).slice(0, 40),
+        since,
         message: String(report.status.message ?? '').slice(0, 500),
         ...(typeof report.status.error === 'string' ? { error: report.status.error.slice(0, 2000) } : {}),
         ...(typeof report.status.exitCode === 'number' ? { exitCode: report.status.exitCode } : {}),

@@ -8,7 +8,8 @@
 // - stop-first: the old task is told to stop and its replacement waits (startAfter) until it has ended;
 // - start-first: the replacement starts beside the old task, which stops once the replacement is ready.
 // A task is ready when it runs and, if it has a health check, is healthy. New-version tasks that fail count
-// towards the failure action; the update completes once no place is dirty and the last replacement stayed
+// towards the failure action if they fail within the monitor window after they began running (or never ran,
+// as Docker counts them); the update completes once no place is dirty and the last replacement stayed
 // ready through the monitor window.
 //
 // Canaries (which Docker Swarm lacks): with update.canary = N, the first N places get a new task beside the
@@ -74,7 +75,7 @@ function planRollout(service: Service, tasks: Task[], now: number): StoreOp[] {
   const isCurrent = (task: Task) =>
     isDeepStrictEqual(task.template, service.spec.task) && Boolean(task.publishes) === publishes(service.spec);
 
-  const failure = firstFailure(service, tasks, isCurrent);
+  const failure = firstFailure(service, tasks, isCurrent, config.monitorMs, now);
   if (failure) {
     const places = Math.max(1, countPlaces(service, tasks));
     if (failure.count / places > config.maxFailureRatio && config.failureAction !== 'continue') {
@@ -206,18 +207,31 @@ function countPlaces(service: Service, tasks: Task[]): number {
 }
 
 /** New-version tasks that failed (or turned unhealthy) since the update began: the first and how many. */
+/**
+ * The new-version tasks that failed, as Docker counts them: a task that never ran, or that failed (or turned
+ * unhealthy) within the monitor window after it began running. One that ran longer was fine as an update; its
+ * later failure is the restart policy's business, not a reason to roll the whole service back.
+ */
 function firstFailure(
   service: Service,
   tasks: Task[],
   isCurrent: (task: Task) => boolean,
+  monitorMs: number,
+  now: number,
 ): { task: Task; count: number } | null {
   const since = Date.parse(service.updateStatus!.startedAt);
+  const withinWindow = (t: Task) => {
+    if (t.status.startedAt === undefined) return true;
+    const failedAt = t.status.state === 'running' ? now : Date.parse(t.status.since);
+    return failedAt - Date.parse(t.status.startedAt) <= monitorMs;
+  };
   const failed = tasks
     .filter(
       (t) =>
         isCurrent(t) &&
         Date.parse(t.createdAt) >= since &&
-        (t.status.state === 'failed' || t.status.state === 'rejected' || t.status.health === 'unhealthy'),
+        (t.status.state === 'failed' || t.status.state === 'rejected' || t.status.health === 'unhealthy') &&
+        withinWindow(t),
     )
     .sort((a, b) => a.status.since.localeCompare(b.status.since));
   return failed.length === 0 ? null : { task: failed[0]!, count: failed.length };

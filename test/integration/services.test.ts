@@ -96,6 +96,9 @@ describe('services on the process runtime', () => {
     const [victim] = programs('sleeper');
     process.kill(victim!, 'SIGKILL');
     await waitFor(() => tasks('sleeper').some((t) => t.status.state === 'failed' && t.status.exitCode === 137), 30_000);
+    // The managers keep when it began running (the updater's monitor window counts from there) past its end.
+    const failed = tasks('sleeper').find((t) => t.status.state === 'failed' && t.status.exitCode === 137)!;
+    expect(Date.parse(failed.status.startedAt!)).toBeLessThan(Date.parse(failed.status.since));
     await waitFor(() => running('sleeper').length === 2 && programs('sleeper').length === 2, 30_000);
   }, 60_000);
 

@@ -107,7 +107,8 @@ class Cluster {
         this.put('tasks', { ...task, status: { state: 'starting', since: this.at(), message: '' } });
       } else if (task.status.state === 'starting') {
         const health = task.template.healthcheck ? { health: 'healthy' as const } : {};
-        this.put('tasks', { ...task, status: { state: 'running', since: this.at(), message: '', ...health } });
+        const running = { state: 'running' as const, since: this.at(), startedAt: this.at(), message: '', ...health };
+        this.put('tasks', { ...task, status: running });
       }
     }
   }
@@ -255,6 +256,28 @@ describe('failures during an update', () => {
     cluster.update((spec) => ({ ...spec, task: v2 }));
     cluster.until(() => cluster.service.updateStatus?.state === 'completed');
     expect(cluster.running(v2)).toHaveLength(4);
+  });
+
+  it('counts a failure only within the monitor window after the task began running, as Docker does', () => {
+    // The first new task fails once, `after` ms into running; the update is slow (delay 3 s), so it is still
+    // going on then. Monitor window: 1 s.
+    const firstFailsAfter = (after: number) => {
+      const cluster = started(3, { parallelism: 1, delayMs: 3000, monitorMs: 1000, failureAction: 'rollback' });
+      let failed = false;
+      cluster.worker = (task) => {
+        const started = task.status.startedAt;
+        if (failed || task.status.state !== 'running' || !started || !isDeepStrictEqual(task.template, v2)) return null;
+        if (cluster.now - Date.parse(started) < after) return null;
+        failed = true;
+        return { state: 'failed', error: 'exit 1' };
+      };
+      cluster.update((spec) => ({ ...spec, task: v2 }));
+      cluster.until(() => failed);
+      cluster.until(() => ['completed', 'rollback_started'].includes(cluster.service.updateStatus!.state));
+      return cluster.service.updateStatus!.state;
+    };
+    expect(firstFailsAfter(500)).toBe('rollback_started');
+    expect(firstFailsAfter(2000)).toBe('completed');
   });
 
   it('counts a new task that turns unhealthy as a failure', () => {
