@@ -12,6 +12,7 @@
 //
 // The owning program is named where this process may look (its own processes; all of them as root): a socket's
 // inode is matched against /proc/PID/fd links, once per new listening socket, with a bound on the work.
+import { createReadStream } from 'node:fs';
 import { readdir, readFile, readlink } from 'node:fs/promises';
 import type { HostPortInUse } from '../api/types.ts';
 
@@ -28,10 +29,12 @@ export interface ListeningSocket {
   inode: number;
 }
 
-/** The listening sockets in the text of /proc/net/tcp or /proc/net/tcp6. */
-export function parseProcNetTcp(text: string): ListeningSocket[] {
-  const sockets: ListeningSocket[] = [];
-  for (const line of text.split('\n').slice(1)) {
+/** The listening sockets in (whole lines of) the text of /proc/net/tcp or /proc/net/tcp6. */
+export function parseProcNetTcp(text: string, into: ListeningSocket[] = []): ListeningSocket[] {
+  const sockets = into;
+  for (const line of text.split('\n')) {
+    // Only the state column can read " 0A " (LISTEN): the others are hex without spaces or decimal numbers.
+    if (!line.includes(` ${LISTEN_STATE} `)) continue;
     const fields = line.trim().split(/\s+/);
     if (fields.length < 10 || fields[3] !== LISTEN_STATE) continue;
     const [hexAddress = '', hexPort = ''] = fields[1]!.split(':');
@@ -41,6 +44,26 @@ export function parseProcNetTcp(text: string): ListeningSocket[] {
     sockets.push({ address: decodeAddress(hexAddress), port, inode });
   }
   return sockets;
+}
+
+/**
+ * The listening sockets of one of those files, read in chunks: a node with many connections has megabytes of
+ * lines there, which parsed at once would hold the event loop for tens of milliseconds.
+ */
+export async function readListeningSockets(path: string): Promise<ListeningSocket[]> {
+  const sockets: ListeningSocket[] = [];
+  let partial = '';
+  try {
+    for await (const chunk of createReadStream(path, { encoding: 'utf8', highWaterMark: 64 * 1024 })) {
+      const text = partial + (chunk as string);
+      const end = text.lastIndexOf('\n');
+      partial = text.slice(end + 1);
+      parseProcNetTcp(text.slice(0, end + 1), sockets);
+    }
+  } catch {
+    return sockets; // unreadable (no /proc, no IPv6): what was read so far
+  }
+  return parseProcNetTcp(partial, sockets);
 }
 
 /** The kernel prints an IPv4 address as one little-endian 32-bit word in hex, an IPv6 one as four of them. */
@@ -123,14 +146,14 @@ export class ListeningPorts {
   private async scanOnce(): Promise<void> {
     const read = (path: string) => readFile(`${this.proc}/${path}`, 'utf8').catch(() => undefined);
     const [tcp, tcp6, range] = await Promise.all([
-      read('net/tcp'),
-      read('net/tcp6'),
+      readListeningSockets(`${this.proc}/net/tcp`),
+      readListeningSockets(`${this.proc}/net/tcp6`),
       read('sys/net/ipv4/ip_local_port_range'),
     ]);
     const [low, high] = parsePortRange(range);
     const excluded = new Set(this.opts.exclude());
     const inodesByPort = new Map<number, number[]>();
-    for (const socket of [...parseProcNetTcp(tcp ?? ''), ...parseProcNetTcp(tcp6 ?? '')]) {
+    for (const socket of [...tcp, ...tcp6]) {
       if ((socket.port >= low && socket.port <= high) || excluded.has(socket.port)) continue;
       if (!blocksIngress(socket, this.opts.bindHost)) continue;
       inodesByPort.set(socket.port, [...(inodesByPort.get(socket.port) ?? []), socket.inode]);

@@ -5,7 +5,13 @@ import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { blocksIngress, ListeningPorts, parsePortRange, parseProcNetTcp } from '../../daemon/worker/listening-ports.ts';
+import {
+  blocksIngress,
+  ListeningPorts,
+  parsePortRange,
+  parseProcNetTcp,
+  readListeningSockets,
+} from '../../daemon/worker/listening-ports.ts';
 
 const HEADER = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
 /** One line of /proc/net/tcp as the kernel prints it. */
@@ -41,6 +47,23 @@ describe('parsing /proc/net/tcp', () => {
   it('skips lines it cannot read instead of failing', () => {
     expect(parseProcNetTcp(`${HEADER}garbage\n  0: 00000000:ZZZZ 0 0A a b c d e f\n\n`)).toEqual([]);
     expect(parseProcNetTcp('')).toEqual([]);
+  });
+
+  it('reads a large file in chunks, finding every listener whatever chunk boundary it straddles', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'swarmd-proc-big-'));
+    // 40,000 established connections (about 6 MB, ~90 chunks) with a listener every 997 lines.
+    let text = HEADER;
+    const expected: number[] = [];
+    for (let i = 0; i < 40_000; i++) {
+      const listening = i % 997 === 0;
+      const port = 1000 + i;
+      if (listening) expected.push(port);
+      text += line(i, `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`, listening ? '0A' : '01', i);
+    }
+    writeFileSync(join(dir, 'tcp'), text);
+    const found = await readListeningSockets(join(dir, 'tcp'));
+    expect(found.map((s) => s.port)).toEqual(expected);
+    expect(await readListeningSockets(join(dir, 'missing'))).toEqual([]);
   });
 
   it('reads the ephemeral range, with Linux default when it is unreadable or nonsense', () => {
