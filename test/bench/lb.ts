@@ -33,12 +33,12 @@ import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, Worker, workerData } from 'node:worker_threads';
 import { ApiClient } from '../../daemon/api/client.ts';
 import type { Endpoint, ServiceEndpoints } from '../../daemon/lb/endpoints.ts';
 import { type DialRemote, Ingress, serveRemote } from '../../daemon/lb/forwarder.ts';
+import { dialLoopback } from '../helpers/loopback-dial.ts';
 import { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
 import { killHard, type Started, startProcess } from './lib/processes.ts';
@@ -101,17 +101,7 @@ function endpointsFor(backends: string[], nodeId: string): ServiceEndpoints {
  */
 function loopbackDialRemote(node: string): DialRemote {
   const [host, port] = [node.slice(0, node.lastIndexOf(':')), Number(node.slice(node.lastIndexOf(':') + 1))];
-  return (_endpoint, header, signal) =>
-    new Promise<Duplex>((resolve, reject) => {
-      const socket = connect({ host, port, noDelay: true, allowHalfOpen: true });
-      signal.addEventListener('abort', () => socket.destroy(), { once: true });
-      socket.once('error', reject);
-      socket.once('connect', () => {
-        socket.off('error', reject);
-        socket.write(header);
-        resolve(socket);
-      });
-    });
+  return (_endpoint, header, signal) => dialLoopback(host, port, header, signal);
 }
 
 async function runIngress(args: RoleArgs): Promise<void> {

@@ -5,7 +5,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Agent, createServer as createHttpServer, get, type Server as HttpServer } from 'node:http';
 import { connect, createServer, type Server, type Socket } from 'node:net';
-import { type Duplex, duplexPair } from 'node:stream';
+import { duplexPair } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Endpoint, ServiceEndpoints } from '../../daemon/lb/endpoints.ts';
 import { type DialRemote, Ingress, serveRemote } from '../../daemon/lb/forwarder.ts';
@@ -13,6 +13,7 @@ import { renderMetrics } from '../../daemon/lb/metrics.ts';
 import { OutlierDetector } from '../../daemon/lb/outliers.ts';
 import { readProxyHeader } from '../../daemon/lb/proxy-protocol.ts';
 import { TunnelDialer, TunnelServer } from '../../daemon/lb/tunnel.ts';
+import { dialLoopback } from '../helpers/loopback-dial.ts';
 
 const LOCAL = 'node-local';
 const OTHER = 'node-other';
@@ -184,19 +185,11 @@ async function fakeMesh(
   servers.push(node);
   const port = (node.address() as { port: number }).port;
   let dials = 0;
-  const dialRemote: DialRemote = (endpoint, header, signal) =>
-    new Promise<Duplex>((resolve, reject) => {
-      expect(endpoint.nodeId).toBe(OTHER);
-      dials++;
-      const socket = connect({ host: '127.0.0.1', port, noDelay: true, allowHalfOpen: true });
-      signal.addEventListener('abort', () => socket.destroy(), { once: true });
-      socket.once('error', reject);
-      socket.once('connect', () => {
-        socket.off('error', reject);
-        socket.write(header);
-        resolve(socket);
-      });
-    });
+  const dialRemote: DialRemote = (endpoint, header, signal) => {
+    expect(endpoint.nodeId).toBe(OTHER);
+    dials++;
+    return dialLoopback('127.0.0.1', port, header, signal);
+  };
   return { dialRemote, dials: () => dials };
 }
 
