@@ -511,7 +511,8 @@ export class Swarmd {
       ...(this.opts.ingressHost ? { bindHost: this.opts.ingressHost } : {}),
       onChange: () => this.agent?.beatSoon(),
     });
-    await this.listeningPorts.start();
+    // Not awaited: naming the owners walks /proc; the first heartbeat after the scan carries the ports.
+    void this.listeningPorts.start();
     await serveLogs(this.host, () => this.runner);
     await this.host.handle(
       PROTOCOLS.nudge,

@@ -14,6 +14,7 @@
 // inode is matched against /proc/PID/fd links, once per new listening socket, with a bound on the work.
 import { createReadStream } from 'node:fs';
 import { readdir, readFile, readlink } from 'node:fs/promises';
+import { isDeepStrictEqual } from 'node:util';
 import type { HostPortInUse } from '../api/types.ts';
 
 /** How often the ports are read again. */
@@ -96,7 +97,6 @@ export interface ListeningPortsOptions {
   /** Called when the reported set changes (to send a heartbeat soon). */
   onChange?: () => void;
   procRoot?: string;
-  scanMs?: number;
 }
 
 export class ListeningPorts {
@@ -106,6 +106,7 @@ export class ListeningPorts {
   /** Socket inode -> "name (pid N)" or '' when no process we could see holds it. */
   private readonly owners = new Map<number, string>();
   private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
   private scanning: Promise<void> | undefined;
 
   constructor(opts: ListeningPortsOptions) {
@@ -118,19 +119,20 @@ export class ListeningPorts {
     return this.ports;
   }
 
-  /** Scans now, then every scanMs. */
+  /** Scans now, then every SCAN_MS until stopped. */
   async start(): Promise<void> {
     await this.scan();
     const tick = () => {
-      this.timer = setTimeout(() => void this.scan().finally(tick), this.opts.scanMs ?? SCAN_MS);
+      if (this.stopped) return;
+      this.timer = setTimeout(() => void this.scan().finally(tick), SCAN_MS);
       this.timer.unref();
     };
     tick();
   }
 
   stop(): void {
+    this.stopped = true;
     clearTimeout(this.timer);
-    this.timer = undefined;
   }
 
   /** One scan; concurrent callers share it. Never throws: an unreadable /proc reports no ports. */
@@ -144,11 +146,10 @@ export class ListeningPorts {
   }
 
   private async scanOnce(): Promise<void> {
-    const read = (path: string) => readFile(`${this.proc}/${path}`, 'utf8').catch(() => undefined);
     const [tcp, tcp6, range] = await Promise.all([
       readListeningSockets(`${this.proc}/net/tcp`),
       readListeningSockets(`${this.proc}/net/tcp6`),
-      read('sys/net/ipv4/ip_local_port_range'),
+      readFile(`${this.proc}/sys/net/ipv4/ip_local_port_range`, 'utf8').catch(() => undefined),
     ]);
     const [low, high] = parsePortRange(range);
     const excluded = new Set(this.opts.exclude());
@@ -156,7 +157,9 @@ export class ListeningPorts {
     for (const socket of [...tcp, ...tcp6]) {
       if ((socket.port >= low && socket.port <= high) || excluded.has(socket.port)) continue;
       if (!blocksIngress(socket, this.opts.bindHost)) continue;
-      inodesByPort.set(socket.port, [...(inodesByPort.get(socket.port) ?? []), socket.inode]);
+      const inodes = inodesByPort.get(socket.port);
+      if (inodes) inodes.push(socket.inode);
+      else inodesByPort.set(socket.port, [socket.inode]);
     }
     const wanted = [...inodesByPort];
     const inodes = new Set(wanted.flatMap(([, ids]) => ids));
@@ -169,7 +172,7 @@ export class ListeningPorts {
         return owner ? { port, process: owner } : { port };
       })
       .sort((a, b) => a.port - b.port);
-    const changed = JSON.stringify(ports) !== JSON.stringify(this.ports);
+    const changed = !isDeepStrictEqual(ports, this.ports);
     this.ports = ports;
     if (changed) this.opts.onChange?.();
   }
