@@ -11,7 +11,13 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
 export async function buildBundle(outdir: string = resolve(root, 'dist')): Promise<string> {
   await build({
-    entryPoints: [resolve(root, 'cli/swarmd.ts'), resolve(root, 'cli/swarm.ts')],
+    // Named, so that each lands at the top of outdir: the ingress thread is loaded from next to the module that
+    // starts it (daemon/lb/ingress-threads.ts), which the bundle puts at the top too.
+    entryPoints: {
+      swarmd: resolve(root, 'cli/swarmd.ts'),
+      swarm: resolve(root, 'cli/swarm.ts'),
+      'ingress-thread': resolve(root, 'daemon/lb/ingress-thread.ts'),
+    },
     outdir,
     bundle: true,
     splitting: true,

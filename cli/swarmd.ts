@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ApiClient } from '../daemon/api/client.ts';
 import { SWARMD_VERSION } from '../daemon/api/version.ts';
+import { MAX_LB_THREADS } from '../daemon/lb/ingress-threads.ts';
 import { JoinTokenError } from '../daemon/mesh/pki.ts';
 import { type HostPort, Swarmd, SwarmdError } from '../daemon/swarmd.ts';
 import { parseNodeResources } from '../daemon/worker/accelerators/node-resources.ts';
@@ -36,11 +37,21 @@ Options:
   --node-resource KIND=N|ID      Declare a resource discovery does not see (fpga=2, ib=mlx5_0); repeatable
   --apptainer PATH               The apptainer or singularity binary (default: whichever is on PATH)
   --ingress-host HOST            Address published ports listen on (default: all interfaces)
+  --lb-threads N                 Threads serving published ports (default: one per CPU, up to 4; 0: the
+                                 daemon's main thread, as on a single CPU)
   --force                        leave: even if this node is a manager
   -h, --help                     Show this help
 `;
 
 class UsageError extends Error {}
+
+function parseLbThreads(value: string): number {
+  const threads = /^\d{1,3}$/.test(value) ? Number(value) : Number.NaN;
+  if (!(threads >= 0 && threads <= MAX_LB_THREADS)) {
+    throw new UsageError(`--lb-threads must be a whole number from 0 to ${MAX_LB_THREADS}, got "${value}"`);
+  }
+  return threads;
+}
 
 /** HOST:PORT; port 0 (any free port) only where anyPort allows it, i.e. for listening. */
 function parseHostPort(flag: string, value: string, anyPort = false): HostPort {
@@ -107,6 +118,7 @@ export async function main(argv: string[]): Promise<number> {
       'node-resource': { type: 'string', multiple: true },
       apptainer: { type: 'string' },
       'ingress-host': { type: 'string' },
+      'lb-threads': { type: 'string' },
       force: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -134,6 +146,7 @@ export async function main(argv: string[]): Promise<number> {
     ...(nodeResources.length > 0 ? { nodeResources } : {}),
     ...(values.apptainer ? { apptainerBinary: values.apptainer } : {}),
     ...(values['ingress-host'] ? { ingressHost: checkIngressHost(values['ingress-host']) } : {}),
+    ...(values['lb-threads'] === undefined ? {} : { lbThreads: parseLbThreads(values['lb-threads']) }),
     ...(listen ? { listen } : {}),
     ...(advertise ? { advertise } : {}),
     ...(encryption ? { meshEncryption: encryption } : {}),

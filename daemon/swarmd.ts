@@ -9,12 +9,14 @@ import { startApiServer } from './api/server.ts';
 import type { Task } from './api/services.ts';
 import type { HostPortInUse, NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
 import { SWARMD_VERSION } from './api/version.ts';
-import { IngressSet } from './lb/ingress-set.ts';
+import { EventLoopDelay } from './event-loop-delay.ts';
+import { IngressSet, type PublishedPorts } from './lb/ingress-set.ts';
+import { defaultLbThreads, IngressThreads, MAX_LB_THREADS } from './lb/ingress-threads.ts';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './lb/metrics.ts';
 import { serveRemote } from './lb/remote.ts';
 import { newMeshHopCounters } from './lb/stats.ts';
 import { validateTable } from './lb/table.ts';
-import { TunnelDialer, TunnelServer } from './lb/tunnel.ts';
+import { type OpenTunnel, TunnelDialer, TunnelServer } from './lb/tunnel.ts';
 import { collectServiceLogs, serveLogs } from './logs.ts';
 // Manager code (Raft, storage, the store) is loaded only on managers: workers are often small devices.
 import type { ManagerControl } from './manager/control.ts';
@@ -63,6 +65,8 @@ export interface SwarmdOptions {
   apptainerBinary?: string;
   /** Where published ports listen (--ingress-host); default all interfaces. Tests use 127.0.0.1. */
   ingressHost?: string;
+  /** Threads that serve published ports (--lb-threads); 0: the main thread. Default defaultLbThreads(). */
+  lbThreads?: number;
   log?: (level: 'info' | 'warn' | 'error', message: string) => void;
 }
 
@@ -75,10 +79,11 @@ export class SwarmdError extends Error {
 
 const DEFAULT_LISTEN: HostPort = { host: '0.0.0.0', port: 2377 };
 /**
- * Load balancer tunnels per mesh connection, each way: one is used per pair of nodes (it carries every forwarded
- * connection, see daemon/lb/tunnel.ts); the slack covers a tunnel reopened while the old one is still closing.
+ * Load balancer tunnels per mesh connection, each way: one per pair of nodes and ingress thread (a tunnel carries
+ * every connection the thread forwards to that node, see daemon/lb/tunnel.ts), or one from the main thread; twice
+ * that covers tunnels reopened while the old ones are still closing.
  */
-const LB_TUNNELS = 8;
+const LB_TUNNELS = 2 * (MAX_LB_THREADS + 1);
 
 /**
  * What this node has. Accelerators and declared resources come once discovery ran (startExecutors); the ports
@@ -115,12 +120,13 @@ export class Swarmd {
   private gate!: MembershipGate;
   private agent!: Agent;
   private runner!: TaskRunner;
-  private ingresses!: IngressSet;
+  private ingresses!: PublishedPorts;
   /** The TCP ports other programs on this host listen on, for the node description. */
   private listeningPorts: ListeningPorts | undefined;
   private tunnels: TunnelDialer | undefined;
   private tunnelServer: TunnelServer | undefined;
   private readonly meshHopCounters = newMeshHopCounters();
+  private readonly eventLoopDelay = new EventLoopDelay();
   private executors = new Map<Runtime, Executor>();
   private accelerators: Pick<NodeDescription['resources'], 'gpus' | 'generic'> = {};
   private manager: Manager | null = null;
@@ -558,18 +564,28 @@ export class Swarmd {
   /** Published ports on this node, and the mesh hop's far end for this node's tasks. */
   private async startLoadBalancer(): Promise<void> {
     const lbLog = (message: string) => this.log('warn', message);
-    const tunnels = new TunnelDialer(async (peerId, signal) => {
+    const openTunnel: OpenTunnel = async (peerId, signal) => {
       // The far end serves members only: it must have seen our certificate (once per connection).
       await this.gate.ensureHello(peerId);
       return this.host.openByteStream(peerId, PROTOCOLS.lb, { signal, maxOutboundStreams: LB_TUNNELS });
-    }, lbLog);
-    this.tunnels = tunnels;
-    this.ingresses = new IngressSet({
+    };
+    const where = {
       nodeId: this.state.nodeId,
       ...(this.opts.ingressHost ? { host: this.opts.ingressHost } : {}),
-      dialPeer: (peerId, header, signal) => tunnels.dial(peerId, header, signal),
-      log: (level, message) => this.log(level, message),
-    });
+      log: (level: 'info' | 'warn', message: string) => this.log(level, message),
+    };
+    const threads = Math.min(MAX_LB_THREADS, this.opts.lbThreads ?? defaultLbThreads());
+    if (threads > 0) {
+      // Each thread keeps its own tunnels, whose transports this thread opens and relays.
+      this.ingresses = new IngressThreads({ ...where, threads, openTunnel });
+    } else {
+      const tunnels = new TunnelDialer(openTunnel, lbLog);
+      this.tunnels = tunnels;
+      this.ingresses = new IngressSet({
+        ...where,
+        dialPeer: (peerId, header, signal) => tunnels.dial(peerId, header, signal),
+      });
+    }
     const tunnelServer = new TunnelServer(
       (stream) =>
         void serveRemote(stream, (taskId) => this.runner.localAddress(taskId), {
@@ -658,6 +674,7 @@ export class Swarmd {
     this.stopping ??= (async () => {
       this.agent?.stop();
       this.listeningPorts?.stop();
+      this.eventLoopDelay.stop();
       await this.ingresses?.close().catch(() => {});
       this.tunnels?.close();
       this.tunnelServer?.close();
@@ -699,10 +716,15 @@ export class Swarmd {
       listTasks: (filter) => this.requireControl().listTasks(filter),
       serviceLogs: (ref, options) => this.serviceLogs(ref, options),
       metrics: async () => ({
-        text: renderMetrics(this.ingresses.stats(), {
-          streams: this.meshHopCounters,
-          tunnels: { in: this.tunnelServer?.openCount ?? 0, out: this.tunnels?.openCount ?? 0 },
-        }),
+        text:
+          renderMetrics(await this.ingresses.stats(), {
+            streams: this.meshHopCounters,
+            tunnels: {
+              in: this.tunnelServer?.openCount ?? 0,
+              out:
+                this.ingresses instanceof IngressThreads ? this.ingresses.tunnelsOpen : (this.tunnels?.openCount ?? 0),
+            },
+          }) + this.eventLoopDelay.render(),
         contentType: METRICS_CONTENT_TYPE,
       }),
     };

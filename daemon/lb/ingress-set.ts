@@ -9,7 +9,7 @@ import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
 import { Ingress } from './forwarder.ts';
 import { OutlierDetector } from './outliers.ts';
 import type { ServiceStats } from './stats.ts';
-import type { TableService } from './table.ts';
+import { forgetGone, type TableService } from './table.ts';
 
 export interface IngressSetOptions {
   nodeId: string;
@@ -20,6 +20,27 @@ export interface IngressSetOptions {
   log: (level: 'info' | 'warn', message: string) => void;
   /** A port that failed to listen (taken by the host) is tried again after this long. Default 10 s. */
   retryMs?: number;
+  /** SO_REUSEPORT on every port: for several sets sharing the ports, one per ingress thread (ingress-threads.ts). */
+  reusePort?: boolean;
+  /** Whether to log ports starting, stopping and failing to listen; of several sets sharing the ports, one does. */
+  announcePorts?: boolean;
+  /** Called when listening() may have changed. */
+  onListeningChange?: () => void;
+}
+
+/** What the daemon needs of its published ports, served in its own thread (IngressSet) or others (IngressThreads). */
+export interface PublishedPorts {
+  /** Applies a new endpoint table. */
+  update(table: readonly TableService[]): void;
+  /** See IngressSet.drain. */
+  drain(taskId: TaskId, graceMs: number): Promise<void>;
+  /** Counters per published port (and per thread, with threads): renderMetrics sums them per service and task. */
+  stats(): ServiceStats[] | Promise<ServiceStats[]>;
+  /** The published ports listened on now. */
+  listening(): number[];
+  close(): Promise<void>;
+  /** Streams other nodes' ingresses opened to this node's tasks (pass to serveRemote): drained with the rest. */
+  readonly meshStreams: DrainTracker;
 }
 
 interface Port {
@@ -28,7 +49,7 @@ interface Port {
   ready: Promise<boolean>;
 }
 
-export class IngressSet {
+export class IngressSet implements PublishedPorts {
   private readonly opts: IngressSetOptions;
   private readonly ports = new Map<number, Port>();
   private readonly views = new Map<number, ServiceEndpoints>();
@@ -100,15 +121,7 @@ export class IngressSet {
 
   /** A drained task the table no longer lists is gone for good: the ingresses need not remember it. */
   private forgetDrained(table: readonly TableService[]): void {
-    if (this.drained.size === 0) return;
-    const named = new Set<TaskId>();
-    for (const service of table) {
-      for (const e of service.endpoints) named.add(e.taskId);
-      for (const id of service.draining) named.add(id);
-    }
-    for (const taskId of this.drained) {
-      if (named.has(taskId)) continue;
-      this.drained.delete(taskId);
+    for (const taskId of forgetGone(this.drained, table)) {
       this.meshStreams.undrain(taskId);
       for (const { ingress } of this.ports.values()) ingress.undrain(taskId);
     }
@@ -141,19 +154,23 @@ export class IngressSet {
         return this.opts.dialPeer(peerId, header, signal);
       },
       outliers: this.outliers,
+      ...(this.opts.reusePort ? { reusePort: true } : {}),
       log: (message) => this.opts.log('warn', message),
     });
+    const announce = this.opts.announcePorts ?? true;
     const ready = ingress.listen().then(
       () => {
         this.failedAt.delete(port);
-        this.opts.log('info', `lb: listening on published port ${port} (${this.views.get(port)?.serviceName})`);
+        if (announce)
+          this.opts.log('info', `lb: listening on published port ${port} (${this.views.get(port)?.serviceName})`);
+        this.opts.onListeningChange?.();
         return true;
       },
       (err: Error) => {
         // Taken by something else on this host: the service cannot be reached here; said once per retry.
         this.failedAt.set(port, Date.now());
         if (this.ports.get(port)?.ingress === ingress) this.ports.delete(port);
-        this.opts.log('warn', `lb: cannot listen on published port ${port}: ${err.message}`);
+        if (announce) this.opts.log('warn', `lb: cannot listen on published port ${port}: ${err.message}`);
         return false;
       },
     );
@@ -163,6 +180,7 @@ export class IngressSet {
   private stop(port: number, entry: Port): void {
     this.ports.delete(port);
     void entry.ready.then((ok) => (ok ? entry.ingress.close() : undefined));
-    this.opts.log('info', `lb: stopped listening on published port ${port}`);
+    this.opts.onListeningChange?.();
+    if (this.opts.announcePorts ?? true) this.opts.log('info', `lb: stopped listening on published port ${port}`);
   }
 }

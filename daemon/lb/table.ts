@@ -82,3 +82,19 @@ function validateService(raw: unknown): TableService | undefined {
     draining,
   };
 }
+
+/**
+ * Removes from `drained` the tasks the table no longer names (neither as endpoints nor as draining) and returns them:
+ * those are gone for good, so whoever kept them excluded can forget them.
+ */
+export function forgetGone(drained: Set<string>, table: readonly TableService[]): string[] {
+  if (drained.size === 0) return [];
+  const named = new Set<string>();
+  for (const service of table) {
+    for (const e of service.endpoints) named.add(e.taskId);
+    for (const id of service.draining) named.add(id);
+  }
+  const gone = [...drained].filter((taskId) => !named.has(taskId));
+  for (const taskId of gone) drained.delete(taskId);
+  return gone;
+}

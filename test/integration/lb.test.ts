@@ -5,13 +5,19 @@
 // request loop loses no request; PROXY protocol v2 gives the backend the client's address; a dead node's tasks
 // are replaced and every other node keeps answering.
 //
+// The daemons run the bundle (npm run build), as shipped: its ingress threads load from a file of their own.
+//
 // Tasks share the host's network, so each listens on the host port its node gives it in $PORT (the --publish
 // target only documents the container port); the backend answers "PORT PID".
 
+import { mkdtempSync, rmSync } from 'node:fs';
 import { get as httpGet, request as httpRequest } from 'node:http';
 import { connect, createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildBundle } from '../../cli/build.ts';
 import type { Task } from '../../daemon/api/services.ts';
 import type { SwarmNode } from '../../daemon/api/types.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
@@ -22,10 +28,12 @@ import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../
 
 const BASE = 47000 + Math.floor(Math.random() * 400) * 5;
 const PUBLISHED = BASE + 3;
-const cluster = new SwarmProcesses(BASE);
+const DIST = mkdtempSync(join(tmpdir(), 'swarmd-lb-dist-'));
+const cluster = new SwarmProcesses(BASE, { swarmdArgs: [join(DIST, 'swarmd.mjs')] });
 const HOSTS = { m1: '127.0.0.1', w1: '127.0.0.2', w2: '127.0.0.3' } as const;
 let m1: NodeProcess;
 let w1: NodeProcess;
+let w2: NodeProcess;
 /** Backend PIDs seen in answers: killed at the end whatever happens (they are this test's tasks). */
 const pids = new Set<number>();
 
@@ -82,10 +90,12 @@ const ready = () =>
 const taskPorts = () => new Set(ready().map((t) => t.status.address!.split(':')[1]!));
 
 beforeAll(async () => {
-  m1 = await cluster.init('m1', ['--ingress-host', HOSTS.m1]);
+  await buildBundle(DIST);
+  // Both ways of serving published ports: ingress threads (m1, w1) and the daemon's main thread (w2).
+  m1 = await cluster.init('m1', ['--ingress-host', HOSTS.m1, '--lb-threads', '2']);
   const token = swarm(m1, 'join-token', '-q', 'worker').stdout.trim();
-  w1 = await cluster.join('w1', token, m1, ['--ingress-host', HOSTS.w1]);
-  await cluster.join('w2', token, m1, ['--ingress-host', HOSTS.w2]);
+  w1 = await cluster.join('w1', token, m1, ['--ingress-host', HOSTS.w1, '--lb-threads', '2']);
+  w2 = await cluster.join('w2', token, m1, ['--ingress-host', HOSTS.w2, '--lb-threads', '0']);
   await waitFor(
     () =>
       swarmJson<{ status: { state: string } }[]>(m1, 'node', 'ls').filter((n) => n.status.state === 'ready').length ===
@@ -99,6 +109,7 @@ afterAll(async () => {
   swarm(m1, 'service', 'rm', 'web');
   await new Promise((r) => setTimeout(r, 2000));
   await cluster.stopAll();
+  rmSync(DIST, { recursive: true, force: true });
   for (const pid of pids) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -154,6 +165,10 @@ describe('load balancer', () => {
         () => `${last}\n${swarm(m1, 'service', 'ps', 'web').stdout}`,
       );
     }
+    // Which way each node served them (see beforeAll).
+    for (const node of [m1, w1]) expect(node.output()).toContain('lb: published ports served by 2 thread(s)');
+    expect(w2.output()).not.toContain('served by');
+    expect(w2.output()).toContain(`lb: listening on published port ${PUBLISHED}`);
   }, 120_000);
 
   it('serves the counters of this node in the Prometheus format on GET /v1/metrics', async () => {
@@ -178,7 +193,11 @@ describe('load balancer', () => {
     expect(text.body).toMatch(/swarmd_lb_service_connections_total\{[^}]*web[^}]*\} [1-9]/);
     // m1 runs no task: everything it accepted went through its tunnels to the workers, which served it.
     expect(text.body).toMatch(/^swarmd_lb_tunnels\{direction="out"\} [1-9]/m);
-    const workers = await Promise.all([w1, cluster.nodes.get('w2')!].map(metricsOf));
+    // The main thread's event-loop delay since the previous scrape: a number of seconds, well under one on this run.
+    const delay = /^swarmd_event_loop_delay_seconds\{quantile="0\.99"\} (\S+)$/m.exec(text.body)?.[1];
+    expect(Number(delay)).toBeGreaterThanOrEqual(0);
+    expect(Number(delay)).toBeLessThan(1);
+    const workers = await Promise.all([w1, w2].map(metricsOf));
     expect(workers.some((w) => /^swarmd_lb_mesh_streams_total\{result="served"\} [1-9]/m.test(w.body))).toBe(true);
     expect(workers.some((w) => /^swarmd_lb_tunnels\{direction="in"\} [1-9]/m.test(w.body))).toBe(true);
   });
@@ -445,7 +464,7 @@ describe('load balancer', () => {
   }, 90_000);
 
   it("a dead node's tasks are replaced and every node keeps answering", async () => {
-    const w2Id = swarmJson<{ nodeId: string }>(cluster.nodes.get('w2')!, 'info').nodeId;
+    const w2Id = swarmJson<{ nodeId: string }>(w2, 'info').nodeId;
     await cluster.kill9('w2');
     await waitFor(
       () => ready().length === 3 && ready().every((t) => t.nodeId !== w2Id),

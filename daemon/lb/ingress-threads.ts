@@ -1,0 +1,236 @@
+// A node's published ports served by worker threads: each thread runs its own IngressSet on the same ports
+// (SO_REUSEPORT, so the kernel spreads new connections over the threads), and forwards its connections itself.
+//
+// Why: forwarding is CPU work per chunk of every connection. In the daemon's main thread it competes with Raft's
+// heartbeats and the API on one core; in threads it uses the node's other cores and leaves the main thread's event
+// loop to the control plane. On the lb bench (2 cores shared with wrk and the backends), two acceptor threads
+// forward ~1.3x the requests of one.
+//
+// What stays in the main thread: libp2p. Each thread keeps its own tunnels to other nodes (tunnel.ts), whose
+// transports the main thread opens over the mesh and relays (thread-relay.ts); streams other nodes open to this
+// node's tasks are served by the main thread, so their drain bookkeeping (meshStreams) is here. Each thread keeps its own outlier detection and counters;
+// stats() sums the counters.
+//
+// The threads start with the first table that publishes a port, so a node that publishes nothing pays nothing. One
+// that dies is started again (after a second), with the current table and the drains under way.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { DrainTracker } from './drain-tracker.ts';
+import type { TaskId } from './endpoints.ts';
+import type { PublishedPorts } from './ingress-set.ts';
+import type { ServiceStats } from './stats.ts';
+import { forgetGone, type TableService } from './table.ts';
+import { serveTunnelRelay, type TunnelRelay } from './thread-relay.ts';
+import type { OpenTunnel } from './tunnel.ts';
+
+/** What a thread is started with (workerData). */
+export interface IngressThreadData {
+  index: number;
+  nodeId: string;
+  host: string | undefined;
+  relayPath: string;
+}
+
+export type ToIngressThread =
+  | { type: 'table'; table: readonly TableService[] }
+  | { type: 'drain'; id: number; taskId: TaskId; graceMs: number }
+  | { type: 'stats'; id: number }
+  | { type: 'close'; id: number };
+
+export type FromIngressThread =
+  | { type: 'log'; level: 'info' | 'warn'; message: string }
+  | { type: 'listening'; ports: number[] }
+  | { type: 'done'; id: number; stats?: ServiceStats[] };
+
+/** Source or bundle: the thread's entry sits next to this module (cli/build.ts names it ingress-thread.mjs). */
+const THREAD_ENTRY = new URL(
+  import.meta.url.endsWith('.ts') ? './ingress-thread.ts' : './ingress-thread.mjs',
+  import.meta.url,
+);
+const RESTART_DELAY_MS = 1000;
+/** A thread that does not answer a stats request in time is counted as having nothing to report. */
+const STATS_TIMEOUT_MS = 2000;
+
+/** Each thread opens its own tunnel to each node it forwards to, which bounds the tunnels a peer must accept. */
+export const MAX_LB_THREADS = 16;
+
+/**
+ * One ingress thread per CPU, up to 4 (beyond that the backends and the kernel's loopback are the limit on the
+ * machines measured); on a single CPU a thread would only add a hop, so the main thread serves the ports.
+ */
+export function defaultLbThreads(): number {
+  const cpus = availableParallelism();
+  return cpus < 2 ? 0 : Math.min(4, cpus);
+}
+
+export interface IngressThreadsOptions {
+  threads: number;
+  nodeId: string;
+  /** Listening address of every published port; left out, all interfaces. */
+  host?: string;
+  /** Opens a tunnel's transport to a peer over the mesh, for the threads (through the relay). */
+  openTunnel: OpenTunnel;
+  log: (level: 'info' | 'warn', message: string) => void;
+}
+
+interface Thread {
+  index: number;
+  worker: Worker;
+  listening: number[];
+  exited: boolean;
+  /** Requests waiting for their 'done', by id. */
+  pending: Map<number, (stats: ServiceStats[] | undefined) => void>;
+}
+
+export class IngressThreads implements PublishedPorts {
+  private readonly opts: IngressThreadsOptions;
+  readonly meshStreams = new DrainTracker();
+  /** Tasks drain() was called for, with their grace: told to threads started later too. */
+  private readonly drained = new Map<TaskId, number>();
+  private readonly threads: Thread[] = [];
+  private table: readonly TableService[] = [];
+  private relay: { relay: TunnelRelay; dir: string } | undefined;
+  private nextRequestId = 1;
+  private closed = false;
+
+  constructor(opts: IngressThreadsOptions) {
+    this.opts = opts;
+  }
+
+  update(table: readonly TableService[]): void {
+    if (this.closed) return;
+    this.table = table;
+    const drainedIds = new Set(this.drained.keys());
+    for (const taskId of forgetGone(drainedIds, table)) {
+      this.drained.delete(taskId);
+      this.meshStreams.undrain(taskId);
+    }
+    if (this.threads.length === 0) {
+      if (!table.some((service) => service.ports.length > 0)) return;
+      this.start();
+      return;
+    }
+    for (const thread of this.threads) thread.worker.postMessage({ type: 'table', table } satisfies ToIngressThread);
+  }
+
+  async drain(taskId: TaskId, graceMs: number): Promise<void> {
+    this.drained.set(taskId, graceMs);
+    await Promise.all([
+      this.meshStreams.drain(taskId, graceMs),
+      ...this.threads.map((thread) => this.request(thread, { type: 'drain', taskId, graceMs })),
+    ]);
+  }
+
+  /** Each thread's entries, one per port and thread: renderMetrics sums them per service and task. */
+  async stats(): Promise<ServiceStats[]> {
+    const lists = await Promise.all(
+      this.threads.map((thread) =>
+        Promise.race([
+          this.request(thread, { type: 'stats' }),
+          new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), STATS_TIMEOUT_MS).unref()),
+        ]),
+      ),
+    );
+    return lists.flatMap((list) => list ?? []);
+  }
+
+  /** The threads' tunnels to other nodes open now. */
+  get tunnelsOpen(): number {
+    return this.relay?.relay.openCount ?? 0;
+  }
+
+  listening(): number[] {
+    const ports = new Set<number>();
+    for (const thread of this.threads) for (const port of thread.listening) ports.add(port);
+    return [...ports].sort((a, b) => a - b);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // Each thread closes its ingresses (cutting their connections) before it is terminated.
+    await Promise.all(
+      this.threads.map(async (thread) => {
+        await this.request(thread, { type: 'close' });
+        await thread.worker.terminate();
+      }),
+    );
+    this.threads.length = 0;
+    if (this.relay !== undefined) {
+      const { relay, dir } = this.relay;
+      await new Promise<void>((resolve) => relay.server.close(() => resolve()));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  private start(): void {
+    // mkdtemp makes the directory 0700: only this daemon's user can reach the relay socket.
+    const dir = mkdtempSync(join(tmpdir(), 'swarmd-lb-'));
+    const relayPath = join(dir, 'relay.sock');
+    const relay = serveTunnelRelay(relayPath, this.opts.openTunnel, (message) => this.opts.log('warn', message));
+    this.relay = { relay, dir };
+    for (let index = 0; index < this.opts.threads; index++) this.threads.push(this.spawn(index, relayPath));
+    this.opts.log('info', `lb: published ports served by ${this.opts.threads} thread(s)`);
+  }
+
+  private spawn(index: number, relayPath: string): Thread {
+    const data: IngressThreadData = { index, nodeId: this.opts.nodeId, host: this.opts.host, relayPath };
+    const worker = new Worker(THREAD_ENTRY, { workerData: data, name: `swarmd-lb-${index}` });
+    const thread: Thread = { index, worker, listening: [], exited: false, pending: new Map() };
+    worker.on('message', (message: FromIngressThread) => this.onMessage(thread, message));
+    worker.on('error', (err) => this.opts.log('warn', `lb: ingress thread ${index} failed: ${err.message}`));
+    worker.on('exit', (code) => this.onExit(thread, code, relayPath));
+    // Queued until the thread is up: the current table, then the drains it must honour too.
+    worker.postMessage({ type: 'table', table: this.table } satisfies ToIngressThread);
+    for (const [taskId, graceMs] of this.drained) void this.request(thread, { type: 'drain', taskId, graceMs });
+    return thread;
+  }
+
+  private onMessage(thread: Thread, message: FromIngressThread): void {
+    switch (message.type) {
+      case 'log':
+        this.opts.log(message.level, message.message);
+        return;
+      case 'listening':
+        thread.listening = message.ports;
+        return;
+      case 'done': {
+        const resolve = thread.pending.get(message.id);
+        thread.pending.delete(message.id);
+        resolve?.(message.stats);
+        return;
+      }
+    }
+  }
+
+  private onExit(thread: Thread, code: number, relayPath: string): void {
+    // Its connections died with it: nothing is left to wait for.
+    thread.exited = true;
+    for (const resolve of thread.pending.values()) resolve(undefined);
+    thread.pending.clear();
+    thread.listening = [];
+    if (this.closed) return;
+    this.opts.log('warn', `lb: ingress thread ${thread.index} exited (code ${code}); starting it again`);
+    setTimeout(() => {
+      const at = this.threads.indexOf(thread);
+      if (this.closed || at < 0) return;
+      this.threads[at] = this.spawn(thread.index, relayPath);
+    }, RESTART_DELAY_MS).unref();
+  }
+
+  private request(
+    thread: Thread,
+    message: DistributiveOmit<Extract<ToIngressThread, { id: number }>, 'id'>,
+  ): Promise<ServiceStats[] | undefined> {
+    if (thread.exited) return Promise.resolve(undefined);
+    const id = this.nextRequestId++;
+    return new Promise((resolve) => {
+      thread.pending.set(id, resolve);
+      thread.worker.postMessage({ ...message, id } as ToIngressThread);
+    });
+  }
+}
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
