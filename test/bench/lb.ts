@@ -14,6 +14,10 @@
 //                  the worker (nginx as process-runtime tasks listening on $PORT), wrk -> the worker's published port
 //   daemon-mesh    the same service, wrk -> the manager's published port: every connection crosses the libp2p mesh
 //                  (an HTTP/2 tunnel in one Noise+yamux stream) to the worker, which connects to the task
+//   *-t0           the same two in a second swarm whose daemons serve published ports in their main thread
+//                  (--lb-threads 0) rather than in ingress threads (the default with 2 CPUs or more)
+// For the daemon targets the p99 of the daemons' main event-loop delay during the run is reported too (from their
+// /v1/metrics): how long Raft's heartbeats and the API waited behind the load balancer.
 // The targets are interleaved over rounds (the VM's speed drifts) and each figure is the median over the rounds.
 //
 // Backends are nginx (1 worker each, as in the anchors) when it is installed, else Node HTTP servers in their own
@@ -29,7 +33,7 @@
 // --max-seconds, so a forgotten one cannot linger. Last line printed by run.ts: one JSON object.
 import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,6 +42,7 @@ import { isMainThread, Worker, workerData } from 'node:worker_threads';
 import { ApiClient } from '../../daemon/api/client.ts';
 import type { Endpoint, ServiceEndpoints } from '../../daemon/lb/endpoints.ts';
 import { type DialRemote, Ingress, serveRemote } from '../../daemon/lb/forwarder.ts';
+import { defaultLbThreads } from '../../daemon/lb/ingress-threads.ts';
 import { dialLoopback } from '../helpers/loopback-dial.ts';
 import { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
@@ -178,6 +183,31 @@ interface Target {
   note: string;
   /** Where wrk connects; default 127.0.0.1. */
   host?: string;
+  /** API sockets of the swarmd daemons in the path: their main event loop's delay under the load is reported. */
+  daemons?: string[];
+}
+
+/**
+ * The p99 of a daemon's main event-loop delay since its previous scrape (GET /v1/metrics), in ms: how long Raft's
+ * heartbeats and the API waited behind other work, the forwarding of this run's requests included.
+ */
+function loopDelayP99Ms(socketPath: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ socketPath, path: '/v1/metrics', timeout: 10_000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        body += chunk;
+      });
+      res.on('end', () => {
+        const seconds = /^swarmd_event_loop_delay_seconds\{quantile="0\.99"\} (\S+)$/m.exec(body)?.[1];
+        if (seconds === undefined) reject(new Error(`no event-loop delay in the metrics of ${socketPath}`));
+        else resolve(round(Number(seconds) * 1000, 2));
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 function have(command: string): boolean {
@@ -291,14 +321,20 @@ function nodeChild(dir: string, name: string, args: string[], ready: () => Promi
  * A real 2-node swarm (manager, worker) with a 3-task service published on one port: the worker's ingress
  * (127.0.0.2) has the tasks locally, the manager's (127.0.0.1) reaches them over the libp2p mesh.
  */
-async function startSwarm(dir: string, useNginx: boolean): Promise<{ cluster: SwarmProcesses; port: number }> {
+/** A 2-node swarm; lbThreads undefined leaves --lb-threads at the daemon's default. */
+async function startSwarm(
+  dir: string,
+  useNginx: boolean,
+  lbThreads: number | undefined,
+): Promise<{ cluster: SwarmProcesses; port: number }> {
   const cluster = new SwarmProcesses(46000 + Math.floor(Math.random() * 400) * 5);
-  const m1 = await cluster.init('m1', ['--ingress-host', '127.0.0.1']);
+  const threads = lbThreads === undefined ? [] : ['--lb-threads', String(lbThreads)];
+  const m1 = await cluster.init('m1', ['--ingress-host', '127.0.0.1', ...threads]);
   const token = new ApiClient(m1.socket);
   const workerToken = (await token.joinTokens()).worker;
-  await cluster.join('w1', workerToken, m1, ['--ingress-host', '127.0.0.2']);
+  await cluster.join('w1', workerToken, m1, ['--ingress-host', '127.0.0.2', ...threads]);
   // Tasks run as nobody: their nginx files go in a directory anyone may write.
-  const tasks = join(dir, 'tasks');
+  const tasks = join(dir, `tasks-${lbThreads ?? 'default'}`);
   mkdirSync(tasks, { mode: 0o777 });
   chmodSync(tasks, 0o777);
   const nginx = [
@@ -342,7 +378,7 @@ export async function benchLb(): Promise<Record<string, unknown>> {
   // nginx workers run as nobody when started by root, and must read the files.
   chmodSync(dir, 0o755);
   const started: Started[] = [];
-  let swarmCluster: SwarmProcesses | undefined;
+  const swarmClusters: SwarmProcesses[] = [];
   try {
     say(
       `lb bench: ${availableParallelism()} CPUs, Node ${process.version}, wrk -t${THREADS} -c${CONNECTIONS} ` +
@@ -438,25 +474,34 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
       note: 'Ingress -> loopback TCP hop (NOT libp2p) -> serveRemote process -> backend',
     });
 
-    const swarm = await startSwarm(dir, useNginx);
-    swarmCluster = swarm.cluster;
-    const pidOf = (name: string) => swarm.cluster.nodes.get(name)!.child.pid!;
-    targets.push(
-      {
-        name: 'daemon-local',
-        port: swarm.port,
-        host: '127.0.0.2',
-        pids: [pidOf('w1')],
-        note: 'swarmd daemon (worker), published port, 3 local tasks',
-      },
-      {
-        name: 'daemon-mesh',
-        port: swarm.port,
-        host: '127.0.0.1',
-        pids: [pidOf('m1'), pidOf('w1')],
-        note: 'swarmd daemon (manager) -> HTTP/2 tunnel over the libp2p mesh (Noise, yamux) -> worker -> task',
-      },
-    );
+    // The daemon as it starts by default (ingress threads where there are 2 CPUs or more), and with the published
+    // ports served in its main thread (--lb-threads 0), which is what the main thread's event-loop delay compares.
+    for (const lbThreads of [undefined, 0]) {
+      const swarm = await startSwarm(dir, useNginx, lbThreads);
+      swarmClusters.push(swarm.cluster);
+      const suffix = lbThreads === undefined ? '' : `-t${lbThreads}`;
+      const how =
+        lbThreads === undefined ? `--lb-threads default (${defaultLbThreads()})` : `--lb-threads ${lbThreads}`;
+      const daemon = (name: string) => swarm.cluster.nodes.get(name)!;
+      targets.push(
+        {
+          name: `daemon-local${suffix}`,
+          port: swarm.port,
+          host: '127.0.0.2',
+          pids: [daemon('w1').child.pid!],
+          daemons: [daemon('w1').socket],
+          note: `swarmd daemon (worker), published port, 3 local tasks, ${how}`,
+        },
+        {
+          name: `daemon-mesh${suffix}`,
+          port: swarm.port,
+          host: '127.0.0.1',
+          pids: [daemon('m1').child.pid!, daemon('w1').child.pid!],
+          daemons: [daemon('m1').socket, daemon('w1').socket],
+          note: `swarmd daemon (manager) -> HTTP/2 tunnel over the libp2p mesh (Noise, yamux) -> worker -> task, ${how}`,
+        },
+      );
+    }
 
     // BENCH_LB_ONLY=daemon-mesh,swarmd (say): measure only these, with HAProxy always kept for the ratios.
     const only = process.env.BENCH_LB_ONLY?.split(',').filter((name) => name !== '');
@@ -473,13 +518,20 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
     for (const t of targets) runWrk(t.port, WARMUP_SECONDS, [], t.host);
 
     const samples = new Map<string, WrkResult[]>(targets.map((t) => [t.name, []]));
+    const loopDelays = new Map<string, number[]>(targets.map((t) => [t.name, []]));
     for (let r = 1; r <= ROUNDS; r++) {
       for (const t of targets) {
+        const daemons = t.daemons ?? [];
+        // Scraping resets the daemons' interval: the one after wrk covers exactly the run.
+        await Promise.all(daemons.map(loopDelayP99Ms));
         const result = runWrk(t.port, SECONDS, t.pids, t.host);
+        const loopMs = daemons.length === 0 ? undefined : Math.max(...(await Promise.all(daemons.map(loopDelayP99Ms))));
         samples.get(t.name)!.push(result);
+        if (loopMs !== undefined) loopDelays.get(t.name)!.push(loopMs);
         say(
           `round ${r} ${t.name.padEnd(12)} ${Math.round(result.rps)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms` +
             `${result.proxyCpuSeconds === null ? '' : `  proxy CPU ${result.proxyCpuSeconds} s`}` +
+            `${loopMs === undefined ? '' : `  main loop delay p99 ${loopMs} ms`}` +
             `${result.errors + result.non2xx > 0 ? `  errors ${result.errors} non-2xx ${result.non2xx}` : ''}`,
         );
       }
@@ -497,6 +549,7 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
         errors: list.reduce((a, s) => a + s.errors + s.non2xx, 0),
         proxyCpuSeconds: cpu,
         proxyCpuUsPerRequest: cpu === null ? null : round((cpu * 1e6) / (rps * SECONDS), 1),
+        ...(t.daemons === undefined ? {} : { mainLoopDelayP99Ms: round(median(loopDelays.get(t.name)!), 2) }),
         note: t.note,
       };
     }
@@ -511,7 +564,15 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
       return round(median(mine.map((s, i) => s[key] / theirs[i]![key])), 3);
     };
     const ratios: Record<string, unknown> = {};
-    for (const name of ['swarmd', 'swarmd-2acc', 'mesh-hop', 'daemon-local', 'daemon-mesh']) {
+    for (const name of [
+      'swarmd',
+      'swarmd-2acc',
+      'mesh-hop',
+      'daemon-local',
+      'daemon-mesh',
+      'daemon-local-t0',
+      'daemon-mesh-t0',
+    ]) {
       ratios[name] = { rpsVsHaproxy: ratio(name, 'rps'), p99VsHaproxy: ratio(name, 'p99Ms') };
     }
     const best = ['swarmd', 'swarmd-2acc'].reduce((a, b) =>
@@ -529,19 +590,23 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
 
     say('');
     say(
-      'target        req/s     p50 ms   p99 ms   proxy CPU-s  CPU µs/req  vs HAProxy req/s, p99 (median of per-round ratios)',
+      'target           req/s   p50 ms   p99 ms  proxy CPU-s  CPU µs/req  loop p99 ms  vs HAProxy req/s, p99 (median of per-round ratios)',
     );
     for (const t of targets) {
       const r = results[t.name]!;
       const rr = ratios[t.name] as { rpsVsHaproxy: number | null; p99VsHaproxy: number | null } | undefined;
       say(
-        `${t.name.padEnd(12)} ${String(r.rps).padStart(7)}  ${String(r.p50Ms).padStart(7)}  ${String(r.p99Ms).padStart(7)}` +
+        `${t.name.padEnd(15)} ${String(r.rps).padStart(7)}  ${String(r.p50Ms).padStart(7)}  ${String(r.p99Ms).padStart(7)}` +
           `  ${String(r.proxyCpuSeconds ?? '-').padStart(11)}  ${String(r.proxyCpuUsPerRequest ?? '-').padStart(10)}` +
+          `  ${String(r.mainLoopDelayP99Ms ?? '-').padStart(11)}` +
           `  ${rr === undefined ? '' : `${rr.rpsVsHaproxy}x, ${rr.p99VsHaproxy}x`}`,
       );
     }
     say('mesh-hop is a loopback TCP connection between two Node processes standing in for the libp2p stream;');
-    say('daemon-mesh is the real libp2p hop between two swarmd processes.');
+    say(
+      'daemon-mesh is the real libp2p hop between two swarmd processes; -t0: --lb-threads 0 (ports in the main thread).',
+    );
+    say("loop p99 ms: the daemons' main event-loop delay during the run (Raft and the API wait that long).");
     if (goals !== null) say(`goals: ${JSON.stringify(goals)}`);
 
     return {
@@ -559,13 +624,13 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
     };
   } finally {
     // Tasks outlive their daemon (by design: a restart re-attaches them): remove the service first, then make sure.
-    if (swarmCluster) {
-      const m1 = swarmCluster.nodes.get('m1')!;
+    for (const cluster of swarmClusters) {
+      const m1 = cluster.nodes.get('m1')!;
       spawnSync(process.execPath, [join(SELF, '../../../cli/swarm.ts'), '--host', m1.socket, 'service', 'rm', 'bench']);
-      await new Promise((r) => setTimeout(r, 2000));
-      await swarmCluster.stopAll();
-      spawnSync('pkill', ['-KILL', '-f', join(dir, 'tasks')]);
     }
+    if (swarmClusters.length > 0) await new Promise((r) => setTimeout(r, 2000));
+    for (const cluster of swarmClusters) await cluster.stopAll();
+    spawnSync('pkill', ['-KILL', '-f', join(dir, 'tasks-')]);
     for (const s of started.reverse()) await killHard(s);
     rmSync(dir, { recursive: true, force: true });
   }
