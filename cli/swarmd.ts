@@ -37,8 +37,8 @@ Options:
   --node-resource KIND=N|ID      Declare a resource discovery does not see (fpga=2, ib=mlx5_0); repeatable
   --apptainer PATH               The apptainer or singularity binary (default: whichever is on PATH)
   --ingress-host HOST            Address published ports listen on (default: all interfaces)
-  --lb-threads N                 Threads serving published ports (default: one per CPU, up to 4; 0: the
-                                 daemon's main thread, as on a single CPU)
+  --lb-threads N                 Threads serving published ports, ~17 MiB each (default: one per CPU, up
+                                 to 4; 0, the daemon's main thread, on one CPU or under 2 GiB of memory)
   --force                        leave: even if this node is a manager
   -h, --help                     Show this help
 `;

@@ -14,7 +14,7 @@
 // The threads start with the first table that publishes a port, so a node that publishes nothing pays nothing. One
 // that dies is started again (after a second), with the current table and the drains under way.
 import { mkdtempSync, rmSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { DrainTracker } from './drain-tracker.ts';
@@ -56,13 +56,17 @@ const STATS_TIMEOUT_MS = 2000;
 /** Each thread opens its own tunnel to each node it forwards to, which bounds the tunnels a peer must accept. */
 export const MAX_LB_THREADS = 16;
 
+/** Below this much memory the main thread serves the ports: each thread costs ~17 MiB of RSS (measured, idle). */
+const THREADS_MIN_MEMORY_BYTES = 2 * 1024 ** 3;
+
 /**
  * One ingress thread per CPU, up to 4 (beyond that the backends and the kernel's loopback are the limit on the
- * machines measured); on a single CPU a thread would only add a hop, so the main thread serves the ports.
+ * machines measured). On a single CPU a thread would only add a hop, and on a small device its memory is worth
+ * more than the throughput, so the main thread serves the ports there.
  */
 export function defaultLbThreads(): number {
   const cpus = availableParallelism();
-  return cpus < 2 ? 0 : Math.min(4, cpus);
+  return cpus < 2 || totalmem() < THREADS_MIN_MEMORY_BYTES ? 0 : Math.min(4, cpus);
 }
 
 export interface IngressThreadsOptions {
@@ -166,11 +170,17 @@ export class IngressThreads implements PublishedPorts {
   }
 
   private start(): void {
-    // mkdtemp makes the directory 0700: only this daemon's user can reach the relay socket.
-    const dir = mkdtempSync(join(tmpdir(), 'swarmd-lb-'));
-    const relayPath = join(dir, 'relay.sock');
-    const relay = serveTunnelRelay(relayPath, this.opts.openTunnel, (message) => this.opts.log('warn', message));
-    this.relay = { relay, dir };
+    // mkdtemp makes the directory 0700: only this daemon's user can reach the relay socket. Without one (no
+    // writable temporary directory), the threads still serve local tasks; remote ones fail over to those.
+    let relayPath = '';
+    try {
+      const dir = mkdtempSync(join(tmpdir(), 'swarmd-lb-'));
+      relayPath = join(dir, 'relay.sock');
+      const relay = serveTunnelRelay(relayPath, this.opts.openTunnel, (message) => this.opts.log('warn', message));
+      this.relay = { relay, dir };
+    } catch (err) {
+      this.opts.log('warn', `lb: ingress threads cannot reach other nodes: ${(err as Error).message}`);
+    }
     for (let index = 0; index < this.opts.threads; index++) this.threads.push(this.spawn(index, relayPath));
     this.opts.log('info', `lb: published ports served by ${this.opts.threads} thread(s)`);
   }
