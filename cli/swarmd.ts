@@ -40,6 +40,8 @@ Options:
   --lb-threads N                 Threads serving published ports, ~17 MiB each (default: one per CPU, up
                                  to 4; 0, the daemon's main thread, on one CPU or under 2 GiB of memory)
   --force                        leave: even if this node is a manager
+  --force-new-cluster            run: on a manager of a swarm that lost its quorum for good, start as its
+                                 only manager with the state this node has; the other managers become workers
   -h, --help                     Show this help
 `;
 
@@ -120,6 +122,7 @@ export async function main(argv: string[]): Promise<number> {
       'ingress-host': { type: 'string' },
       'lb-threads': { type: 'string' },
       force: { type: 'boolean' },
+      'force-new-cluster': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -154,6 +157,9 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`${new Date().toISOString()} ${level} ${message}\n`);
     },
   };
+  if (values['force-new-cluster'] && command !== 'run') {
+    throw new UsageError('--force-new-cluster applies to swarmd run (a manager starting again from its data dir)');
+  }
   switch (command) {
     case 'init': {
       if (positionals.length > 0) throw new UsageError(`init takes no arguments, got "${positionals[0]}"`);
@@ -194,7 +200,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     case 'run': {
       if (positionals.length > 0) throw new UsageError(`run takes no arguments, got "${positionals[0]}"`);
-      const daemon = await Swarmd.run(common);
+      const daemon = await Swarmd.run({ ...common, ...(values['force-new-cluster'] ? { forceNewCluster: true } : {}) });
       return runForeground(daemon);
     }
     case 'leave': {

@@ -65,6 +65,11 @@ export interface SwarmdOptions {
   apptainerBinary?: string;
   /** Where published ports listen (--ingress-host); default all interfaces. Tests use 127.0.0.1. */
   ingressHost?: string;
+  /**
+   * `run` only (--force-new-cluster): a manager whose swarm lost its Raft quorum for good starts again as the only
+   * manager, with the cluster state it has; the other managers become workers.
+   */
+  forceNewCluster?: boolean;
   /** Threads that serve published ports (--lb-threads); 0: the main thread. Default defaultLbThreads(). */
   lbThreads?: number;
   log?: (level: 'info' | 'warn' | 'error', message: string) => void;
@@ -306,9 +311,14 @@ export class Swarmd {
     }
     if (opts.listen) state.listen = opts.listen;
     if (opts.advertise) state.advertise = opts.advertise;
+    if (opts.forceNewCluster && state.role !== 'manager') {
+      throw new SwarmdError(
+        '--force-new-cluster: this node is a worker; run it on a manager, which holds the cluster state',
+      );
+    }
     const daemon = new Swarmd(opts, state);
     await daemon.startMesh();
-    if (state.role === 'manager') await daemon.startManager(false);
+    if (state.role === 'manager') await daemon.startManager(false, opts.forceNewCluster ?? false);
     await daemon.startNodeServices();
     return daemon;
   }
@@ -349,15 +359,17 @@ export class Swarmd {
     for (const m of this.state.managers) await this.host.addPeerAddresses(m.peerId, m.addrs);
   }
 
-  private async startManager(bootstrap: boolean): Promise<void> {
+  private async startManager(bootstrap: boolean, forceNewCluster = false): Promise<void> {
     const { Manager } = await import('./manager/manager.ts');
     const { ManagerControl } = await import('./manager/control.ts');
+    if (forceNewCluster) this.log('warn', 'force-new-cluster: starting as the only manager of the swarm');
     this.manager = await Manager.start({
       dataDir: this.opts.dataDir,
       nodeId: this.state.nodeId,
       host: this.host,
       gate: this.gate,
       bootstrap,
+      forceNewCluster,
       ...(this.opts.raftTickMs ? { tickMs: this.opts.raftTickMs } : {}),
       peerHint: (nodeId) => this.state.managers.find((m) => m.nodeId === nodeId)?.peerId,
       watch: (events) => this.onStoreEvents(events),

@@ -78,6 +78,11 @@ export interface ManagerOptions {
   gate: MembershipGate;
   /** Only for the first manager of a new swarm. */
   bootstrap?: boolean;
+  /**
+   * Disaster recovery (swarmd run --force-new-cluster): this manager becomes the only Raft voter, keeping the
+   * cluster state it has, and once leader makes the other managers workers.
+   */
+  forceNewCluster?: boolean;
   /** PeerId of a manager the store does not know yet (a new manager before it has caught up). */
   peerHint: (nodeId: string) => string | undefined;
   /** Sees every store change, from the first entry replayed at start on. */
@@ -95,11 +100,14 @@ export class Manager {
   private readonly lastSeen = new Map<string, number>();
   private wasLeader = false;
   private stopped = false;
+  /** Set by forceNewCluster until the other managers are workers in the store. */
+  private demoteFormerManagers: boolean;
 
   private constructor(opts: ManagerOptions, store: ClusterStore, raft: RaftNode) {
     this.opts = opts;
     this.store = store;
     this.raft = raft;
+    this.demoteFormerManagers = opts.forceNewCluster ?? false;
   }
 
   static async start(opts: ManagerOptions): Promise<Manager> {
@@ -128,6 +136,7 @@ export class Manager {
       tickMs: opts.tickMs ?? 50,
       snapshotEvery: 5000,
       ...(opts.bootstrap ? { bootstrap: { voters: [opts.nodeId], learners: [] } } : {}),
+      ...(opts.forceNewCluster ? { forceNewCluster: true } : {}),
       raft: { electionTicks: 10, heartbeatTicks: 2 },
       log: opts.log,
     });
@@ -406,9 +415,28 @@ export class Manager {
     this.wasLeader = leader;
     if (!leader) return;
     this.noteHeartbeat(this.opts.nodeId);
+    if (this.demoteFormerManagers) void this.demoteOtherManagers().catch((error) => this.leaderError(error));
     this.orchestrateSoon();
     void this.markNodeStates().catch((error) => this.leaderError(error));
     void this.reconcileRaftMembers().catch((error) => this.leaderError(error));
+  }
+
+  /**
+   * After a forced new cluster: the other managers are no longer Raft members, so they become workers, or the
+   * membership reconciliation would add them back, old state and all. One that comes back learns its new role
+   * from its next heartbeat answer, which stops its manager and wipes its Raft data; it can then be promoted anew.
+   */
+  private async demoteOtherManagers(): Promise<void> {
+    const at = new Date().toISOString();
+    const ops: StoreOp[] = this.store
+      .list<NodeRecord>('nodes')
+      .filter((n) => n.role === 'manager' && n.id !== this.opts.nodeId)
+      .map((n) => put('nodes', { ...n, role: 'worker', updatedAt: at }, n.version));
+    if (ops.length > 0) {
+      await this.transact(ops);
+      this.opts.log('warn', `force-new-cluster: made ${ops.length} former manager(s) workers`);
+    }
+    this.demoteFormerManagers = false;
   }
 
   private leaderError(error: unknown): void {

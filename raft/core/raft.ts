@@ -207,7 +207,11 @@ export class Raft {
   private messagesAfterPersist: Message[] = [];
   private lastHardState: HardState;
 
-  constructor(config: RaftConfig, persisted: PersistedState | null, bootstrap?: ConfState) {
+  /**
+   * `forceNewCluster`: start as the only voter of the cluster, whatever the persisted membership says (see
+   * forceSingleMember). For a member whose peers are gone for good; never for a normal start.
+   */
+  constructor(config: RaftConfig, persisted: PersistedState | null, bootstrap?: ConfState, forceNewCluster = false) {
     validateConfig(config);
     this.cfg = config;
     this.id = config.id;
@@ -226,6 +230,7 @@ export class Raft {
     const hasState = persisted !== null && (persisted.snapshot !== null || persisted.entries.length > 0);
     if (!hasState && bootstrap) this.bootstrapLog(bootstrap);
     this.lastHardState = persisted ? { ...persisted.hardState } : { term: 0, vote: null, commit: 0 };
+    if (forceNewCluster) this.forceSingleMember();
     this.becomeFollower(this.term, null);
   }
 
@@ -249,6 +254,45 @@ export class Raft {
     );
     this.log.commitTo(changes.length);
     this.term = 1;
+  }
+
+  /**
+   * Disaster recovery once a majority of the voters is lost for good (swarmd's --force-new-cluster): every entry
+   * in this member's log counts as committed, then membership changes that leave it the only voter are appended at
+   * a new term and committed at once. Being ordinary log entries, they reach members added later.
+   *
+   * Unlike etcd, which drops the entries past the commit index on disk, we keep them: the driver writes the commit
+   * index lazily (with the next entries), so the newest writes clients were told succeeded are exactly the ones
+   * past it. An entry that was never committed comes back instead, the lesser harm. The members removed must not
+   * come back with their old state: it still names the old membership.
+   */
+  private forceSingleMember(): void {
+    this.log.commitTo(this.log.lastIndex());
+    let conf = cloneConf(this.conf);
+    for (const entry of this.log.slice(this.log.snapshotIndex + 1, this.log.lastIndex() + 1)) {
+      if (entry.type === EntryType.ConfChange) conf = applyConfChange(conf, decodeConfChange(entry.data));
+    }
+    const changes: ConfChange[] = [
+      ...(conf.voters.includes(this.id) ? [] : [{ type: 'addVoter', node: this.id } as const]),
+      ...[...conf.voters, ...conf.learners]
+        .filter((node) => node !== this.id)
+        .sort()
+        .map((node): ConfChange => ({ type: 'remove', node })),
+    ];
+    // A new term, so that nothing the old members still hold can pass for this history's.
+    const term = Math.max(this.term, this.log.lastTerm()) + 1;
+    const first = this.log.lastIndex() + 1;
+    this.log.append(
+      changes.map((change, i) => ({
+        index: first + i,
+        term,
+        type: EntryType.ConfChange,
+        data: encodeConfChange(change),
+      })),
+    );
+    this.log.commitTo(this.log.lastIndex());
+    this.term = term;
+    this.vote = null;
   }
 
   // ---------------------------------------------------------------- inputs

@@ -35,6 +35,8 @@ export interface RaftNodeOptions {
   stateMachine: StateMachine;
   /** Founding members pass the initial membership; joiners pass nothing and wait for the leader. */
   bootstrap?: ConfState;
+  /** Start as the only voter, whatever the persisted membership says (Raft's forceSingleMember). */
+  forceNewCluster?: boolean;
   /** Milliseconds per tick (default 50: 500-1000 ms election timeout with the default 10 ticks). */
   tickMs?: number;
   /** Take a snapshot and compact the log after this many applied entries (default 10,000). */
@@ -143,7 +145,7 @@ export class RaftNode {
   static async start(opts: RaftNodeOptions): Promise<RaftNode> {
     const persisted = await opts.storage.load();
     const config: RaftConfig = { ...defaultRaftConfig(opts.id, Math.random), ...opts.raft, id: opts.id };
-    const raft = new Raft(config, persisted, opts.bootstrap);
+    const raft = new Raft(config, persisted, opts.bootstrap, opts.forceNewCluster ?? false);
     const node = new RaftNode(opts, raft, persisted.snapshot?.meta.index ?? 0);
     if (persisted.snapshot) await node.restoreSnapshot(persisted.snapshot.data);
     opts.transport.listen((m) => node.receive(m));

@@ -46,15 +46,19 @@ export class Harness {
     return member;
   }
 
-  /** Restarts a member from what it persisted (a crash loses nothing that was persisted). */
-  restart(id: NodeId, overrides: Partial<RaftConfig> = {}): HarnessMember {
+  /**
+   * Restarts a member from what it persisted (a crash loses nothing that was persisted); forceNewCluster as
+   * `swarmd run --force-new-cluster` does.
+   */
+  restart(id: NodeId, overrides: Partial<RaftConfig> = {}, forceNewCluster = false): HarnessMember {
     const old = this.get(id);
     const config = { ...defaultRaftConfig(id, () => this.random.next()), ...overrides, id };
-    const raft = new Raft(config, {
+    const persisted = {
       hardState: { ...old.disk.hardState },
       snapshot: old.disk.snapshot,
       entries: old.disk.entries.slice(),
-    });
+    };
+    const raft = new Raft(config, persisted, undefined, forceNewCluster);
     const member: HarnessMember = {
       raft,
       applied: [],

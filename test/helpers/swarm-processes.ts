@@ -83,15 +83,25 @@ export class SwarmProcesses {
   }
 
   /** `swarmd run` on an existing data dir. */
-  async run(name: string): Promise<NodeProcess> {
+  async run(name: string, extra: string[] = []): Promise<NodeProcess> {
     const old = this.nodes.get(name)!;
-    const node = this.start(name, ['run', '--listen-addr', `127.0.0.1:${old.port}`], old.port);
+    const node = this.start(name, ['run', '--listen-addr', `127.0.0.1:${old.port}`, ...extra], old.port);
     await waitFor(
       () => swarm(node, 'info').status === 0,
       30_000,
       () => node.output(),
     );
     return node;
+  }
+
+  /** SIGTERM, resolved once the process has exited. */
+  stop(name: string): Promise<void> {
+    const node = this.nodes.get(name)!;
+    return new Promise((resolveStop) => {
+      if (node.child.exitCode !== null || node.child.signalCode !== null) return resolveStop();
+      node.child.once('exit', () => resolveStop());
+      node.child.kill('SIGTERM');
+    });
   }
 
   kill9(name: string): Promise<void> {

@@ -290,6 +290,54 @@ describe('raft core: membership and leadership transfer', () => {
   });
 });
 
+describe('raft core: force-new-cluster', () => {
+  it('a survivor of a lost majority becomes the only voter, keeps every entry it holds, and commits again', () => {
+    const h = three();
+    h.elect('a');
+    h.get('a').raft.propose(bytes('1'));
+    h.stabilize();
+    // b and c are gone for good; what a wrote afterwards never reached a majority.
+    h.isolate('b');
+    h.isolate('c');
+    h.get('a').raft.propose(bytes('2'));
+    h.stabilize();
+    expect(h.appliedData('a')).toEqual(['1']);
+    const termBefore = h.get('a').raft.status().term;
+
+    const forced = h.restart('a', {}, true);
+    h.stabilize();
+    expect(h.appliedData('a')).toEqual(['1', '2']);
+    expect(forced.raft.status().conf).toEqual({ voters: ['a'], learners: [] });
+    expect(forced.raft.status().term).toBeGreaterThan(termBefore);
+    h.tick('a', 2 * defaultRaftConfig('a', Math.random).electionTicks);
+    h.stabilize();
+    expect(forced.raft.status().role).toBe('leader');
+    forced.raft.propose(bytes('3'));
+    h.stabilize();
+    expect(h.appliedData('a')).toEqual(['1', '2', '3']);
+
+    // The one-member membership is in the log: a normal restart keeps it.
+    const again = h.restart('a');
+    h.stabilize();
+    expect(again.raft.status().conf).toEqual({ voters: ['a'], learners: [] });
+    expect(h.appliedData('a')).toEqual(['1', '2', '3']);
+  });
+
+  it('a learner forced to start a new cluster becomes its voter', () => {
+    const h = three();
+    h.elect('a');
+    h.add('d');
+    h.get('a').raft.proposeConfChange({ type: 'addLearner', node: 'd' });
+    h.stabilize();
+    h.tickAll(2);
+    expect(h.get('d').raft.status().conf.learners).toEqual(['d']);
+    for (const id of ['a', 'b', 'c']) h.isolate(id);
+    const forced = h.restart('d', {}, true);
+    h.stabilize();
+    expect(forced.raft.status().conf).toEqual({ voters: ['d'], learners: [] });
+  });
+});
+
 describe('raft core: configuration', () => {
   it('rejects invalid settings with a message naming the setting', () => {
     const base = defaultRaftConfig('a', Math.random);

@@ -1,0 +1,99 @@
+// Disaster recovery on a swarm of real processes: 3 managers lose 2 of them for good, so Raft has no quorum and
+// nothing can change. `swarmd run --force-new-cluster` on the survivor brings it back as the only manager with the
+// state it had (services, nodes); the lost managers are listed as workers, changes commit again, and a normal
+// restart afterwards keeps the one-manager membership (it is in the Raft log, on disk).
+import { afterAll, describe, expect, it } from 'vitest';
+import type { Service } from '../../daemon/api/services.ts';
+import type { SwarmNode } from '../../daemon/api/types.ts';
+import { SwarmProcesses, swarm, swarmdCli, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
+
+const cluster = new SwarmProcesses(36000 + Math.floor(Math.random() * 400) * 5);
+
+afterAll(async () => {
+  const m1 = cluster.nodes.get('m1');
+  if (m1) swarm(m1, 'service', 'rm', 'kept', 'after');
+  await new Promise((r) => setTimeout(r, 1000));
+  await cluster.stopAll();
+});
+
+describe('force-new-cluster', () => {
+  it('brings a swarm that lost its quorum back on its last manager, with its state', async () => {
+    let m1 = await cluster.init('m1');
+    const managerToken = swarm(m1, 'join-token', '-q', 'manager').stdout.trim();
+    await cluster.join('m2', managerToken, m1);
+    await cluster.join('m3', managerToken, m1);
+    const nodes = () => swarmJson<SwarmNode[]>(m1, 'node', 'ls');
+    await waitFor(
+      () => nodes().filter((n) => n.managerStatus?.raftRole === 'voter').length === 3,
+      60_000,
+      () => swarm(m1, 'node', 'ls').stdout,
+    );
+    const m1Id = swarmJson<{ nodeId: string }>(m1, 'info').nodeId;
+    // Kept on m1, so that no task is left behind on the managers about to die.
+    const created = swarm(
+      m1,
+      'service',
+      'create',
+      '--detach',
+      '--name',
+      'kept',
+      '--constraint',
+      `node.id==${m1Id}`,
+      '--',
+      'sleep',
+      '600',
+    );
+    expect(created.status, created.stderr).toBe(0);
+    // m1 has applied it (it answers from its own store once it runs the task).
+    await waitFor(
+      () => swarm(m1, 'service', 'ps', 'kept').stdout.includes('Running'),
+      60_000,
+      () => swarm(m1, 'service', 'ps', 'kept').stdout,
+    );
+
+    await cluster.kill9('m2');
+    await cluster.kill9('m3');
+    await cluster.stop('m1');
+    // Said plainly where the flag does not apply.
+    const misuse = swarmdCli('init', '--force-new-cluster');
+    expect(misuse.status).not.toBe(0);
+    expect(misuse.stderr).toMatch(/--force-new-cluster applies to swarmd run/);
+
+    m1 = await cluster.run('m1', ['--force-new-cluster']);
+    await waitFor(
+      () => m1.output().includes('force-new-cluster: starting as the only manager of the swarm'),
+      10_000,
+      () => m1.output(),
+    );
+    await waitFor(
+      () => {
+        const list = nodes();
+        const self = list.find((n) => n.id === m1Id);
+        return (
+          self?.managerStatus?.leader === true &&
+          list.filter((n) => n.role === 'manager').length === 1 &&
+          list.filter((n) => n.role === 'worker').length === 2
+        );
+      },
+      60_000,
+      () => swarm(m1, 'node', 'ls').stdout,
+    );
+    expect(swarmJson<Service[]>(m1, 'service', 'ls').map((s) => s.spec.name)).toEqual(['kept']);
+    const after = swarm(m1, 'service', 'create', '--detach', '--name', 'after', '--replicas', '0', '--', 'sleep', '1');
+    expect(after.status, after.stderr).toBe(0);
+
+    // A normal restart: the one-manager membership was written to the Raft log, so it holds without the flag.
+    await cluster.stop('m1');
+    m1 = await cluster.run('m1');
+    await waitFor(
+      () => nodes().find((n) => n.id === m1Id)?.managerStatus?.leader === true,
+      60_000,
+      () => swarm(m1, 'node', 'ls').stdout,
+    );
+    expect(
+      swarmJson<Service[]>(m1, 'service', 'ls')
+        .map((s) => s.spec.name)
+        .sort(),
+    ).toEqual(['after', 'kept']);
+  }, 240_000);
+});
