@@ -1,7 +1,10 @@
 // Disaster recovery on a swarm of real processes: 3 managers lose 2 of them for good, so Raft has no quorum and
 // nothing can change. `swarmd run --force-new-cluster` on the survivor brings it back as the only manager with the
-// state it had (services, nodes); the lost managers are listed as workers, changes commit again, and a normal
-// restart afterwards keeps the one-manager membership (it is in the Raft log, on disk).
+// state it had (services, nodes); the lost managers are listed as workers, changes commit again, a lost manager
+// that comes back is made a worker, and a normal restart afterwards keeps the one-manager membership (it is in the
+// Raft log, on disk).
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Service } from '../../daemon/api/services.ts';
 import type { SwarmNode } from '../../daemon/api/types.ts';
@@ -81,6 +84,23 @@ describe('force-new-cluster', () => {
     expect(swarmJson<Service[]>(m1, 'service', 'ls').map((s) => s.spec.name)).toEqual(['kept']);
     const after = swarm(m1, 'service', 'create', '--detach', '--name', 'after', '--replicas', '0', '--', 'sleep', '1');
     expect(after.status, after.stderr).toBe(0);
+
+    // A lost manager that comes back (alone) with its old data is told it is a worker, and drops its Raft state.
+    const m2 = await cluster.run('m2');
+    const m2Id = swarmJson<{ nodeId: string }>(m2, 'info').nodeId;
+    await waitFor(
+      () => {
+        const back = nodes().find((n) => n.id === m2Id);
+        return back?.role === 'worker' && back.status.state === 'ready' && !existsSync(join(m2.dataDir, 'raft'));
+      },
+      60_000,
+      () => `${swarm(m1, 'node', 'ls').stdout}\n${m2.output()}`,
+    );
+    expect(
+      nodes()
+        .filter((n) => n.role === 'manager')
+        .map((n) => n.id),
+    ).toEqual([m1Id]);
 
     // A normal restart: the one-manager membership was written to the Raft log, so it holds without the flag.
     await cluster.stop('m1');
