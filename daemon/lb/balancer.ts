@@ -12,12 +12,44 @@ export interface BalancerOptions {
   active: (taskId: TaskId) => number;
   /** Uniform in [0, 1); injectable so that tests are deterministic. Default Math.random. */
   random?: () => number;
+  /** Round-robin's position, when several ingresses of one port (threads) must rotate as one. Default its own. */
+  cursor?: RoundRobinCursor;
+}
+
+/** Where round-robin goes on from: an index into the endpoint list, moved only by compare-and-swap. */
+export interface RoundRobinCursor {
+  load(): number;
+  /** Sets the cursor to `next` if it still is `expected`; false when another picker moved it first. */
+  swap(expected: number, next: number): boolean;
+}
+
+/**
+ * A cursor in shared memory (one Int32 slot), for ingress threads: each thread's round-robin then goes on from where
+ * the last pick of any thread left off, so clients see one rotation, as from a single balancer.
+ */
+export function sharedCursor(slots: Int32Array, slot: number): RoundRobinCursor {
+  return {
+    load: () => Atomics.load(slots, slot),
+    swap: (expected, next) => Atomics.compareExchange(slots, slot, expected, next) === expected,
+  };
+}
+
+function ownCursor(): RoundRobinCursor {
+  let value = 0;
+  return {
+    load: () => value,
+    swap: (expected, next) => {
+      if (value !== expected) return false;
+      value = next;
+      return true;
+    },
+  };
 }
 
 export function createBalancer(algorithm: BalancingAlgorithm, options: BalancerOptions): Balancer {
   switch (algorithm) {
     case 'round-robin':
-      return new RoundRobin();
+      return new RoundRobin(options.cursor ?? ownCursor());
     case 'least-connections':
       return new LeastConnections(options.active);
     case 'p2c':
@@ -26,19 +58,31 @@ export function createBalancer(algorithm: BalancingAlgorithm, options: BalancerO
 }
 
 class RoundRobin implements Balancer {
-  private cursor = 0;
+  private readonly cursor: RoundRobinCursor;
+
+  constructor(cursor: RoundRobinCursor) {
+    this.cursor = cursor;
+  }
 
   pick(endpoints: readonly Endpoint[], excluded: ReadonlySet<TaskId>): Endpoint | undefined {
     const n = endpoints.length;
     // The cursor is an index, not a task: when the list changes (a task added or gone) rotation simply goes on
-    // over the new list, which is as even as anything can be without remembering past lists.
-    for (let i = 0; i < n; i++) {
-      const endpoint = endpoints[(this.cursor + i) % n]!;
-      if (excluded.has(endpoint.taskId)) continue;
-      this.cursor = (this.cursor + i + 1) % n;
-      return endpoint;
+    // over the new list, which is as even as anything can be without remembering past lists. A shared cursor
+    // moved by another thread meanwhile makes the swap fail: pick again from where that one left it.
+    for (;;) {
+      const from = this.cursor.load();
+      let picked: Endpoint | undefined;
+      let next = 0;
+      for (let i = 0; i < n; i++) {
+        const endpoint = endpoints[(from + i) % n]!;
+        if (excluded.has(endpoint.taskId)) continue;
+        picked = endpoint;
+        next = (from + i + 1) % n;
+        break;
+      }
+      if (picked === undefined) return undefined;
+      if (this.cursor.swap(from, next)) return picked;
     }
-    return undefined;
   }
 }
 

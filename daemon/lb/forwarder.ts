@@ -11,7 +11,7 @@
 // arrives, so an update by the control plane applies to the next connection.
 import { type AddressInfo, createServer, isIP, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { type Balancer, createBalancer } from './balancer.ts';
+import { type Balancer, createBalancer, type RoundRobinCursor } from './balancer.ts';
 import { DrainTracker } from './drain-tracker.ts';
 import { type BalancingAlgorithm, type Endpoint, isDraining, type ServiceEndpoints, type TaskId } from './endpoints.ts';
 import { OutlierDetector } from './outliers.ts';
@@ -56,6 +56,8 @@ export interface IngressOptions {
   random?: () => number;
   /** SO_REUSEPORT, so that several acceptors (processes, worker threads) can share the port. */
   reusePort?: boolean;
+  /** Round-robin's position, shared by the acceptors of the port (balancer.ts sharedCursor); default its own. */
+  roundRobinCursor?: RoundRobinCursor;
   log?: (msg: string) => void;
 }
 
@@ -281,6 +283,7 @@ export class Ingress {
         active: (taskId) => this.tasks.get(taskId)?.connectionsActive ?? 0,
       };
       if (this.options.random !== undefined) options.random = this.options.random;
+      if (this.options.roundRobinCursor !== undefined) options.cursor = this.options.roundRobinCursor;
       balancer = createBalancer(algorithm, options);
       this.balancers.set(algorithm, balancer);
     }

@@ -4,6 +4,7 @@
 // The Ingress asks for its port's view on each connection, so a new table applies to the next connection; nothing
 // here reads the store.
 import type { Duplex } from 'node:stream';
+import { sharedCursor } from './balancer.ts';
 import { DrainTracker } from './drain-tracker.ts';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
 import { Ingress } from './forwarder.ts';
@@ -22,6 +23,8 @@ export interface IngressSetOptions {
   retryMs?: number;
   /** SO_REUSEPORT on every port: for several sets sharing the ports, one per ingress thread (ingress-threads.ts). */
   reusePort?: boolean;
+  /** Round-robin cursors shared by those sets, one Int32 slot per port number (see balancer.ts sharedCursor). */
+  roundRobinSlots?: Int32Array;
   /** Whether to log ports starting, stopping and failing to listen; of several sets sharing the ports, one does. */
   announcePorts?: boolean;
   /** Called when listening() may have changed. */
@@ -155,6 +158,7 @@ export class IngressSet implements PublishedPorts {
       },
       outliers: this.outliers,
       ...(this.opts.reusePort ? { reusePort: true } : {}),
+      ...(this.opts.roundRobinSlots ? { roundRobinCursor: sharedCursor(this.opts.roundRobinSlots, port) } : {}),
       log: (message) => this.opts.log('warn', message),
     });
     const announce = this.opts.announcePorts ?? true;

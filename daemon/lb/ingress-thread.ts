@@ -19,6 +19,7 @@ const set = new IngressSet({
   ...(data.host === undefined ? {} : { host: data.host }),
   dialPeer: (peerId, header, signal) => tunnels.dial(peerId, header, signal),
   reusePort: true,
+  roundRobinSlots: new Int32Array(data.roundRobinSlots),
   // The threads listen on the same ports: one of them says so.
   announcePorts: data.index === 0,
   onListeningChange: () => post({ type: 'listening', ports: set.listening() }),

@@ -6,6 +6,9 @@
 // loop to the control plane. On the lb bench (2 cores shared with wrk and the backends), two acceptor threads
 // forward ~1.3x the requests of one.
 //
+// Round-robin rotates as one across the threads (a cursor per port in shared memory): three new connections go to
+// three tasks whichever threads the kernel gave them to. Least-connections and p2c count each thread's own.
+//
 // What stays in the main thread: libp2p. Each thread keeps its own tunnels to other nodes (tunnel.ts), whose
 // transports the main thread opens over the mesh and relays (thread-relay.ts); streams other nodes open to this
 // node's tasks are served by the main thread, so their drain bookkeeping (meshStreams) is here. Each thread keeps its own outlier detection and counters;
@@ -31,6 +34,8 @@ export interface IngressThreadData {
   nodeId: string;
   host: string | undefined;
   relayPath: string;
+  /** Round-robin cursors shared by every thread: 65536 Int32 slots, indexed by published port. */
+  roundRobinSlots: SharedArrayBuffer;
 }
 
 export type ToIngressThread =
@@ -98,6 +103,8 @@ export class IngressThreads implements PublishedPorts {
   private relay: { relay: TunnelRelay; dir: string } | undefined;
   private nextRequestId = 1;
   private closed = false;
+  /** One round-robin rotation per port across the threads: 256 KiB, allocated with the threads. */
+  private roundRobinSlots: SharedArrayBuffer | undefined;
 
   constructor(opts: IngressThreadsOptions) {
     this.opts = opts;
@@ -186,7 +193,14 @@ export class IngressThreads implements PublishedPorts {
   }
 
   private spawn(index: number, relayPath: string): Thread {
-    const data: IngressThreadData = { index, nodeId: this.opts.nodeId, host: this.opts.host, relayPath };
+    this.roundRobinSlots ??= new SharedArrayBuffer(65536 * Int32Array.BYTES_PER_ELEMENT);
+    const data: IngressThreadData = {
+      index,
+      nodeId: this.opts.nodeId,
+      host: this.opts.host,
+      relayPath,
+      roundRobinSlots: this.roundRobinSlots,
+    };
     const worker = new Worker(THREAD_ENTRY, { workerData: data, name: `swarmd-lb-${index}` });
     const thread: Thread = { index, worker, listening: [], exited: false, pending: new Map() };
     worker.on('message', (message: FromIngressThread) => this.onMessage(thread, message));

@@ -1,7 +1,7 @@
 // Balancing algorithms of the load balancer: round-robin evenness and exclusions, least-connections with live
 // counts, power-of-two-choices with an injected random source.
 import { describe, expect, it } from 'vitest';
-import { createBalancer } from '../../daemon/lb/balancer.ts';
+import { createBalancer, sharedCursor } from '../../daemon/lb/balancer.ts';
 import type { Endpoint } from '../../daemon/lb/endpoints.ts';
 
 const eps = (...ids: string[]): Endpoint[] =>
@@ -46,6 +46,37 @@ describe('round-robin', () => {
     const smaller = eps('a');
     expect(b.pick(smaller, none)!.taskId).toBe('a');
     expect(b.pick(smaller, none)!.taskId).toBe('a');
+  });
+});
+
+describe('round-robin with a shared cursor (ingress threads)', () => {
+  it('balancers sharing a cursor rotate as one, and a cursor moved meanwhile is re-read, not overwritten', () => {
+    const slots = new Int32Array(new SharedArrayBuffer(8));
+    const [one, two] = [0, 1].map(() =>
+      createBalancer('round-robin', { active: () => 0, cursor: sharedCursor(slots, 1) }),
+    );
+    const list = eps('a', 'b', 'c');
+    const picks = [one, two, two, one, two, one].map((b) => b!.pick(list, none)!.taskId);
+    expect(picks).toEqual(['a', 'b', 'c', 'a', 'b', 'c']);
+    expect(slots[0]).toBe(0); // its own slot only
+
+    // Another thread moves the cursor between this pick's read and its swap: the swap fails and it picks again.
+    let raced = false;
+    const racing = {
+      load: () => Atomics.load(slots, 1),
+      swap: (expected: number, next: number) => {
+        if (!raced) {
+          raced = true;
+          Atomics.store(slots, 1, (expected + 1) % 3); // what the other thread's pick did
+          return false;
+        }
+        return Atomics.compareExchange(slots, 1, expected, next) === expected;
+      },
+    };
+    Atomics.store(slots, 1, 0);
+    const b = createBalancer('round-robin', { active: () => 0, cursor: racing });
+    expect(b.pick(list, none)!.taskId).toBe('b'); // 'a' went to the other thread
+    expect(Atomics.load(slots, 1)).toBe(2);
   });
 });
 

@@ -152,6 +152,22 @@ describe('ingress threads', () => {
     expect(forwarded('remote-task')).toBe(answers.filter((a) => a === 'remote').length);
   });
 
+  it('rotate round-robin as one over the threads: new connections go to each task in turn', async () => {
+    const published = await freePort();
+    const set = startThreads(2, [], 1);
+    const endpoints = [];
+    for (const name of ['a', 'b', 'c'])
+      endpoints.push({ taskId: name, nodeId: 'n1', peerId: 'p1', address: `127.0.0.1:${await backend(name)}` });
+    set.update(tableWith(published, endpoints));
+    await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([published]);
+    const answers = [];
+    for (let i = 0; i < 9; i++) answers.push(await ask(published));
+    // Whichever thread took each connection (the kernel spreads them), the rotation is one.
+    expect(answers).toEqual(['a', 'b', 'c', 'a', 'b', 'c', 'a', 'b', 'c']);
+    const threadsUsed = (await set.stats()).filter((s) => s.connectionsTotal > 0).length;
+    expect(threadsUsed).toBe(2);
+  });
+
   it('drain waits for the open connections of every thread, and no new connection reaches the task', async () => {
     const published = await freePort();
     const held = `127.0.0.1:${await backend('held', true)}`;
