@@ -3,7 +3,7 @@
 // state it had (services, nodes); the lost managers are listed as workers, changes commit again, a lost manager
 // that comes back is made a worker, and a normal restart afterwards keeps the one-manager membership (it is in the
 // Raft log, on disk).
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Service } from '../../daemon/api/services.ts';
@@ -101,6 +101,12 @@ describe('force-new-cluster', () => {
         .filter((n) => n.role === 'manager')
         .map((n) => n.id),
     ).toEqual([m1Id]);
+    // It knows it is a worker now (node.json says so), and the flag is refused there: a worker holds no cluster state.
+    const savedRole = () => (JSON.parse(readFileSync(join(m2.dataDir, 'node.json'), 'utf8')) as { role: string }).role;
+    await waitFor(() => savedRole() === 'worker', 10_000, savedRole);
+    const refused = swarmdCli('run', '--force-new-cluster', '--data-dir', m2.dataDir);
+    expect(refused.status).not.toBe(0);
+    expect(refused.stderr).toMatch(/--force-new-cluster: this node is a worker/);
 
     // A normal restart: the one-manager membership was written to the Raft log, so it holds without the flag.
     await cluster.stop('m1');
