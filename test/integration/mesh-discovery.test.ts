@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { ApiClient } from '../../daemon/api/client.ts';
+import type { MeshHost } from '../../daemon/mesh/host.ts';
 import type { KnownManager } from '../../daemon/node-state.ts';
 import { Swarmd } from '../../daemon/swarmd.ts';
 import { waitFor } from '../helpers/swarm-processes.ts';
@@ -64,6 +65,15 @@ it('a worker finds a manager that moved to a new address through the DHT', async
     () => logs.some((l) => l.startsWith('m') && l.includes('is now the leader') && logs.indexOf(l) > 0),
     30_000,
   );
+  // Until m2 has reconnected to m1, m1 can only tell the DHT m2's old address, and the worker's lookup below would
+  // find nothing new: wait for what the test relies on, rather than for luck.
+  const m1Host = (m1 as unknown as { host: MeshHost }).host;
+  let m1Knows: string[] = [];
+  for (let deadline = Date.now() + 30_000; !m1Knows.some((a) => a.includes(`/tcp/${base + 3}`)); ) {
+    if (Date.now() > deadline) throw new Error(`m1 never learned m2's new address: ${m1Knows.join(', ')}`);
+    await new Promise((r) => setTimeout(r, 200));
+    m1Knows = await m1Host.findPeer(m2PeerId, AbortSignal.timeout(2000)).catch(() => []);
+  }
 
   // The running worker now knows no manager but m2, at its old address: the DHT (whose routing table has
   // m1 from before) is its only way to find m2.
