@@ -113,11 +113,7 @@ export class IngressThreads implements PublishedPorts {
   update(table: readonly TableService[]): void {
     if (this.closed) return;
     this.table = table;
-    const drainedIds = new Set(this.drained.keys());
-    for (const taskId of forgetGone(drainedIds, table)) {
-      this.drained.delete(taskId);
-      this.meshStreams.undrain(taskId);
-    }
+    for (const taskId of forgetGone(this.drained, table)) this.meshStreams.undrain(taskId);
     if (this.threads.length === 0) {
       if (!table.some((service) => service.ports.length > 0)) return;
       this.start();

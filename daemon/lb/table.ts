@@ -84,17 +84,20 @@ function validateService(raw: unknown): TableService | undefined {
 }
 
 /**
- * Removes from `drained` the tasks the table no longer names (neither as endpoints nor as draining) and returns them:
- * those are gone for good, so whoever kept them excluded can forget them.
+ * Removes from `drained` (a set of task IDs, or a map keyed by them) the tasks the table no longer names (neither as
+ * endpoints nor as draining) and returns them: those are gone for good, so whoever kept them excluded can forget them.
  */
-export function forgetGone(drained: Set<string>, table: readonly TableService[]): string[] {
+export function forgetGone(
+  drained: Pick<Set<string>, 'keys' | 'delete' | 'size'>,
+  table: readonly TableService[],
+): string[] {
   if (drained.size === 0) return [];
   const named = new Set<string>();
   for (const service of table) {
     for (const e of service.endpoints) named.add(e.taskId);
     for (const id of service.draining) named.add(id);
   }
-  const gone = [...drained].filter((taskId) => !named.has(taskId));
+  const gone = [...drained.keys()].filter((taskId) => !named.has(taskId));
   for (const taskId of gone) drained.delete(taskId);
   return gone;
 }

@@ -44,6 +44,7 @@ import type { Endpoint, ServiceEndpoints } from '../../daemon/lb/endpoints.ts';
 import { type DialRemote, Ingress, serveRemote } from '../../daemon/lb/forwarder.ts';
 import { defaultLbThreads } from '../../daemon/lb/ingress-threads.ts';
 import { dialLoopback } from '../helpers/loopback-dial.ts';
+import { freePort } from '../helpers/loopback-tcp.ts';
 import { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
 import { killHard, type Started, startProcess } from './lib/processes.ts';
@@ -212,14 +213,6 @@ function loopDelayP99Ms(socketPath: string): Promise<number> {
 
 function have(command: string): boolean {
   return spawnSync(command, ['-v'], { stdio: 'ignore' }).error === undefined;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const port = (server.address() as { port: number }).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** user + system CPU seconds of a process (all its threads). */

@@ -96,20 +96,19 @@ export class SwarmProcesses {
 
   /** SIGTERM, resolved once the process has exited. */
   stop(name: string): Promise<void> {
-    const node = this.nodes.get(name)!;
-    return new Promise((resolveStop) => {
-      if (node.child.exitCode !== null || node.child.signalCode !== null) return resolveStop();
-      node.child.once('exit', () => resolveStop());
-      node.child.kill('SIGTERM');
-    });
+    return this.signal(name, 'SIGTERM');
   }
 
   kill9(name: string): Promise<void> {
+    return this.signal(name, 'SIGKILL');
+  }
+
+  private signal(name: string, signal: NodeJS.Signals): Promise<void> {
     const node = this.nodes.get(name)!;
-    return new Promise((resolveKill) => {
-      if (node.child.exitCode !== null || node.child.signalCode !== null) return resolveKill();
-      node.child.once('exit', () => resolveKill());
-      node.child.kill('SIGKILL');
+    return new Promise((exited) => {
+      if (node.child.exitCode !== null || node.child.signalCode !== null) return exited();
+      node.child.once('exit', () => exited());
+      node.child.kill(signal);
     });
   }
 

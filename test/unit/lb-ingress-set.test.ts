@@ -1,9 +1,10 @@
 // A node's published ports as the endpoint table changes: listening follows the table, and a drained task is
 // forgotten once the table stops naming it (so a long-lived node does not collect the IDs of every stopped task).
-import { connect, createServer, type Server } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { IngressSet } from '../../daemon/lb/ingress-set.ts';
 import type { TableService } from '../../daemon/lb/table.ts';
+import { freePort, readAll } from '../helpers/loopback-tcp.ts';
 
 const servers: Server[] = [];
 const sets: IngressSet[] = [];
@@ -17,27 +18,6 @@ async function backend(answer: string): Promise<number> {
   servers.push(server);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return (server.address() as { port: number }).port;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-function ask(port: number): Promise<string> {
-  return new Promise((resolve) => {
-    const socket = connect({ host: '127.0.0.1', port });
-    let body = '';
-    socket.setEncoding('utf8');
-    socket.on('data', (chunk: string) => {
-      body += chunk;
-    });
-    socket.on('close', () => resolve(body));
-    socket.on('error', () => resolve(''));
-  });
 }
 
 const table = (published: number, taskId: string, address: string, draining: string[] = []): TableService[] => [
@@ -64,14 +44,14 @@ describe('ingress set', () => {
     sets.push(set);
     set.update(table(published, 'a', address));
     await expect.poll(() => set.listening()).toEqual([published]);
-    expect(await ask(published)).toBe('from-a');
+    expect(await readAll(published)).toBe('from-a');
 
     await set.drain('a', 0);
-    expect(await ask(published)).toBe(''); // drained: no new connection for it
+    expect(await readAll(published)).toBe(''); // drained: no new connection for it
     set.update([{ ...table(published, 'b', address)[0]!, endpoints: [] }]); // the table no longer names "a"
     // Should "a" ever be listed again, it is served: the ingress kept no memory of the old drain.
     set.update(table(published, 'a', address));
-    expect(await ask(published)).toBe('from-a');
+    expect(await readAll(published)).toBe('from-a');
 
     set.update([]);
     await expect.poll(() => set.listening()).toEqual([]);

@@ -5,7 +5,6 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Duplex } from 'node:stream';
 import type { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 import { IngressThreads } from '../../daemon/lb/ingress-threads.ts';
@@ -13,6 +12,8 @@ import { serveRemote } from '../../daemon/lb/remote.ts';
 import type { TableService } from '../../daemon/lb/table.ts';
 import { relayedTunnels, serveTunnelRelay } from '../../daemon/lb/thread-relay.ts';
 import { TunnelServer } from '../../daemon/lb/tunnel.ts';
+import { dialLoopback } from '../helpers/loopback-dial.ts';
+import { freePort, readAll } from '../helpers/loopback-tcp.ts';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -44,27 +45,6 @@ async function backend(answer: string, hold = false): Promise<number> {
       socket.once('data', () => socket.end());
     }),
   );
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-function ask(port: number): Promise<string> {
-  return new Promise((resolve) => {
-    const socket = connect({ host: '127.0.0.1', port });
-    let body = '';
-    socket.setEncoding('utf8');
-    socket.on('data', (chunk: string) => {
-      body += chunk;
-    });
-    socket.on('close', () => resolve(body));
-    socket.on('error', () => resolve(''));
-  });
 }
 
 /** A connection that stays open: resolves once the backend's first bytes arrived. */
@@ -111,7 +91,7 @@ function startThreads(threads: number, opened: string[], remotePort: number): In
     host: '127.0.0.1',
     openTunnel: (peerId, signal) => {
       opened.push(peerId);
-      return loopbackTransport(remotePort, signal);
+      return dialLoopback('127.0.0.1', remotePort, Buffer.alloc(0), signal);
     },
     log: () => {},
   });
@@ -134,7 +114,7 @@ describe('ingress threads', () => {
     await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([published]);
 
     const answers = [];
-    for (let i = 0; i < 20; i++) answers.push(await ask(published));
+    for (let i = 0; i < 20; i++) answers.push(await readAll(published));
     expect(new Set(answers)).toEqual(new Set(['local', 'remote']));
     // One tunnel per thread that forwarded to the other node, not one per connection.
     expect(new Set(opened)).toEqual(new Set(['p2']));
@@ -161,7 +141,7 @@ describe('ingress threads', () => {
     set.update(tableWith(published, endpoints));
     await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([published]);
     const answers = [];
-    for (let i = 0; i < 9; i++) answers.push(await ask(published));
+    for (let i = 0; i < 9; i++) answers.push(await readAll(published));
     // Whichever thread took each connection (the kernel spreads them), the rotation is one.
     expect(answers).toEqual(['a', 'b', 'c', 'a', 'b', 'c', 'a', 'b', 'c']);
     const threadsUsed = (await set.stats()).filter((s) => s.connectionsTotal > 0).length;
@@ -193,7 +173,7 @@ describe('ingress threads', () => {
     const draining = set.drain('held-task', 30_000).then(() => {
       drained = true;
     });
-    for (let i = 0; i < 6; i++) expect(await ask(published)).toBe('other');
+    for (let i = 0; i < 6; i++) expect(await readAll(published)).toBe('other');
     expect(drained).toBe(false);
     for (const socket of open) socket.end('bye');
     await draining;
@@ -212,7 +192,7 @@ describe('ingress threads', () => {
     await thread!.worker.terminate();
     expect(set.listening()).toEqual([]);
     await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([published]);
-    expect(await ask(published)).toBe('up');
+    expect(await readAll(published)).toBe('up');
   });
 
   it('start no thread while nothing is published, and stop listening on close', async () => {
@@ -225,7 +205,7 @@ describe('ingress threads', () => {
     );
     await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([published]);
     await set.close();
-    expect(await ask(published)).toBe('');
+    expect(await readAll(published)).toBe('');
   });
 });
 
@@ -240,7 +220,7 @@ describe('tunnel relay', () => {
       path,
       (peerId, signal) => {
         asked.push(peerId);
-        return loopbackTransport(echo, signal);
+        return dialLoopback('127.0.0.1', echo, Buffer.alloc(0), signal);
       },
       () => {},
     );
@@ -270,13 +250,3 @@ describe('tunnel relay', () => {
     expect(existsSync(path)).toBe(true);
   });
 });
-
-/** A loopback connection standing in for a mesh stream. */
-function loopbackTransport(port: number, signal: AbortSignal): Promise<Duplex> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: '127.0.0.1', port, allowHalfOpen: true });
-    signal.addEventListener('abort', () => socket.destroy(), { once: true });
-    socket.once('error', reject);
-    socket.once('connect', () => resolve(socket));
-  });
-}
