@@ -397,7 +397,8 @@ export class TaskLogs {
     try {
       yield* lines;
       for (;;) {
-        while (queue.length > 0) yield queue.shift()!;
+        // A reader that aborted gets nothing more, even lines that arrived in the same read as the last it took.
+        while (queue.length > 0 && !options.signal?.aborted) yield queue.shift()!;
         if (done || options.signal?.aborted) return;
         await new Promise<void>((resolve) => {
           wake = resolve;
