@@ -39,6 +39,9 @@ Options:
   --ingress-host HOST            Address published ports listen on (default: all interfaces)
   --lb-threads N                 Threads serving published ports, ~17 MiB each (default: one per CPU, up
                                  to 4; 0, the daemon's main thread, on one CPU or under 2 GiB of memory)
+  --data-path-port PORT|off      Port of the load balancer's data path: direct TLS 1.3 connections between
+                                 nodes, keyed over the mesh, on the listen address (default 0: any free
+                                 port; off: all forwarded connections go through the mesh)
   --force                        leave: even if this node is a manager
   --force-new-cluster            run: on a manager of a swarm that lost its quorum for good, start as its
                                  only manager with the state this node has; the other managers become workers
@@ -46,6 +49,15 @@ Options:
 `;
 
 class UsageError extends Error {}
+
+function parseDataPathPort(value: string): number | 'off' {
+  if (value === 'off') return 'off';
+  const port = /^\d{1,5}$/.test(value) ? Number(value) : Number.NaN;
+  if (!(port >= 0 && port <= 65535)) {
+    throw new UsageError(`--data-path-port must be a port from 0 to 65535 or "off", got "${value}"`);
+  }
+  return port;
+}
 
 function parseLbThreads(value: string): number {
   const threads = /^\d{1,3}$/.test(value) ? Number(value) : Number.NaN;
@@ -121,6 +133,7 @@ export async function main(argv: string[]): Promise<number> {
       apptainer: { type: 'string' },
       'ingress-host': { type: 'string' },
       'lb-threads': { type: 'string' },
+      'data-path-port': { type: 'string' },
       force: { type: 'boolean' },
       'force-new-cluster': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
@@ -150,6 +163,7 @@ export async function main(argv: string[]): Promise<number> {
     ...(values.apptainer ? { apptainerBinary: values.apptainer } : {}),
     ...(values['ingress-host'] ? { ingressHost: checkIngressHost(values['ingress-host']) } : {}),
     ...(values['lb-threads'] === undefined ? {} : { lbThreads: parseLbThreads(values['lb-threads']) }),
+    ...(values['data-path-port'] === undefined ? {} : { dataPathPort: parseDataPathPort(values['data-path-port']) }),
     ...(listen ? { listen } : {}),
     ...(advertise ? { advertise } : {}),
     ...(encryption ? { meshEncryption: encryption } : {}),

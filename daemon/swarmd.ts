@@ -10,6 +10,8 @@ import type { Task } from './api/services.ts';
 import type { HostPortInUse, NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
 import { SWARMD_VERSION } from './api/version.ts';
 import { EventLoopDelay } from './event-loop-delay.ts';
+import { DataPathServer, type DirectFirst, directFirst } from './lb/data-path.ts';
+import { meshTicketFetcher, serveDataPathTickets } from './lb/data-path-tickets.ts';
 import { IngressSet, type PublishedPorts } from './lb/ingress-set.ts';
 import { defaultLbThreads, IngressThreads, MAX_LB_THREADS } from './lb/ingress-threads.ts';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './lb/metrics.ts';
@@ -72,6 +74,11 @@ export interface SwarmdOptions {
   forceNewCluster?: boolean;
   /** Threads that serve published ports (--lb-threads); 0: the main thread. Default defaultLbThreads(). */
   lbThreads?: number;
+  /**
+   * The load balancer's data path (--data-path-port): tunnels to this node over direct TLS connections on this port
+   * (0: any free one), keyed over the mesh; 'off': every tunnel through the mesh. Default 0.
+   */
+  dataPathPort?: number | 'off';
   log?: (level: 'info' | 'warn' | 'error', message: string) => void;
 }
 
@@ -130,6 +137,9 @@ export class Swarmd {
   private listeningPorts: ListeningPorts | undefined;
   private tunnels: TunnelDialer | undefined;
   private tunnelServer: TunnelServer | undefined;
+  /** The main thread's tunnels by path (--lb-threads 0); the threads count their own. */
+  private tunnelPaths: DirectFirst | undefined;
+  private dataPath: DataPathServer | undefined;
   private readonly meshHopCounters = newMeshHopCounters();
   private readonly eventLoopDelay = new EventLoopDelay();
   private executors = new Map<Runtime, Executor>();
@@ -586,12 +596,22 @@ export class Swarmd {
       ...(this.opts.ingressHost ? { host: this.opts.ingressHost } : {}),
       log: (level: 'info' | 'warn', message: string) => this.log(level, message),
     };
+    const dataPathPort = this.opts.dataPathPort ?? 0;
+    const fetchTicket = dataPathPort === 'off' ? undefined : meshTicketFetcher(this.host, this.gate);
     const threads = Math.min(MAX_LB_THREADS, this.opts.lbThreads ?? defaultLbThreads());
     if (threads > 0) {
-      // Each thread keeps its own tunnels, whose transports this thread opens and relays.
-      this.ingresses = new IngressThreads({ ...where, threads, openTunnel });
+      // Each thread keeps its own tunnels: over the data path with tickets this thread fetches for it, or through
+      // the mesh, whose streams this thread opens and relays.
+      this.ingresses = new IngressThreads({
+        ...where,
+        threads,
+        openTunnel,
+        ...(fetchTicket === undefined ? {} : { fetchTicket }),
+      });
     } else {
-      const tunnels = new TunnelDialer(openTunnel, lbLog);
+      const paths = directFirst(fetchTicket, openTunnel, lbLog);
+      this.tunnelPaths = paths;
+      const tunnels = new TunnelDialer(paths.open, lbLog);
       this.tunnels = tunnels;
       this.ingresses = new IngressSet({
         ...where,
@@ -612,6 +632,24 @@ export class Swarmd {
     await this.host.handleBytes(PROTOCOLS.lb, (stream) => tunnelServer.serve(stream), {
       maxInboundStreams: LB_TUNNELS,
     });
+    if (dataPathPort !== 'off') {
+      const dataPath = new DataPathServer({
+        host: this.state.listen.host,
+        port: dataPathPort,
+        onTunnel: (socket) => tunnelServer.serve(socket, 'direct'),
+        log: lbLog,
+      });
+      try {
+        await dataPath.listen();
+      } catch (err) {
+        throw new SwarmdError(
+          `--data-path-port ${dataPathPort}: cannot listen on ${this.state.listen.host}: ${(err as Error).message}`,
+        );
+      }
+      this.dataPath = dataPath;
+      this.log('info', `lb: data path on ${this.state.listen.host}:${dataPath.port} (TLS 1.3, keys over the mesh)`);
+    }
+    await serveDataPathTickets(this.host, this.dataPath);
   }
 
   /** The version of the endpoint table last applied from a heartbeat answer (the leader then leaves it out). */
@@ -690,6 +728,7 @@ export class Swarmd {
       await this.ingresses?.close().catch(() => {});
       this.tunnels?.close();
       this.tunnelServer?.close();
+      await this.dataPath?.close();
       (this.executors.get('process') as ProcessExecutor | undefined)?.close();
       await this.api?.close().catch(() => {});
       if (this.manager) await this.manager.stop().catch(() => {});
@@ -732,9 +771,11 @@ export class Swarmd {
           renderMetrics(await this.ingresses.stats(), {
             streams: this.meshHopCounters,
             tunnels: {
-              in: this.tunnelServer?.openCount ?? 0,
+              in: this.tunnelServer?.counts() ?? { direct: 0, mesh: 0 },
               out:
-                this.ingresses instanceof IngressThreads ? this.ingresses.tunnelsOpen : (this.tunnels?.openCount ?? 0),
+                this.ingresses instanceof IngressThreads
+                  ? this.ingresses.tunnelCounts()
+                  : (this.tunnelPaths?.counts() ?? { direct: 0, mesh: 0 }),
             },
           }) + this.eventLoopDelay.render(),
         contentType: METRICS_CONTENT_TYPE,

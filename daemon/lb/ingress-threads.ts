@@ -9,8 +9,9 @@
 // Round-robin rotates as one across the threads (a cursor per port in shared memory): three new connections go to
 // three tasks whichever threads the kernel gave them to. Least-connections and p2c count each thread's own.
 //
-// What stays in the main thread: libp2p. Each thread keeps its own tunnels to other nodes (tunnel.ts), whose
-// transports the main thread opens over the mesh and relays (thread-relay.ts); streams other nodes open to this
+// What stays in the main thread: libp2p. Each thread keeps its own tunnels to other nodes (tunnel.ts): over the data
+// path (data-path.ts), which the thread dials itself with a ticket the main thread fetched over the mesh for it, or
+// else through the mesh, whose streams the main thread opens and relays (thread-relay.ts). Streams other nodes open to this
 // node's tasks are served by the main thread, so their drain bookkeeping (meshStreams) is here. Each thread keeps its own outlier detection and counters;
 // stats() sums the counters.
 //
@@ -20,6 +21,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
+import type { DataPathTicket, FetchTicket, TunnelPathCounts } from './data-path.ts';
 import { DrainTracker } from './drain-tracker.ts';
 import type { TaskId } from './endpoints.ts';
 import type { PublishedPorts } from './ingress-set.ts';
@@ -34,6 +36,8 @@ export interface IngressThreadData {
   nodeId: string;
   host: string | undefined;
   relayPath: string;
+  /** Whether to ask the main thread for data path tickets (else every tunnel goes through the mesh). */
+  dataPath: boolean;
   /** Round-robin cursors shared by every thread: 65536 Int32 slots, indexed by published port. */
   roundRobinSlots: SharedArrayBuffer;
 }
@@ -42,12 +46,15 @@ export type ToIngressThread =
   | { type: 'table'; table: readonly TableService[] }
   | { type: 'drain'; id: number; taskId: TaskId; graceMs: number }
   | { type: 'stats'; id: number }
-  | { type: 'close'; id: number };
+  | { type: 'close'; id: number }
+  /** The answer to the thread's ticket request of the same id: undefined when there is none for the peer. */
+  | { type: 'ticket'; id: number; ticket: DataPathTicket | undefined; error?: string };
 
 export type FromIngressThread =
   | { type: 'log'; level: 'info' | 'warn'; message: string }
   | { type: 'listening'; ports: number[] }
-  | { type: 'done'; id: number; stats?: ServiceStats[] };
+  | { type: 'done'; id: number; stats?: ServiceStats[]; tunnels?: TunnelPathCounts }
+  | { type: 'ticket'; id: number; peerId: string };
 
 /** Source or bundle: the thread's entry sits next to this module (cli/build.ts names it ingress-thread.mjs). */
 const THREAD_ENTRY = new URL(
@@ -57,6 +64,8 @@ const THREAD_ENTRY = new URL(
 const RESTART_DELAY_MS = 1000;
 /** A thread that does not answer a stats request in time is counted as having nothing to report. */
 const STATS_TIMEOUT_MS = 2000;
+/** For a data path ticket, asked over the mesh for a thread. */
+const TICKET_TIMEOUT_MS = 5000;
 
 /** Each thread opens its own tunnel to each node it forwards to, which bounds the tunnels a peer must accept. */
 export const MAX_LB_THREADS = 16;
@@ -81,6 +90,8 @@ export interface IngressThreadsOptions {
   host?: string;
   /** Opens a tunnel's transport to a peer over the mesh, for the threads (through the relay). */
   openTunnel: OpenTunnel;
+  /** Data path tickets for the threads; left out, their tunnels go through the mesh only. */
+  fetchTicket?: FetchTicket;
   log: (level: 'info' | 'warn', message: string) => void;
 }
 
@@ -90,7 +101,9 @@ interface Thread {
   listening: number[];
   exited: boolean;
   /** Requests waiting for their 'done', by id. */
-  pending: Map<number, (stats: ServiceStats[] | undefined) => void>;
+  pending: Map<number, (done: Extract<FromIngressThread, { type: 'done' }> | undefined) => void>;
+  /** The thread's tunnels by path, as of its last stats answer. */
+  tunnels: TunnelPathCounts;
 }
 
 export class IngressThreads implements PublishedPorts {
@@ -135,7 +148,10 @@ export class IngressThreads implements PublishedPorts {
     const lists = await Promise.all(
       this.threads.map((thread) =>
         Promise.race([
-          this.request(thread, { type: 'stats' }),
+          this.request(thread, { type: 'stats' }).then((done) => {
+            if (done?.tunnels !== undefined) thread.tunnels = done.tunnels;
+            return done?.stats;
+          }),
           new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), STATS_TIMEOUT_MS).unref()),
         ]),
       ),
@@ -143,9 +159,14 @@ export class IngressThreads implements PublishedPorts {
     return lists.flatMap((list) => list ?? []);
   }
 
-  /** The threads' tunnels to other nodes open now. */
-  get tunnelsOpen(): number {
-    return this.relay?.relay.openCount ?? 0;
+  /** The threads' tunnels to other nodes by path, as of the last stats(). */
+  tunnelCounts(): TunnelPathCounts {
+    const counts: TunnelPathCounts = { direct: 0, mesh: 0 };
+    for (const thread of this.threads) {
+      counts.direct += thread.tunnels.direct;
+      counts.mesh += thread.tunnels.mesh;
+    }
+    return counts;
   }
 
   listening(): number[] {
@@ -195,10 +216,18 @@ export class IngressThreads implements PublishedPorts {
       nodeId: this.opts.nodeId,
       host: this.opts.host,
       relayPath,
+      dataPath: this.opts.fetchTicket !== undefined,
       roundRobinSlots: this.roundRobinSlots,
     };
     const worker = new Worker(THREAD_ENTRY, { workerData: data, name: `swarmd-lb-${index}` });
-    const thread: Thread = { index, worker, listening: [], exited: false, pending: new Map() };
+    const thread: Thread = {
+      index,
+      worker,
+      listening: [],
+      exited: false,
+      pending: new Map(),
+      tunnels: { direct: 0, mesh: 0 },
+    };
     worker.on('message', (message: FromIngressThread) => this.onMessage(thread, message));
     worker.on('error', (err) => this.opts.log('warn', `lb: ingress thread ${index} failed: ${err.message}`));
     worker.on('exit', (code) => this.onExit(thread, code, relayPath));
@@ -219,9 +248,12 @@ export class IngressThreads implements PublishedPorts {
       case 'done': {
         const resolve = thread.pending.get(message.id);
         thread.pending.delete(message.id);
-        resolve?.(message.stats);
+        resolve?.(message);
         return;
       }
+      case 'ticket':
+        this.fetchTicketFor(thread, message.id, message.peerId);
+        return;
     }
   }
 
@@ -240,10 +272,25 @@ export class IngressThreads implements PublishedPorts {
     }, RESTART_DELAY_MS).unref();
   }
 
+  private fetchTicketFor(thread: Thread, id: number, peerId: string): void {
+    const answer = (message: Omit<Extract<ToIngressThread, { type: 'ticket' }>, 'type' | 'id'>) => {
+      if (!thread.exited) thread.worker.postMessage({ type: 'ticket', id, ...message } satisfies ToIngressThread);
+    };
+    if (this.opts.fetchTicket === undefined) {
+      answer({ ticket: undefined });
+      return;
+    }
+    // The thread's own dial has its own timeout; this bounds the mesh request.
+    this.opts.fetchTicket(peerId, AbortSignal.timeout(TICKET_TIMEOUT_MS)).then(
+      (ticket) => answer({ ticket }),
+      (err: Error) => answer({ ticket: undefined, error: err.message }),
+    );
+  }
+
   private request(
     thread: Thread,
-    message: DistributiveOmit<Extract<ToIngressThread, { id: number }>, 'id'>,
-  ): Promise<ServiceStats[] | undefined> {
+    message: DistributiveOmit<Extract<ToIngressThread, { type: 'drain' | 'stats' | 'close' }>, 'id'>,
+  ): Promise<Extract<FromIngressThread, { type: 'done' }> | undefined> {
     if (thread.exited) return Promise.resolve(undefined);
     const id = this.nextRequestId++;
     return new Promise((resolve) => {

@@ -168,9 +168,11 @@ function renderMeshHop(lines: string[], meshHop: MeshHopStats): void {
   header(lines, {
     name: tunnels,
     type: 'gauge',
-    help: 'Load balancer tunnels open now: to other nodes (out) and from them (in).',
+    help: 'Load balancer tunnels open now: to other nodes (out) and from them (in), over the data path or the mesh.',
   });
-  lines.push(`${tunnels}{direction="in"} ${meshHop.tunnels.in}`, `${tunnels}{direction="out"} ${meshHop.tunnels.out}`);
+  for (const direction of ['in', 'out'] as const)
+    for (const path of ['direct', 'mesh'] as const)
+      lines.push(`${tunnels}{direction="${direction}",path="${path}"} ${meshHop.tunnels[direction][path]}`);
 }
 
 function header(lines: string[], def: { name: string; type: string; help: string }): void {

@@ -1,6 +1,7 @@
 // Counters the forwarder keeps per published service and per task, and the snapshot it hands to metrics.ts.
 // Plain objects with number fields: incremented once per connection, never per chunk (bytes are read from the
 // sockets' own counts when a snapshot is taken or a connection ends).
+import type { TunnelPathCounts } from './data-path.ts';
 import type { TaskId } from './endpoints.ts';
 import type { ServeRemoteResult } from './remote.ts';
 
@@ -56,8 +57,8 @@ export function newMeshHopCounters(): MeshHopCounters {
   return { served: 0, 'bad-header': 0, 'unknown-task': 0, 'connect-failed': 0, draining: 0, closed: 0 };
 }
 
-/** Tunnels (daemon/lb/tunnel.ts) open now, to other nodes (out) and from them (in). */
+/** Tunnels (daemon/lb/tunnel.ts) open now, to other nodes (out) and from them (in), by path (data-path.ts). */
 export interface TunnelCounts {
-  in: number;
-  out: number;
+  in: TunnelPathCounts;
+  out: TunnelPathCounts;
 }

@@ -22,6 +22,7 @@ import {
   type Settings,
 } from 'node:http2';
 import type { Duplex } from 'node:stream';
+import type { TunnelPath, TunnelPathCounts } from './data-path.ts';
 
 /**
  * Per-stream window: what one connection may have in flight towards a slow reader. HTTP/2's default (64 KiB) would
@@ -32,6 +33,19 @@ const STREAM_WINDOW_BYTES = 1024 * 1024;
 const SESSION_WINDOW_BYTES = 32 * 1024 * 1024;
 /** Opening the libp2p stream of a tunnel (a dial to the peer included). */
 const TUNNEL_OPEN_TIMEOUT_MS = 10_000;
+/**
+ * How often the dialing side pings a tunnel, and how long it waits for the answer before it drops the tunnel. A
+ * peer that vanished without closing its connections (power cut, a cable pulled) is noticed within about this
+ * much: the mesh notices for its own streams, a data path connection (data-path.ts) is plain TCP and would only
+ * notice once the kernel gives up retransmitting, many minutes later.
+ */
+export const PING_INTERVAL_MS = 10_000;
+export const PING_TIMEOUT_MS = 10_000;
+
+export interface TunnelPing {
+  intervalMs: number;
+  timeoutMs: number;
+}
 /** Forwarded connections open at once between two nodes, per direction. */
 export const TUNNEL_MAX_STREAMS = 4096;
 
@@ -90,11 +104,17 @@ export class TunnelDialer {
   private readonly sessions = new Map<string, Promise<ClientHttp2Session>>();
   private readonly openTunnel: OpenTunnel;
   private readonly log: TunnelLog;
+  private readonly ping: TunnelPing;
   private closed = false;
 
-  constructor(openTunnel: OpenTunnel, log: TunnelLog = () => {}) {
+  constructor(
+    openTunnel: OpenTunnel,
+    log: TunnelLog = () => {},
+    ping: TunnelPing = { intervalMs: PING_INTERVAL_MS, timeoutMs: PING_TIMEOUT_MS },
+  ) {
     this.openTunnel = openTunnel;
     this.log = log;
+    this.ping = ping;
   }
 
   /** A new forwarded connection to the peer, `header` sent first; resolves once the stream is open. */
@@ -168,10 +188,39 @@ export class TunnelDialer {
       });
       session.once('connect', () => {
         widenWindow(session);
+        keepAlive(session, peerId, this.ping, this.log);
         resolve(session);
       });
     });
   }
+}
+
+/** Pings the session every intervalMs; destroys it when an answer is timeoutMs late. */
+function keepAlive(session: ClientHttp2Session, peerId: string, ping: TunnelPing, log: TunnelLog): void {
+  let waiting: NodeJS.Timeout | undefined;
+  const interval = setInterval(() => {
+    if (waiting !== undefined || session.destroyed) return;
+    waiting = setTimeout(() => {
+      log(`lb: tunnel to ${peerId} did not answer a ping in ${ping.timeoutMs} ms; closing it`);
+      session.destroy();
+    }, ping.timeoutMs);
+    waiting.unref();
+    const sent = session.ping((err) => {
+      clearTimeout(waiting);
+      waiting = undefined;
+      if (err !== null && !session.destroyed) session.destroy(err);
+    });
+    if (!sent) {
+      clearTimeout(waiting);
+      waiting = undefined;
+    }
+  }, ping.intervalMs);
+  // Neither timer holds the process open.
+  interval.unref();
+  session.once('close', () => {
+    clearInterval(interval);
+    clearTimeout(waiting);
+  });
 }
 
 /**
@@ -180,7 +229,7 @@ export class TunnelDialer {
  */
 export class TunnelServer {
   private readonly server: Http2Server;
-  private readonly transports = new Set<Duplex>();
+  private readonly transports = new Map<Duplex, TunnelPath>();
 
   constructor(onStream: (stream: Duplex) => void, log: TunnelLog = () => {}) {
     this.server = createServer(SESSION_OPTIONS);
@@ -202,21 +251,26 @@ export class TunnelServer {
     this.server.on('sessionError', (err) => log(`lb: tunnel session failed: ${err.message}`));
   }
 
-  /** Serves one tunnel (an inbound libp2p byte stream of the tunnel protocol) until it closes. */
-  serve(transport: Duplex): void {
+  /**
+   * Serves one tunnel until it closes: an inbound libp2p byte stream of the tunnel protocol (path 'mesh'), or a
+   * data path connection (data-path.ts).
+   */
+  serve(transport: Duplex, path: TunnelPath = 'mesh'): void {
     transport.on('error', () => {});
-    this.transports.add(transport);
+    this.transports.set(transport, path);
     transport.once('close', () => this.transports.delete(transport));
     this.server.emit('connection', transport);
   }
 
-  /** Tunnels being served now. */
-  get openCount(): number {
-    return this.transports.size;
+  /** Tunnels being served now, by path. */
+  counts(): TunnelPathCounts {
+    const counts: TunnelPathCounts = { direct: 0, mesh: 0 };
+    for (const path of this.transports.values()) counts[path]++;
+    return counts;
   }
 
   close(): void {
-    for (const transport of this.transports) transport.destroy();
+    for (const transport of this.transports.keys()) transport.destroy();
     this.transports.clear();
   }
 }

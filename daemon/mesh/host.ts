@@ -84,7 +84,7 @@ export interface MeshHost {
     target: string,
     protocol: string,
     opts?: { signal?: AbortSignal; maxFrameBytes?: number },
-  ): Promise<{ stream: FramedStream; remotePeer: string }>;
+  ): Promise<{ stream: FramedStream; remotePeer: string; remoteIp: string | undefined }>;
   /** Adds addresses for a peer to the peer store (from the swarm's node table). */
   addPeerAddresses(peerId: string, multiaddrs: string[]): Promise<void>;
   /** Closes every connection to a peer (used when a node is removed). */
@@ -191,7 +191,7 @@ export async function createMeshHost(options: MeshHostOptions): Promise<MeshHost
       const stream = await connection.newStream(protocol, signal === undefined ? {} : { signal });
       const remotePeer = connection.remotePeer.toString();
       const framed = framedStream(stream, framingOptions(opts.maxFrameBytes, protocol, remotePeer, log));
-      return { stream: framed, remotePeer };
+      return { stream: framed, remotePeer, remoteIp: directIpOf(connection.remoteAddr) };
     },
 
     async addPeerAddresses(id, addresses) {
@@ -356,6 +356,16 @@ function toMultiaddr(address: { host: string; port: number }): Multiaddr {
   const family = isIP(address.host);
   const proto = family === 4 ? 'ip4' : family === 6 ? 'ip6' : 'dns';
   return multiaddr(`/${proto}/${address.host}/tcp/${address.port}`);
+}
+
+/** The peer's IP where the connection goes straight to it over TCP; undefined through a relay. */
+function directIpOf(ma: Multiaddr): string | undefined {
+  const components = ma.getComponents();
+  if (components.some((c) => c.name === 'p2p-circuit')) return undefined;
+  const ip = components[0];
+  return ip !== undefined && (ip.name === 'ip4' || ip.name === 'ip6') && components[1]?.name === 'tcp'
+    ? ip.value
+    : undefined;
 }
 
 function peerIdOf(ma: Multiaddr): string | undefined {

@@ -21,6 +21,11 @@ export const PROTOCOLS = {
    * the connection's bytes (daemon/lb/remote.ts). Every node serves it (ingress on any node, tasks on any node).
    */
   lb: '/swarmd/lb/2',
+  /**
+   * Members: a ticket for one connection to the node's load balancer data path (a direct TLS connection carrying a
+   * tunnel, daemon/lb/data-path.ts): its port and a one-time key. Asked before each tunnel is opened.
+   */
+  lbTicket: '/swarmd/lb-ticket/1',
 } as const;
 
 export const MANAGER_ONLY = new Set<string>([PROTOCOLS.raft, PROTOCOLS.control, PROTOCOLS.logs, PROTOCOLS.nudge]);

@@ -12,8 +12,10 @@
 //                  stream (no encryption, no yamux): it measures the forwarder's two-hop cost, not libp2p's.
 //   daemon-local   the real thing: a 2-node swarm of swarmd processes (manager + worker), a service of 3 tasks on
 //                  the worker (nginx as process-runtime tasks listening on $PORT), wrk -> the worker's published port
-//   daemon-mesh    the same service, wrk -> the manager's published port: every connection crosses the libp2p mesh
-//                  (an HTTP/2 tunnel in one Noise+yamux stream) to the worker, which connects to the task
+//   daemon-mesh    the same service, wrk -> the manager's published port: every connection crosses to the worker
+//                  (an HTTP/2 tunnel over the data path: a TLS 1.3 connection keyed over the mesh), which connects
+//                  to the task
+//   daemon-mesh-nodp  the same with --data-path-port off: the tunnel is a libp2p mesh stream (Noise, yamux)
 //   *-t0           the same two in a second swarm whose daemons serve published ports in their main thread
 //                  (--lb-threads 0) rather than in ingress threads (the default with 2 CPUs or more)
 // For the daemon targets the p99 of the daemons' main event-loop delay during the run is reported too (from their
@@ -315,19 +317,25 @@ function nodeChild(dir: string, name: string, args: string[], ready: () => Promi
  * (127.0.0.2) has the tasks locally, the manager's (127.0.0.1) reaches them over the libp2p mesh.
  */
 /** A 2-node swarm; lbThreads undefined leaves --lb-threads at the daemon's default. */
+/** A way to start the bench's swarm: its daemons' extra flags, and the suffix of its targets' names. */
+interface SwarmVariant {
+  suffix: string;
+  flags: string[];
+  how: string;
+}
+
 async function startSwarm(
   dir: string,
   useNginx: boolean,
-  lbThreads: number | undefined,
+  variant: SwarmVariant,
 ): Promise<{ cluster: SwarmProcesses; port: number }> {
   const cluster = new SwarmProcesses(46000 + Math.floor(Math.random() * 400) * 5);
-  const threads = lbThreads === undefined ? [] : ['--lb-threads', String(lbThreads)];
-  const m1 = await cluster.init('m1', ['--ingress-host', '127.0.0.1', ...threads]);
+  const m1 = await cluster.init('m1', ['--ingress-host', '127.0.0.1', ...variant.flags]);
   const token = new ApiClient(m1.socket);
   const workerToken = (await token.joinTokens()).worker;
-  await cluster.join('w1', workerToken, m1, ['--ingress-host', '127.0.0.2', ...threads]);
+  await cluster.join('w1', workerToken, m1, ['--ingress-host', '127.0.0.2', ...variant.flags]);
   // Tasks run as nobody: their nginx files go in a directory anyone may write.
-  const tasks = join(dir, `tasks-${lbThreads ?? 'default'}`);
+  const tasks = join(dir, `tasks${variant.suffix || '-default'}`);
   mkdirSync(tasks, { mode: 0o777 });
   chmodSync(tasks, 0o777);
   const nginx = [
@@ -467,37 +475,44 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
       note: 'Ingress -> loopback TCP hop (NOT libp2p) -> serveRemote process -> backend',
     });
 
-    // The daemon as it starts by default (ingress threads where there are 2 CPUs or more), and with the published
-    // ports served in its main thread (--lb-threads 0), which is what the main thread's event-loop delay compares.
-    for (const lbThreads of [undefined, 0]) {
-      const swarm = await startSwarm(dir, useNginx, lbThreads);
+    // The daemon as it starts by default (ingress threads where there are 2 CPUs or more, tunnels over the data
+    // path); with the published ports served in its main thread (--lb-threads 0), which is what the main thread's
+    // event-loop delay compares; and with every tunnel inside the libp2p mesh (--data-path-port off).
+    const variants: (SwarmVariant & { local: boolean })[] = [
+      { suffix: '', flags: [], how: `--lb-threads default (${defaultLbThreads()})`, local: true },
+      { suffix: '-t0', flags: ['--lb-threads', '0'], how: '--lb-threads 0', local: true },
+      { suffix: '-nodp', flags: ['--data-path-port', 'off'], how: '--data-path-port off', local: false },
+    ];
+    const only = process.env.BENCH_LB_ONLY?.split(',').filter((name) => name !== '');
+    for (const variant of variants) {
+      const names = [`daemon-local${variant.suffix}`, `daemon-mesh${variant.suffix}`];
+      if (only !== undefined && only.length > 0 && !names.some((name) => only.includes(name))) continue;
+      const swarm = await startSwarm(dir, useNginx, variant);
       swarmClusters.push(swarm.cluster);
-      const suffix = lbThreads === undefined ? '' : `-t${lbThreads}`;
-      const how =
-        lbThreads === undefined ? `--lb-threads default (${defaultLbThreads()})` : `--lb-threads ${lbThreads}`;
       const daemon = (name: string) => swarm.cluster.nodes.get(name)!;
-      targets.push(
-        {
-          name: `daemon-local${suffix}`,
+      if (variant.local)
+        targets.push({
+          name: `daemon-local${variant.suffix}`,
           port: swarm.port,
           host: '127.0.0.2',
           pids: [daemon('w1').child.pid!],
           daemons: [daemon('w1').socket],
-          note: `swarmd daemon (worker), published port, 3 local tasks, ${how}`,
-        },
-        {
-          name: `daemon-mesh${suffix}`,
-          port: swarm.port,
-          host: '127.0.0.1',
-          pids: [daemon('m1').child.pid!, daemon('w1').child.pid!],
-          daemons: [daemon('m1').socket, daemon('w1').socket],
-          note: `swarmd daemon (manager) -> HTTP/2 tunnel over the libp2p mesh (Noise, yamux) -> worker -> task, ${how}`,
-        },
-      );
+          note: `swarmd daemon (worker), published port, 3 local tasks, ${variant.how}`,
+        });
+      targets.push({
+        name: `daemon-mesh${variant.suffix}`,
+        port: swarm.port,
+        host: '127.0.0.1',
+        pids: [daemon('m1').child.pid!, daemon('w1').child.pid!],
+        daemons: [daemon('m1').socket, daemon('w1').socket],
+        note:
+          variant.suffix === '-nodp'
+            ? `swarmd daemon (manager) -> HTTP/2 tunnel in a libp2p mesh stream (Noise, yamux) -> worker -> task, ${variant.how}`
+            : `swarmd daemon (manager) -> HTTP/2 tunnel over the data path (TLS 1.3, keyed over the mesh) -> worker -> task, ${variant.how}`,
+      });
     }
 
     // BENCH_LB_ONLY=daemon-mesh,swarmd (say): measure only these, with HAProxy always kept for the ratios.
-    const only = process.env.BENCH_LB_ONLY?.split(',').filter((name) => name !== '');
     if (only !== undefined && only.length > 0) {
       const keep = new Set([...only, 'haproxy']);
       targets.splice(0, targets.length, ...targets.filter((t) => keep.has(t.name)));
@@ -565,6 +580,7 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
       'daemon-mesh',
       'daemon-local-t0',
       'daemon-mesh-t0',
+      'daemon-mesh-nodp',
     ]) {
       ratios[name] = { rpsVsHaproxy: ratio(name, 'rps'), p99VsHaproxy: ratio(name, 'p99Ms') };
     }
@@ -597,8 +613,9 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
     }
     say('mesh-hop is a loopback TCP connection between two Node processes standing in for the libp2p stream;');
     say(
-      'daemon-mesh is the real libp2p hop between two swarmd processes; -t0: --lb-threads 0 (ports in the main thread).',
+      'daemon-mesh is the real hop between two swarmd processes (over the data path; -nodp: inside the libp2p mesh);',
     );
+    say('-t0: --lb-threads 0 (ports in the main thread).');
     say("loop p99 ms: the daemons' main event-loop delay during the run (Raft and the API wait that long).");
     if (goals !== null) say(`goals: ${JSON.stringify(goals)}`);
 
@@ -613,7 +630,8 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
       results,
       ratios,
       goals,
-      meshHop: 'mesh-hop: loopback TCP between two Node processes; daemon-mesh: libp2p between two swarmd daemons',
+      meshHop:
+        'mesh-hop: loopback TCP between two Node processes; daemon-mesh: the data path (TLS 1.3) between two swarmd daemons; daemon-mesh-nodp: libp2p between them',
     };
   } finally {
     // Tasks outlive their daemon (by design: a restart re-attaches them): remove the service first, then make sure.

@@ -20,6 +20,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildBundle } from '../../cli/build.ts';
 import type { Task } from '../../daemon/api/services.ts';
 import type { SwarmNode } from '../../daemon/api/types.ts';
+import { dialDataPath } from '../../daemon/lb/data-path.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { TunnelDialer } from '../../daemon/lb/tunnel.ts';
 import { createMeshHost } from '../../daemon/mesh/host.ts';
@@ -91,11 +92,19 @@ const taskPorts = () => new Set(ready().map((t) => t.status.address!.split(':')[
 
 beforeAll(async () => {
   await buildBundle(DIST);
-  // Both ways of serving published ports: ingress threads (m1, w1) and the daemon's main thread (w2).
+  // Both ways of serving published ports: ingress threads (m1, w1) and the daemon's main thread (w2). Both ways
+  // between nodes: tunnels to w1 over the data path (direct TLS), to w2 through the mesh (its data path is off).
   m1 = await cluster.init('m1', ['--ingress-host', HOSTS.m1, '--lb-threads', '2']);
   const token = swarm(m1, 'join-token', '-q', 'worker').stdout.trim();
   w1 = await cluster.join('w1', token, m1, ['--ingress-host', HOSTS.w1, '--lb-threads', '2']);
-  w2 = await cluster.join('w2', token, m1, ['--ingress-host', HOSTS.w2, '--lb-threads', '0']);
+  w2 = await cluster.join('w2', token, m1, [
+    '--ingress-host',
+    HOSTS.w2,
+    '--lb-threads',
+    '0',
+    '--data-path-port',
+    'off',
+  ]);
   await waitFor(
     () =>
       swarmJson<{ status: { state: string } }[]>(m1, 'node', 'ls').filter((n) => n.status.state === 'ready').length ===
@@ -191,15 +200,22 @@ describe('load balancer', () => {
     expect(text.status).toBe(200);
     expect(text.type).toMatch(/^text\/plain; version=0.0.4/);
     expect(text.body).toMatch(/swarmd_lb_service_connections_total\{[^}]*web[^}]*\} [1-9]/);
-    // m1 runs no task: everything it accepted went through its tunnels to the workers, which served it.
-    expect(text.body).toMatch(/^swarmd_lb_tunnels\{direction="out"\} [1-9]/m);
+    // m1 runs no task: everything it accepted went through its tunnels to the workers, which served it: to w1 over
+    // the data path, to w2 (data path off) through the mesh.
+    expect(text.body).toMatch(/^swarmd_lb_tunnels\{direction="out",path="direct"\} [1-9]/m);
+    expect(text.body).toMatch(/^swarmd_lb_tunnels\{direction="out",path="mesh"\} [1-9]/m);
     // The main thread's event-loop delay since the previous scrape: a number of seconds, well under one on this run.
     const delay = /^swarmd_event_loop_delay_seconds\{quantile="0\.99"\} (\S+)$/m.exec(text.body)?.[1];
     expect(Number(delay)).toBeGreaterThanOrEqual(0);
     expect(Number(delay)).toBeLessThan(1);
-    const workers = await Promise.all([w1, w2].map(metricsOf));
-    expect(workers.some((w) => /^swarmd_lb_mesh_streams_total\{result="served"\} [1-9]/m.test(w.body))).toBe(true);
-    expect(workers.some((w) => /^swarmd_lb_tunnels\{direction="in"\} [1-9]/m.test(w.body))).toBe(true);
+    const [atW1, atW2] = await Promise.all([w1, w2].map(metricsOf));
+    for (const worker of [atW1!, atW2!])
+      expect(worker.body).toMatch(/^swarmd_lb_mesh_streams_total\{result="served"\} [1-9]/m);
+    expect(atW1!.body).toMatch(/^swarmd_lb_tunnels\{direction="in",path="direct"\} [1-9]/m);
+    expect(atW2!.body).toMatch(/^swarmd_lb_tunnels\{direction="in",path="direct"\} 0$/m);
+    expect(atW2!.body).toMatch(/^swarmd_lb_tunnels\{direction="in",path="mesh"\} [1-9]/m);
+    // With its data path off, w2 also opens its own tunnels (to w1) through the mesh.
+    expect(atW2!.body).toMatch(/^swarmd_lb_tunnels\{direction="out",path="direct"\} 0$/m);
   });
 
   it('a killed task costs no request: connections go to the others', async () => {
@@ -272,6 +288,42 @@ describe('load balancer', () => {
         () => w1.output().slice(-2000),
       );
       tunnels.close();
+
+      // Nor can it get a ticket for the data path: the ticket protocol is refused the same way...
+      const ticket = await stranger
+        .openStream(peerId, PROTOCOLS.lbTicket, { signal: AbortSignal.timeout(10_000) })
+        .then(async ({ stream }) => {
+          await stream.send({});
+          return stream.read(AbortSignal.timeout(10_000));
+        })
+        .then(
+          (reply) => `answered ${JSON.stringify(reply)}`,
+          (error: Error) => `refused: ${error.message}`,
+        );
+      expect(ticket).toMatch(/^(refused|answered undefined)/);
+      await waitFor(
+        () => w1.output().includes(`refused ${PROTOCOLS.lbTicket} stream from`),
+        10_000,
+        () => w1.output().slice(-2000),
+      );
+      // ...and the data path itself admits no handshake without one.
+      const dataPath = /lb: data path on ([\d.]+):(\d+)/.exec(w1.output())!;
+      const guessed = await dialDataPath(
+        {
+          host: dataPath[1]!,
+          port: Number(dataPath[2]),
+          identity: '0'.repeat(32),
+          key: new Uint8Array(32),
+        },
+        AbortSignal.timeout(10_000),
+      ).then(
+        (socket) => {
+          socket.destroy();
+          return 'handshake done';
+        },
+        (error: Error) => `failed: ${error.message}`,
+      );
+      expect(guessed).toMatch(/^failed/);
     } finally {
       await stranger.stop();
     }

@@ -96,13 +96,18 @@ describe('renderMetrics', () => {
 
   it('renders the mesh hop outcomes and tunnels when given, in the exposition format', () => {
     const streams = { ...newMeshHopCounters(), served: 7, draining: 2 };
-    const text = renderMetrics([stats()], { streams, tunnels: { in: 1, out: 2 } });
+    const text = renderMetrics([stats()], {
+      streams,
+      tunnels: { in: { direct: 1, mesh: 0 }, out: { direct: 2, mesh: 3 } },
+    });
     const s = samples(text);
     expect(s.get('swarmd_lb_mesh_streams_total{result="served"}')).toBe(7);
     expect(s.get('swarmd_lb_mesh_streams_total{result="draining"}')).toBe(2);
     expect(s.get('swarmd_lb_mesh_streams_total{result="unknown-task"}')).toBe(0);
-    expect(s.get('swarmd_lb_tunnels{direction="in"}')).toBe(1);
-    expect(s.get('swarmd_lb_tunnels{direction="out"}')).toBe(2);
+    expect(s.get('swarmd_lb_tunnels{direction="in",path="direct"}')).toBe(1);
+    expect(s.get('swarmd_lb_tunnels{direction="in",path="mesh"}')).toBe(0);
+    expect(s.get('swarmd_lb_tunnels{direction="out",path="direct"}')).toBe(2);
+    expect(s.get('swarmd_lb_tunnels{direction="out",path="mesh"}')).toBe(3);
     expect(text).toContain('# TYPE swarmd_lb_tunnels gauge\n');
     expect(renderMetrics([stats()])).not.toContain('swarmd_lb_tunnels');
   });

@@ -99,6 +99,45 @@ describe('load balancer tunnel', () => {
     server.close();
   });
 
+  it('drops a tunnel whose peer stops answering pings (a peer gone silent), and opens a new one', async () => {
+    const server = new TunnelServer((stream) => void serveRemote(stream, () => echoAddress));
+    // Between dialer and server, a link that can go silent: bytes are dropped both ways, nothing is closed.
+    let silent = false;
+    const link = (from: Duplex, to: Duplex) =>
+      from.on('data', (chunk: Buffer) => {
+        if (!silent) to.write(chunk);
+      });
+    const logs: string[] = [];
+    let opened = 0;
+    const dialer = new TunnelDialer(
+      async () => {
+        opened++;
+        const [near, nearEnd] = duplexPair();
+        const [farEnd, far] = duplexPair();
+        link(nearEnd, farEnd);
+        link(farEnd, nearEnd);
+        server.serve(far);
+        return near;
+      },
+      (message) => logs.push(message),
+      { intervalMs: 100, timeoutMs: 200 },
+    );
+    const first = await dialer.dial('peer-b', encodeRemoteHeader({ taskId: 'echo' }), AbortSignal.timeout(5000));
+    expect((await exchange(first, 'before')).subarray(1).toString()).toBe('before');
+    // Pings are answered while the link works: the tunnel stays.
+    await new Promise((r) => setTimeout(r, 400));
+    expect(dialer.openCount).toBe(1);
+    silent = true;
+    await expect.poll(() => dialer.openCount, { timeout: 3000 }).toBe(0);
+    expect(logs.join('\n')).toMatch(/tunnel to peer-b did not answer a ping in 200 ms/);
+    silent = false;
+    const second = await dialer.dial('peer-b', encodeRemoteHeader({ taskId: 'echo' }), AbortSignal.timeout(5000));
+    expect((await exchange(second, 'after')).subarray(1).toString()).toBe('after');
+    expect(opened).toBe(2);
+    dialer.close();
+    server.close();
+  });
+
   it('an aborted connection is reset, and the task node lets go of it', async () => {
     const { server, dialer, results } = tunnelPair();
     const abort = new AbortController();
