@@ -17,6 +17,12 @@ export interface NodeProcess {
   socket: string;
 }
 
+/** Where a node runs when not on the host's loopback: its address, in a network namespace or this one. */
+export interface NodeHost {
+  ip: string;
+  netns?: string;
+}
+
 export class SwarmProcesses {
   readonly root = mkdtempSync(join(tmpdir(), 'swarmd-it-'));
   readonly nodes = new Map<string, NodeProcess>();
@@ -24,15 +30,27 @@ export class SwarmProcesses {
   private nextPort = 0;
   /** Node arguments that run swarmd: the TypeScript entry point by default, or a bundle with V8 flags. */
   private readonly swarmdArgs: string[];
+  /** Nodes (by name) that run in a network namespace; the others run on 127.0.0.1. */
+  private readonly hosts: Record<string, NodeHost>;
 
-  constructor(basePort: number, opts: { swarmdArgs?: string[] } = {}) {
+  constructor(basePort: number, opts: { swarmdArgs?: string[]; hosts?: Record<string, NodeHost> } = {}) {
     this.basePort = basePort;
     this.swarmdArgs = opts.swarmdArgs ?? [SWARMD];
+    this.hosts = opts.hosts ?? {};
+  }
+
+  /** The address a node listens on (and is joined at). */
+  ipOf(name: string): string {
+    return this.hosts[name]?.ip ?? '127.0.0.1';
   }
 
   private start(name: string, args: string[], port: number): NodeProcess {
     const dataDir = join(this.root, name);
-    const child = spawn(process.execPath, [...this.swarmdArgs, ...args, '--data-dir', dataDir], {
+    const command = [process.execPath, ...this.swarmdArgs, ...args, '--data-dir', dataDir];
+    const netns = this.hosts[name]?.netns;
+    // `ip netns exec` enters the namespace and execs the command: the child's PID is swarmd's own.
+    const [file, ...argv] = netns === undefined ? command : ['ip', 'netns', 'exec', netns, ...command];
+    const child = spawn(file!, argv, {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, SWARMD_DATA_DIR: dataDir },
     });
@@ -58,7 +76,7 @@ export class SwarmProcesses {
   /** `swarmd init`; resolves with the node once it printed its join instructions. */
   async init(name: string, extra: string[] = []): Promise<NodeProcess> {
     const port = this.basePort + this.nextPort++;
-    const node = this.start(name, ['init', '--listen-addr', `127.0.0.1:${port}`, ...extra], port);
+    const node = this.start(name, ['init', '--listen-addr', `${this.ipOf(name)}:${port}`, ...extra], port);
     await waitFor(
       () => node.output().includes('swarmd join --token'),
       30_000,
@@ -71,7 +89,15 @@ export class SwarmProcesses {
     const port = this.basePort + this.nextPort++;
     const node = this.start(
       name,
-      ['join', '--token', token, '--listen-addr', `127.0.0.1:${port}`, ...extra, `127.0.0.1:${manager.port}`],
+      [
+        'join',
+        '--token',
+        token,
+        '--listen-addr',
+        `${this.ipOf(name)}:${port}`,
+        ...extra,
+        `${this.ipOf(manager.name)}:${manager.port}`,
+      ],
       port,
     );
     await waitFor(
@@ -85,7 +111,7 @@ export class SwarmProcesses {
   /** `swarmd run` on an existing data dir. */
   async run(name: string, extra: string[] = []): Promise<NodeProcess> {
     const old = this.nodes.get(name)!;
-    const node = this.start(name, ['run', '--listen-addr', `127.0.0.1:${old.port}`, ...extra], old.port);
+    const node = this.start(name, ['run', '--listen-addr', `${this.ipOf(name)}:${old.port}`, ...extra], old.port);
     await waitFor(
       () => swarm(node, 'info').status === 0,
       30_000,
