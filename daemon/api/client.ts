@@ -158,10 +158,22 @@ export class ApiClient {
     if (pending.trim() !== '') yield decodeStreamLine<T>(pending);
   }
 
+  /** The node's Prometheus metrics, as the exposition text. */
+  async metrics(): Promise<string> {
+    const { status, text } = await this.#send('GET', '/v1/metrics', undefined);
+    if (status === 200) return text;
+    decodeResponse(status, text);
+    throw new ApiClientError(`unexpected answer from swarmd (HTTP ${status})`, status);
+  }
+
   /** Any route; `body`, when given, is sent as JSON. Resolves to the parsed answer (undefined for 204). */
-  request<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    return new Promise<T>((resolve, reject) => {
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const { status, text } = await this.#send(method, path, body === undefined ? undefined : JSON.stringify(body));
+    return decodeResponse<T>(status, text);
+  }
+
+  #send(method: string, path: string, payload: string | undefined): Promise<{ status: number; text: string }> {
+    return new Promise((resolve, reject) => {
       const req = httpRequest(
         {
           socketPath: this.socketPath,
@@ -175,13 +187,7 @@ export class ApiClient {
           const chunks: Buffer[] = [];
           res.on('data', (chunk: Buffer) => chunks.push(chunk));
           res.on('error', (error) => reject(this.#connectionError(error)));
-          res.on('end', () => {
-            try {
-              resolve(decodeResponse<T>(res.statusCode ?? 0, Buffer.concat(chunks).toString('utf8')));
-            } catch (error) {
-              reject(error);
-            }
-          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
         },
       );
       req.setTimeout(this.#timeoutMs, () => {

@@ -35,13 +35,17 @@ export function meshTicketFetcher(host: MeshHost, gate: MembershipGate): FetchTi
       signal,
       maxFrameBytes: TICKET_FRAME_MAX_BYTES,
     });
+    let reply: ReturnType<typeof parseTicketReply>;
     try {
       await stream.send({}, signal);
-      const reply = parseTicketReply(await stream.read(signal));
-      if ('off' in reply || remoteIp === undefined) return undefined;
-      return { host: remoteIp, ...reply };
-    } finally {
-      stream.abort(new Error('ticket received'));
+      reply = parseTicketReply(await stream.read(signal));
+    } catch (err) {
+      stream.abort(err as Error);
+      throw err;
     }
+    // A graceful end (not a reset, which the serving side would log as a failure); the tunnel need not wait for it.
+    void stream.close().catch(() => {});
+    if ('off' in reply || remoteIp === undefined) return undefined;
+    return { host: remoteIp, ...reply };
   };
 }

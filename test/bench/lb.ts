@@ -35,7 +35,7 @@
 // --max-seconds, so a forgotten one cannot linger. Last line printed by run.ts: one JSON object.
 import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer as createHttpServer, request as httpRequest } from 'node:http';
+import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -194,23 +194,11 @@ interface Target {
  * The p99 of a daemon's main event-loop delay since its previous scrape (GET /v1/metrics), in ms: how long Raft's
  * heartbeats and the API waited behind other work, the forwarding of this run's requests included.
  */
-function loopDelayP99Ms(socketPath: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest({ socketPath, path: '/v1/metrics', timeout: 10_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => {
-        body += chunk;
-      });
-      res.on('end', () => {
-        const seconds = /^swarmd_event_loop_delay_seconds\{quantile="0\.99"\} (\S+)$/m.exec(body)?.[1];
-        if (seconds === undefined) reject(new Error(`no event-loop delay in the metrics of ${socketPath}`));
-        else resolve(round(Number(seconds) * 1000, 2));
-      });
-    });
-    req.on('error', reject);
-    req.end();
-  });
+async function loopDelayP99Ms(socketPath: string): Promise<number> {
+  const text = await new ApiClient(socketPath, { timeoutMs: 10_000 }).metrics();
+  const seconds = /^swarmd_event_loop_delay_seconds\{quantile="0\.99"\} (\S+)$/m.exec(text)?.[1];
+  if (seconds === undefined) throw new Error(`no event-loop delay in the metrics of ${socketPath}`);
+  return round(Number(seconds) * 1000, 2);
 }
 
 function have(command: string): boolean {

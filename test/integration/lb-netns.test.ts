@@ -6,8 +6,9 @@
 //
 // Needs root (namespaces, iptables in the worker's namespace). In CI it runs and fails without it; elsewhere it is
 // skipped for a regular user.
-import { get as httpGet, request as httpRequest } from 'node:http';
+import { get as httpGet } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApiClient } from '../../daemon/api/client.ts';
 import type { Task } from '../../daemon/api/services.ts';
 import { NamespaceHost } from '../helpers/netns.ts';
 import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
@@ -40,20 +41,7 @@ function fetchOnce(): Promise<string> {
   });
 }
 
-function metricsOf(node: NodeProcess): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest({ socketPath: node.socket, path: '/v1/metrics', timeout: 10_000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => {
-        body += chunk;
-      });
-      res.on('end', () => resolve(body));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
+const metricsOf = (node: NodeProcess) => new ApiClient(node.socket, { timeoutMs: 10_000 }).metrics();
 
 const tunnelsOut = async (path: 'direct' | 'mesh') =>
   Number(

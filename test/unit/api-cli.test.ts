@@ -387,6 +387,30 @@ describe('control API server', () => {
     expect(stats.mode & 0o777).toBe(0o660);
   });
 
+  it("gives the metrics text as is, and the server's error where a node has none", async () => {
+    const client = new ApiClient(socketPath);
+    // These fake handlers serve no metrics: the route says so, and the client passes that on.
+    const refused = await client.metrics().catch((error: ApiClientError) => error);
+    expect(refused).toBeInstanceOf(ApiClientError);
+    expect((refused as ApiClientError).message).toMatch(/metrics/);
+    expect((refused as ApiClientError).status).toBeGreaterThanOrEqual(400);
+    const withMetrics = Object.assign(Object.create(handlers) as FakeHandlers, {
+      metrics: async () => ({ text: '# TYPE up gauge\nup 1\n', contentType: 'text/plain; version=0.0.4' }),
+    });
+    const dir = mkdtempSync(join(tmpdir(), 'swarmd-api-metrics-'));
+    const other = await startApiServer({
+      socketPath: join(dir, 's.sock'),
+      handlers: withMetrics,
+      log: { error: () => {} },
+    });
+    try {
+      expect(await new ApiClient(join(dir, 's.sock')).metrics()).toBe('# TYPE up gauge\nup 1\n');
+    } finally {
+      await other.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('rejects invalid bodies with 400, naming the field', async () => {
     const client = new ApiClient(socketPath);
     const cases: [unknown, string, string][] = [

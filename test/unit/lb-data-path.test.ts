@@ -1,8 +1,8 @@
 // The load balancer's data path (daemon/lb/data-path.ts): HTTP/2 tunnels over real TLS 1.3 connections on
 // loopback, keyed with one-time tickets. What a ticket admits (one handshake, by the holder of its key, in time),
 // what it does not, and the fallback to the mesh. The mesh request for tickets runs in test/integration/lb.test.ts.
-import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
-import { type Duplex, duplexPair } from 'node:stream';
+import { connect as tcpConnect } from 'node:net';
+import { duplexPair } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   DataPathServer,
@@ -13,25 +13,17 @@ import {
   parseTicketReply,
   TICKET_KEY_BYTES,
 } from '../../daemon/lb/data-path.ts';
-import { encodeRemoteHeader, REMOTE_STATUS, serveRemote } from '../../daemon/lb/remote.ts';
+import { serveRemote } from '../../daemon/lb/remote.ts';
 import { TunnelDialer, TunnelServer } from '../../daemon/lb/tunnel.ts';
+import { type EchoTask, expectEchoes, startEchoTask } from '../helpers/echo-task.ts';
 
-let echo: Server;
+let echo: EchoTask;
 let echoAddress = '';
-const echoSockets = new Set<Socket>();
 beforeAll(async () => {
-  echo = createServer({ allowHalfOpen: true }, (s) => {
-    echoSockets.add(s);
-    s.on('error', () => {});
-    s.pipe(s);
-  });
-  await new Promise<void>((r) => echo.listen(0, '127.0.0.1', () => r()));
-  echoAddress = `127.0.0.1:${(echo.address() as { port: number }).port}`;
+  echo = await startEchoTask();
+  echoAddress = echo.address;
 });
-afterAll(async () => {
-  for (const s of echoSockets) s.destroy();
-  await new Promise<void>((r) => echo.close(() => r()));
-});
+afterAll(() => echo.close());
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
@@ -62,17 +54,6 @@ async function dataPathNode() {
   return { server, tunnels, peers, ticket };
 }
 
-/** Sends `text` on a forwarded connection, half-closes, and returns what came back (status byte first). */
-function exchange(stream: Duplex, text: string): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    stream.on('data', (c: Buffer) => chunks.push(c));
-    stream.on('end', () => resolve(Buffer.concat(chunks)));
-    stream.on('error', reject);
-    stream.end(text);
-  });
-}
-
 /** Whether a handshake with this ticket succeeds (the socket is closed either way). */
 async function handshakes(ticket: DataPathTicket): Promise<boolean> {
   try {
@@ -94,16 +75,7 @@ describe('load balancer data path', () => {
     );
     const dialer = new TunnelDialer(paths.open);
     cleanups.push(() => dialer.close());
-    const replies = await Promise.all(
-      Array.from({ length: 10 }, async (_, i) => {
-        const stream = await dialer.dial('peer-b', encodeRemoteHeader({ taskId: 'echo' }), AbortSignal.timeout(5000));
-        return exchange(stream, `hello ${i}`);
-      }),
-    );
-    for (const [i, reply] of replies.entries()) {
-      expect(reply[0]).toBe(REMOTE_STATUS.ok);
-      expect(reply.subarray(1).toString()).toBe(`hello ${i}`);
-    }
+    await expectEchoes(dialer, 10, 'hello');
     // One tunnel for all ten, over the data path, and the server knows whose ticket opened it.
     expect(paths.counts()).toEqual({ direct: 1, mesh: 0 });
     expect(node.tunnels.counts()).toEqual({ direct: 1, mesh: 0 });

@@ -2,28 +2,19 @@
 // (the real one is exercised by test/integration/lb.test.ts): many connections on one tunnel, half-close, a tunnel
 // that dies and is reopened, and hostile input on the serving side.
 import { constants, connect as http2Connect } from 'node:http2';
-import { createServer, type Server, type Socket } from 'node:net';
 import { type Duplex, duplexPair } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeRemoteHeader, REMOTE_STATUS, type ServeRemoteResult, serveRemote } from '../../daemon/lb/remote.ts';
 import { TunnelDialer, TunnelServer } from '../../daemon/lb/tunnel.ts';
+import { type EchoTask, exchange, expectEchoes, startEchoTask } from '../helpers/echo-task.ts';
 
-let echo: Server;
+let echo: EchoTask;
 let echoAddress = '';
-const echoSockets = new Set<Socket>();
 beforeAll(async () => {
-  echo = createServer({ allowHalfOpen: true }, (s) => {
-    echoSockets.add(s);
-    s.on('error', () => {});
-    s.pipe(s);
-  });
-  await new Promise<void>((r) => echo.listen(0, '127.0.0.1', () => r()));
-  echoAddress = `127.0.0.1:${(echo.address() as { port: number }).port}`;
+  echo = await startEchoTask();
+  echoAddress = echo.address;
 });
-afterAll(async () => {
-  for (const s of echoSockets) s.destroy();
-  await new Promise<void>((r) => echo.close(() => r()));
-});
+afterAll(() => echo.close());
 
 /** A tunnel server serving the echo task, and a dialer whose tunnels are in-memory pairs to it. */
 function tunnelPair() {
@@ -41,30 +32,10 @@ function tunnelPair() {
   return { server, dialer, transports, results };
 }
 
-/** Writes `text` on a dialed stream, half-closes, and returns what came back (status byte first). */
-function exchange(stream: Duplex, text: string): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    stream.on('data', (c: Buffer) => chunks.push(c));
-    stream.on('end', () => resolve(Buffer.concat(chunks)));
-    stream.on('error', reject);
-    stream.end(text);
-  });
-}
-
 describe('load balancer tunnel', () => {
   it('carries many connections on one tunnel, each with its own bytes and half-close', async () => {
     const { server, dialer, transports } = tunnelPair();
-    const replies = await Promise.all(
-      Array.from({ length: 40 }, async (_, i) => {
-        const stream = await dialer.dial('peer-b', encodeRemoteHeader({ taskId: 'echo' }), AbortSignal.timeout(5000));
-        return exchange(stream, `connection ${i}`);
-      }),
-    );
-    for (const [i, reply] of replies.entries()) {
-      expect(reply[0]).toBe(REMOTE_STATUS.ok);
-      expect(reply.subarray(1).toString()).toBe(`connection ${i}`);
-    }
+    await expectEchoes(dialer, 40, 'connection');
     expect(transports).toHaveLength(1);
     dialer.close();
     server.close();
