@@ -345,14 +345,19 @@ export class RaftNode {
 
   private async persist(rd: Ready): Promise<void> {
     if (rd.snapshot) await this.opts.storage.saveSnapshot(rd.snapshot);
-    // A Ready that only moved the commit index needs no fsync (see Ready.mustSync): the new commit index is
-    // written with the next entries or vote instead.
     if (rd.mustSync && (rd.entries.length > 0 || rd.hardState)) {
       const started = performance.now();
       await this.opts.storage.save({ entries: rd.entries, ...(rd.hardState ? { hardState: rd.hardState } : {}) });
       this.metrics.persistMs += performance.now() - started;
       this.metrics.fsyncBatches++;
       this.metrics.entriesPersisted += rd.entries.length;
+    } else if (rd.hardState) {
+      // Only the commit index moved: no fsync needed (see Ready.mustSync), but it is written, as etcd does. A member
+      // applies configuration changes once they are committed, and after a restart it knows only the commit index
+      // it wrote: were it not written, members that come back after the whole cluster stopped could hold an older
+      // membership (one where some of them are not voters yet) until a leader tells them more, and a majority of
+      // the real membership might then fail to elect one. Written without fsync, it survives a killed process.
+      await this.opts.storage.save({ entries: [], hardState: rd.hardState, sync: false });
     }
   }
 

@@ -317,9 +317,12 @@ export class FileStorage implements RaftStorage {
     const group: { op: Waiter; error: Error | null }[] = [];
     const records: Buffer[] = [];
     let bytes = 0;
+    // One call that must be synced makes the whole group synced.
+    let sync = false;
     const pacer = new Pacer();
     while (bytes < GROUP_BYTES && this.queue[0]?.kind === 'save') {
       const op = this.queue.shift() as Extract<Op, { kind: 'save' }>;
+      if (op.update.sync !== false) sync = true;
       let error: Error | null = null;
       try {
         // Checked against the log as it will be once the earlier calls of this group are written.
@@ -335,7 +338,7 @@ export class FileStorage implements RaftStorage {
     }
     try {
       if (records.length > 0) {
-        await live.wal.append(records, before);
+        await live.wal.append(records, before, false, sync);
         this.groupCommits++;
       }
     } catch (err) {

@@ -12,6 +12,13 @@ export interface PersistedState {
 export interface PersistUpdate {
   hardState?: HardState;
   /**
+   * Whether the promise waits for an fsync (default true). False only for a hard state that moved nothing but the
+   * commit index: Raft's safety does not rest on it, but a member that restarts with an old one applies only the
+   * configuration of that commit until a leader tells it more, and without a leader it may never learn it (see
+   * RaftNode.persist). Written, not synced; a later synced write makes it durable with it.
+   */
+  sync?: boolean;
+  /**
    * Contiguous entries. Any stored entry with index >= entries[0].index is replaced (a new leader may
    * overwrite an uncommitted suffix).
    */

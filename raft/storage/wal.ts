@@ -255,7 +255,7 @@ export class WalWriter {
    * segment first when there is none, the current one is full, or `roll` asks for one; `at` is the log's
    * state before these records, recorded in that segment's header.
    */
-  async append(records: readonly Buffer[], at: WalPosition, roll = false): Promise<void> {
+  async append(records: readonly Buffer[], at: WalPosition, roll = false, sync = true): Promise<void> {
     const parts: Buffer[] = [];
     let created = false;
     if (this.segments.length === 0 || this.size >= this.segmentBytes || roll) {
@@ -269,6 +269,7 @@ export class WalWriter {
     const buffer = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
     await writeFully(this.handle!, buffer, this.size);
     this.size += buffer.length;
+    if (!sync && !created) return;
     await this.handle!.datasync();
     this.counters.fileSyncs++;
     // The new file's name must be durable too before anything in it counts as saved.

@@ -1,7 +1,8 @@
 // Disaster recovery on a swarm of real processes: 3 managers lose 2 of them for good, so Raft has no quorum and
 // nothing can change. `swarmd run --force-new-cluster` on the survivor brings it back as the only manager with the
-// state it had (services, nodes); the lost managers are listed as workers, changes commit again, a lost manager
-// that comes back is made a worker, and a normal restart afterwards keeps the one-manager membership (it is in the
+// state it had (services, nodes); the lost managers are listed as workers, changes commit again, the lost managers
+// coming back together (a quorum of the old membership, electing a leader of their own while the forced manager is
+// down) are made workers once it is back, and its normal restart afterwards keeps the one-manager membership (it is in the
 // Raft log, on disk).
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -85,37 +86,48 @@ describe('force-new-cluster', () => {
     const after = swarm(m1, 'service', 'create', '--detach', '--name', 'after', '--replicas', '0', '--', 'sleep', '1');
     expect(after.status, after.stderr).toBe(0);
 
-    // A lost manager that comes back (alone) with its old data is told it is a worker, and drops its Raft state.
-    const m2 = await cluster.run('m2');
-    const m2Id = swarmJson<{ nodeId: string }>(m2, 'info').nodeId;
+    // The lost managers come back together, with their old data, while the forced manager is down for a while: the
+    // two are a quorum of the old membership and elect a leader of their own, a split brain. Once the forced manager
+    // is back, it tells each that it was left out of a newer cluster; each asks it for its role, is told it is a
+    // worker, and drops its Raft state.
+    await cluster.stop('m1');
+    const [m2, m3] = await Promise.all([cluster.run('m2'), cluster.run('m3')]);
+    const backIds = [m2, m3].map((node) => swarmJson<{ nodeId: string }>(node, 'info').nodeId);
+    const oldLeader = () =>
+      [m2, m3].some((node) => {
+        const list = swarm(node, 'node', 'ls', '--format', 'json');
+        return list.status === 0 && (JSON.parse(list.stdout) as SwarmNode[]).some((n) => n.managerStatus?.leader);
+      });
+    await waitFor(oldLeader, 60_000, () => `${m2.output().slice(-2000)}\n${m3.output().slice(-2000)}`);
+    m1 = await cluster.run('m1');
     await waitFor(
-      () => {
-        const back = nodes().find((n) => n.id === m2Id);
-        return back?.role === 'worker' && back.status.state === 'ready' && !existsSync(join(m2.dataDir, 'raft'));
-      },
+      () =>
+        [m2, m3].every((node, i) => {
+          const back = nodes().find((n) => n.id === backIds[i]);
+          return back?.role === 'worker' && back.status.state === 'ready' && !existsSync(join(node.dataDir, 'raft'));
+        }),
       60_000,
-      () => `${swarm(m1, 'node', 'ls').stdout}\n${m2.output()}`,
+      () =>
+        `${swarm(m1, 'node', 'ls').stdout}\n--- m2\n${m2.output().slice(-3000)}\n--- m3\n${m3.output().slice(-3000)}`,
     );
     expect(
       nodes()
         .filter((n) => n.role === 'manager')
         .map((n) => n.id),
     ).toEqual([m1Id]);
-    // It knows it is a worker now (node.json says so), and the flag is refused there: a worker holds no cluster state.
+    // Neither leads anything any more: their own API refuses manager commands.
+    for (const node of [m2, m3]) expect(swarm(node, 'service', 'ls').status).not.toBe(0);
+    // Each knows it is a worker now (node.json says so), and the flag is refused there: a worker holds no cluster
+    // state.
     const savedRole = () => (JSON.parse(readFileSync(join(m2.dataDir, 'node.json'), 'utf8')) as { role: string }).role;
     await waitFor(() => savedRole() === 'worker', 10_000, savedRole);
     const refused = swarmdCli('run', '--force-new-cluster', '--data-dir', m2.dataDir);
     expect(refused.status).not.toBe(0);
     expect(refused.stderr).toMatch(/--force-new-cluster: this node is a worker/);
 
-    // A normal restart: the one-manager membership was written to the Raft log, so it holds without the flag.
-    await cluster.stop('m1');
-    m1 = await cluster.run('m1');
-    await waitFor(
-      () => nodes().find((n) => n.id === m1Id)?.managerStatus?.leader === true,
-      60_000,
-      () => swarm(m1, 'node', 'ls').stdout,
-    );
+    // m1 came back with a normal restart: the one-manager membership was written to the Raft log, so it held
+    // without the flag, with everything committed before.
+    expect(nodes().find((n) => n.id === m1Id)?.managerStatus?.leader).toBe(true);
     expect(
       swarmJson<Service[]>(m1, 'service', 'ls')
         .map((s) => s.spec.name)

@@ -79,4 +79,34 @@ describe('RaftNode', () => {
     await joiner.read();
     expect(cluster.machines.get('d')!.data.get('before')).toBe('1');
   });
+
+  it('writes a commit index that moved alone, so members that come back after a full stop know the membership', async () => {
+    // The promotion of c is the last entry: a and b learn that it committed from a heartbeat, which appends
+    // nothing (no fsync is needed for that). Were that commit index not written at all, a member restarting after
+    // the whole cluster stopped would apply only the membership of an older commit: here b would still see c as a
+    // learner, and b and c together, a majority of {a, b, c}, could depend on c's own luck to elect a leader.
+    const storages = new Map(['a', 'b', 'c'].map((id) => [id, new MemoryStorage()] as [string, MemoryStorage]));
+    const network = new MemoryNetwork();
+    const cluster = await startCluster(['a', 'b'], { network, storages });
+    nodes = cluster.nodes;
+    const leader = await cluster.leader();
+    await leader.propose(KvStateMachine.put('before', '1'));
+    await cluster.join('c');
+    nodes = cluster.nodes;
+    await leader.changeMembership({ type: 'addLearner', node: 'c' });
+    await leader.changeMembership({ type: 'addVoter', node: 'c' });
+    await waitFor(() => cluster.nodes.every((n) => n.status().conf.voters.length === 3));
+    await Promise.all(cluster.nodes.map((n) => n.stop()));
+    for (const storage of storages.values()) {
+      const persisted = await storage.load();
+      expect(persisted.hardState.commit).toBe(persisted.entries.at(-1)!.index);
+    }
+
+    const survivors = ['a', 'b', 'c'].filter((id) => id !== leader.id);
+    const restarted = await Promise.all(survivors.map((id) => cluster.restart(id)));
+    nodes = restarted;
+    await waitFor(() => restarted.some((n) => n.isLeader()));
+    const next = restarted.find((n) => n.isLeader())!;
+    expect(await next.propose(KvStateMachine.put('after', '2'))).toBe('ok');
+  });
 });

@@ -252,6 +252,25 @@ describe('FileStorage', () => {
     expect(readdirSync(join(dir, 'snap')).sort()).toEqual([snapshotName(1, 6), snapshotName(1, 8)]);
   });
 
+  it('writes a hard state saved with sync: false without an fsync, and reads it back', async () => {
+    const dir = tempDir();
+    const { storage } = await openStorage(dir);
+    await storage.save({ hardState: { term: 1, vote: 'n1', commit: 0 }, entries: [entry(1), entry(2)] });
+    const before = storage.stats();
+    await storage.save({ hardState: { term: 1, vote: 'n1', commit: 2 }, entries: [], sync: false });
+    expect(storage.stats().fileSyncs - before.fileSyncs).toBe(0);
+    expect(storage.stats().saves - before.saves).toBe(1);
+    // In one group with a call that must be synced, the group is synced.
+    await Promise.all([
+      storage.save({ hardState: { term: 1, vote: 'n1', commit: 2 }, entries: [entry(3)] }),
+      storage.save({ hardState: { term: 1, vote: 'n1', commit: 3 }, entries: [], sync: false }),
+    ]);
+    expect(storage.stats().fileSyncs - before.fileSyncs).toBe(1);
+    await storage.close();
+    const { state } = await reopen(dir);
+    expect(state.hardState.commit).toBe(3);
+  });
+
   it('coalesces concurrent saves into few fsyncs and resolves them in call order', async () => {
     const dir = tempDir();
     const { storage } = await openStorage(dir);
