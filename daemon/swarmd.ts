@@ -124,6 +124,12 @@ function toMultiaddr(target: HostPort): string {
   return `/${family}/${target.host}/tcp/${target.port}`;
 }
 
+/** What a nudge carries: nothing (heartbeat now), or a notice from a forced recovery's leader (onNudge). */
+interface NudgeFrame {
+  forcedEpoch: number;
+  from: string;
+}
+
 export class Swarmd {
   private state: NodeState;
   private readonly opts: SwarmdOptions;
@@ -382,6 +388,7 @@ export class Swarmd {
       forceNewCluster,
       ...(this.opts.raftTickMs ? { tickMs: this.opts.raftTickMs } : {}),
       peerHint: (nodeId) => this.state.managers.find((m) => m.nodeId === nodeId)?.peerId,
+      tellLeftOut: (nodeId, forcedEpoch) => this.tellLeftOut(nodeId, forcedEpoch),
       watch: (events) => this.onStoreEvents(events),
       log: this.log,
     });
@@ -447,6 +454,45 @@ export class Swarmd {
         await stream.close();
       })().catch(() => {}); // the node's next heartbeat brings the change anyway
     });
+  }
+
+  /**
+   * Tells a manager that --force-new-cluster left out that it was: a nudge carrying the recovery's epoch. It then
+   * asks this node for its role (onNudge). Best effort: the leader tells it again while it stays away.
+   */
+  private tellLeftOut(nodeId: string, forcedEpoch: number): void {
+    const peerId = this.manager?.store.get<NodeRecord>('nodes', nodeId)?.peerId;
+    if (!peerId) return;
+    void (async () => {
+      await this.gate.ensureHello(peerId);
+      const { stream } = await this.host.openStream(peerId, PROTOCOLS.nudge, { signal: AbortSignal.timeout(2000) });
+      await stream.send({ forcedEpoch, from: this.state.nodeId } satisfies NudgeFrame);
+      await stream.close();
+    })().catch(() => {});
+  }
+
+  /**
+   * A nudge: heartbeat now. One that carries a forced epoch newer than this manager's store knows comes from the
+   * leader of a swarm recovered with --force-new-cluster that left this manager out: this node's Raft membership is
+   * the old one, which it and the other managers left out may still form a majority of (a split brain). So it asks
+   * that leader for its role, directly, and is told it is a worker (onHeartbeat then stops its manager and drops its
+   * Raft data). An epoch no newer than ours is ignored: a stale or replayed notice cannot demote a manager.
+   */
+  private async onNudge(frame: unknown, remotePeer: string): Promise<void> {
+    const notice = frame as Partial<NudgeFrame> | undefined;
+    const forcedEpoch = notice?.forcedEpoch;
+    if (typeof forcedEpoch !== 'number' || !Number.isInteger(forcedEpoch) || typeof notice?.from !== 'string') {
+      this.agent?.beatSoon();
+      return;
+    }
+    const ours = this.manager?.cluster()?.forcedEpoch ?? 0;
+    if (!this.manager || forcedEpoch <= ours) return;
+    this.log(
+      'warn',
+      `the leader of a swarm recovered with --force-new-cluster (epoch ${forcedEpoch}, ours ${ours}) says this ` +
+        `manager was left out; asking it for this node's role`,
+    );
+    await this.agent.reportTo({ nodeId: notice.from.slice(0, 64), peerId: remotePeer, addrs: [] });
   }
 
   private saveTimer: NodeJS.Timeout | null = null;
@@ -544,9 +590,9 @@ export class Swarmd {
     await serveLogs(this.host, () => this.runner);
     await this.host.handle(
       PROTOCOLS.nudge,
-      async (stream) => {
-        await stream.read(AbortSignal.timeout(2000)).catch(() => undefined);
-        this.agent?.beatSoon();
+      async (stream, remotePeer) => {
+        const frame = await stream.read(AbortSignal.timeout(2000)).catch(() => undefined);
+        await this.onNudge(frame, remotePeer);
       },
       { maxFrameBytes: 1024 },
     );

@@ -41,6 +41,8 @@ import {
 import { planRollouts } from './updater.ts';
 
 const HEALTH_STATES: readonly HealthState[] = ['starting', 'healthy', 'unhealthy'];
+/** How often the leader tells managers left out by --force-new-cluster that they were, while they stay away. */
+const TELL_LEFT_OUT_MS = 5000;
 
 export interface ClusterSettings {
   heartbeatPeriodMs: number;
@@ -62,6 +64,14 @@ export interface ClusterRecord {
   joinSecrets: { worker: string; manager: string };
   settings: ClusterSettings;
   denylist: { nodeIds: string[]; peerIds: string[] };
+  /**
+   * How many times this swarm was recovered with --force-new-cluster (absent: never), and the managers the last
+   * recovery left out (node IDs). One of those that comes back with its old Raft data still believes in the old
+   * membership, where it and the others left out may be a majority: the leader tells it (tellLeftOut) until it
+   * reports as the worker it now is.
+   */
+  forcedEpoch?: number;
+  leftOut?: string[];
 }
 
 export class ConflictError extends Error {
@@ -85,6 +95,8 @@ export interface ManagerOptions {
   forceNewCluster?: boolean;
   /** PeerId of a manager the store does not know yet (a new manager before it has caught up). */
   peerHint: (nodeId: string) => string | undefined;
+  /** Tells a manager left out by --force-new-cluster that it was (the leader calls this until it reports). */
+  tellLeftOut?: (nodeId: string, forcedEpoch: number) => void;
   /** Sees every store change, from the first entry replayed at start on. */
   watch?: (events: StoreEvent[]) => void;
   tickMs?: number;
@@ -416,6 +428,7 @@ export class Manager {
     if (!leader) return;
     this.noteHeartbeat(this.opts.nodeId);
     if (this.demoteFormerManagers) void this.demoteOtherManagers().catch((error) => this.leaderError(error));
+    this.tellLeftOutManagers(Date.now());
     this.orchestrateSoon();
     void this.markNodeStates().catch((error) => this.leaderError(error));
     void this.reconcileRaftMembers().catch((error) => this.leaderError(error));
@@ -428,15 +441,39 @@ export class Manager {
    */
   private async demoteOtherManagers(): Promise<void> {
     const at = new Date().toISOString();
-    const ops: StoreOp[] = this.store
+    const others = this.store
       .list<NodeRecord>('nodes')
-      .filter((n) => n.role === 'manager' && n.id !== this.opts.nodeId)
-      .map((n) => put('nodes', { ...n, role: 'worker', updatedAt: at }, n.version));
+      .filter((n) => n.role === 'manager' && n.id !== this.opts.nodeId);
+    const ops: StoreOp[] = others.map((n) => put('nodes', { ...n, role: 'worker', updatedAt: at }, n.version));
+    const cluster = this.cluster();
+    if (cluster !== null) {
+      const { version, ...record } = cluster;
+      const forcedEpoch = (cluster.forcedEpoch ?? 0) + 1;
+      ops.push({
+        kind: 'setCluster',
+        cluster: { ...record, forcedEpoch, leftOut: others.map((n) => n.id) },
+        expectVersion: version,
+      });
+    }
     if (ops.length > 0) {
       await this.transact(ops);
-      this.opts.log('warn', `force-new-cluster: made ${ops.length} former manager(s) workers`);
+      this.opts.log('warn', `force-new-cluster: made ${others.length} former manager(s) workers`);
     }
     this.demoteFormerManagers = false;
+  }
+
+  private lastToldLeftOut = 0;
+
+  /** Every TELL_LEFT_OUT_MS: each manager the last forced recovery left out that is not back as a worker. */
+  private tellLeftOutManagers(now: number): void {
+    const cluster = this.cluster();
+    if (!cluster?.forcedEpoch || !cluster.leftOut?.length || !this.opts.tellLeftOut) return;
+    if (now - this.lastToldLeftOut < TELL_LEFT_OUT_MS) return;
+    this.lastToldLeftOut = now;
+    for (const nodeId of cluster.leftOut) {
+      const node = this.store.get<NodeRecord>('nodes', nodeId);
+      if (node && node.status.state !== 'ready') this.opts.tellLeftOut(nodeId, cluster.forcedEpoch);
+    }
   }
 
   private leaderError(error: unknown): void {

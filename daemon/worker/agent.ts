@@ -126,6 +126,19 @@ export class Agent {
   }
 
   /**
+   * One heartbeat to this manager, whatever this node believes about who leads (a forced recovery's leader that
+   * told this manager it was left out: see Swarmd.onNudge). Its answer is taken as any leader's.
+   */
+  async reportTo(manager: KnownManager): Promise<void> {
+    const response = await this.ask(manager);
+    this.opts.onManagersLearned(response.managers);
+    if (!response.ok) throw new Error(`manager ${manager.nodeId}: ${response.error}`);
+    this.leaderHint = response.leaderNodeId;
+    this.periodMs = response.heartbeatPeriodMs;
+    await this.opts.onResponse(response);
+  }
+
+  /**
    * Says hello to a manager at its known addresses; when that fails (it moved: a new DHCP lease, a NAT
    * rebinding), asks the swarm's DHT where it is now and tries once more.
    */
