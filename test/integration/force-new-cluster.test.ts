@@ -115,10 +115,6 @@ describe('force-new-cluster', () => {
         .filter((n) => n.role === 'manager')
         .map((n) => n.id),
     ).toEqual([m1Id]);
-    for (const node of [m2, m3])
-      expect(node.output()).toMatch(
-        /recovered with --force-new-cluster \(epoch 1, ours 0\) says this manager was left out/,
-      );
     // Neither leads anything any more: their own API refuses manager commands.
     for (const node of [m2, m3]) expect(swarm(node, 'service', 'ls').status).not.toBe(0);
     // Each knows it is a worker now (node.json says so), and the flag is refused there: a worker holds no cluster
