@@ -492,7 +492,7 @@ export class Swarmd {
       `the leader of a swarm recovered with --force-new-cluster (epoch ${forcedEpoch}, ours ${ours}) says this ` +
         `manager was left out; asking it for this node's role`,
     );
-    await this.agent.reportTo({ nodeId: notice.from.slice(0, 64), peerId: remotePeer, addrs: [] });
+    await this.agent?.reportTo({ nodeId: notice.from.slice(0, 64), peerId: remotePeer, addrs: [] });
   }
 
   private saveTimer: NodeJS.Timeout | null = null;
