@@ -10,7 +10,7 @@ import type { Task } from './api/services.ts';
 import type { HostPortInUse, NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
 import { SWARMD_VERSION } from './api/version.ts';
 import { EventLoopDelay } from './event-loop-delay.ts';
-import { DataPathServer, type DirectFirst, directFirst } from './lb/data-path.ts';
+import { DataPathServer, directFirst, type TunnelPathCounts } from './lb/data-path.ts';
 import { meshTicketFetcher, serveDataPathTickets } from './lb/data-path-tickets.ts';
 import { IngressSet, type PublishedPorts } from './lb/ingress-set.ts';
 import { defaultLbThreads, IngressThreads, MAX_LB_THREADS } from './lb/ingress-threads.ts';
@@ -143,8 +143,8 @@ export class Swarmd {
   private listeningPorts: ListeningPorts | undefined;
   private tunnels: TunnelDialer | undefined;
   private tunnelServer: TunnelServer | undefined;
-  /** The main thread's tunnels by path (--lb-threads 0); the threads count their own. */
-  private tunnelPaths: DirectFirst | undefined;
+  /** Tunnels this node opened to others, by path: counted where they are dialled (main thread or threads). */
+  private outTunnels: () => TunnelPathCounts = () => ({ direct: 0, mesh: 0 });
   private dataPath: DataPathServer | undefined;
   private readonly meshHopCounters = newMeshHopCounters();
   private readonly eventLoopDelay = new EventLoopDelay();
@@ -445,15 +445,20 @@ export class Swarmd {
     this.nudges.add(nodeId);
     setImmediate(() => {
       this.nudges.delete(nodeId);
-      const peerId = this.manager?.store.get<NodeRecord>('nodes', nodeId)?.peerId;
-      if (!peerId) return;
-      void (async () => {
-        await this.gate.ensureHello(peerId);
-        const { stream } = await this.host.openStream(peerId, PROTOCOLS.nudge, { signal: AbortSignal.timeout(2000) });
-        await stream.send({});
-        await stream.close();
-      })().catch(() => {}); // the node's next heartbeat brings the change anyway
+      this.sendNudge(nodeId, {}); // best effort: the node's next heartbeat brings the change anyway
     });
+  }
+
+  /** Sends one nudge frame to a node of the store; failures are ignored (every caller has a fallback). */
+  private sendNudge(nodeId: string, frame: NudgeFrame | Record<string, never>): void {
+    const peerId = this.manager?.store.get<NodeRecord>('nodes', nodeId)?.peerId;
+    if (!peerId) return;
+    void (async () => {
+      await this.gate.ensureHello(peerId);
+      const { stream } = await this.host.openStream(peerId, PROTOCOLS.nudge, { signal: AbortSignal.timeout(2000) });
+      await stream.send(frame);
+      await stream.close();
+    })().catch(() => {});
   }
 
   /**
@@ -461,14 +466,7 @@ export class Swarmd {
    * asks this node for its role (onNudge). Best effort: the leader tells it again while it stays away.
    */
   private tellLeftOut(nodeId: string, forcedEpoch: number): void {
-    const peerId = this.manager?.store.get<NodeRecord>('nodes', nodeId)?.peerId;
-    if (!peerId) return;
-    void (async () => {
-      await this.gate.ensureHello(peerId);
-      const { stream } = await this.host.openStream(peerId, PROTOCOLS.nudge, { signal: AbortSignal.timeout(2000) });
-      await stream.send({ forcedEpoch, from: this.state.nodeId } satisfies NudgeFrame);
-      await stream.close();
-    })().catch(() => {});
+    this.sendNudge(nodeId, { forcedEpoch, from: this.state.nodeId });
   }
 
   /**
@@ -648,15 +646,17 @@ export class Swarmd {
     if (threads > 0) {
       // Each thread keeps its own tunnels: over the data path with tickets this thread fetches for it, or through
       // the mesh, whose streams this thread opens and relays.
-      this.ingresses = new IngressThreads({
+      const ingresses = new IngressThreads({
         ...where,
         threads,
         openTunnel,
         ...(fetchTicket === undefined ? {} : { fetchTicket }),
       });
+      this.ingresses = ingresses;
+      this.outTunnels = () => ingresses.tunnelCounts();
     } else {
       const paths = directFirst(fetchTicket, openTunnel, lbLog);
-      this.tunnelPaths = paths;
+      this.outTunnels = paths.counts;
       const tunnels = new TunnelDialer(paths.open, lbLog);
       this.tunnels = tunnels;
       this.ingresses = new IngressSet({
@@ -816,13 +816,7 @@ export class Swarmd {
         text:
           renderMetrics(await this.ingresses.stats(), {
             streams: this.meshHopCounters,
-            tunnels: {
-              in: this.tunnelServer?.counts() ?? { direct: 0, mesh: 0 },
-              out:
-                this.ingresses instanceof IngressThreads
-                  ? this.ingresses.tunnelCounts()
-                  : (this.tunnelPaths?.counts() ?? { direct: 0, mesh: 0 }),
-            },
+            tunnels: { in: this.tunnelServer?.counts() ?? { direct: 0, mesh: 0 }, out: this.outTunnels() },
           }) + this.eventLoopDelay.render(),
         contentType: METRICS_CONTENT_TYPE,
       }),

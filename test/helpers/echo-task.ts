@@ -2,7 +2,7 @@
 // connection makes with it.
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { expect } from 'vitest';
+import { afterAll, beforeAll, expect } from 'vitest';
 import { encodeRemoteHeader, REMOTE_STATUS } from '../../daemon/lb/remote.ts';
 import type { TunnelDialer } from '../../daemon/lb/tunnel.ts';
 
@@ -29,6 +29,16 @@ export async function startEchoTask(): Promise<EchoTask> {
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+/** An echo task for the whole test file: started before its tests, stopped after; `address()` once started. */
+export function echoTaskForFile(): { address: () => string } {
+  let echo: EchoTask | undefined;
+  beforeAll(async () => {
+    echo = await startEchoTask();
+  });
+  afterAll(() => echo?.close());
+  return { address: () => echo!.address };
 }
 
 /** Writes `text` on a forwarded connection, half-closes, and returns what came back (status byte first). */

@@ -3,7 +3,7 @@
 // what it does not, and the fallback to the mesh. The mesh request for tickets runs in test/integration/lb.test.ts.
 import { connect as tcpConnect } from 'node:net';
 import { duplexPair } from 'node:stream';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import {
   DataPathServer,
   type DataPathTicket,
@@ -15,15 +15,9 @@ import {
 } from '../../daemon/lb/data-path.ts';
 import { serveRemote } from '../../daemon/lb/remote.ts';
 import { TunnelDialer, TunnelServer } from '../../daemon/lb/tunnel.ts';
-import { type EchoTask, expectEchoes, startEchoTask } from '../helpers/echo-task.ts';
+import { echoTaskForFile, expectEchoes } from '../helpers/echo-task.ts';
 
-let echo: EchoTask;
-let echoAddress = '';
-beforeAll(async () => {
-  echo = await startEchoTask();
-  echoAddress = echo.address;
-});
-afterAll(() => echo.close());
+const echo = echoTaskForFile();
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
@@ -33,7 +27,7 @@ afterEach(async () => {
 /** A data path listener whose tunnels reach the echo task, as a node's would. */
 async function dataPathNode() {
   const tunnels = new TunnelServer(
-    (stream) => void serveRemote(stream, (id) => (id === 'echo' ? echoAddress : undefined)),
+    (stream) => void serveRemote(stream, (id) => (id === 'echo' ? echo.address() : undefined)),
   );
   const peers: string[] = [];
   const server = new DataPathServer({

@@ -3,24 +3,18 @@
 // that dies and is reopened, and hostile input on the serving side.
 import { constants, connect as http2Connect } from 'node:http2';
 import { type Duplex, duplexPair } from 'node:stream';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { encodeRemoteHeader, REMOTE_STATUS, type ServeRemoteResult, serveRemote } from '../../daemon/lb/remote.ts';
 import { TunnelDialer, TunnelServer } from '../../daemon/lb/tunnel.ts';
-import { type EchoTask, exchange, expectEchoes, startEchoTask } from '../helpers/echo-task.ts';
+import { echoTaskForFile, exchange, expectEchoes } from '../helpers/echo-task.ts';
 
-let echo: EchoTask;
-let echoAddress = '';
-beforeAll(async () => {
-  echo = await startEchoTask();
-  echoAddress = echo.address;
-});
-afterAll(() => echo.close());
+const echo = echoTaskForFile();
 
 /** A tunnel server serving the echo task, and a dialer whose tunnels are in-memory pairs to it. */
 function tunnelPair() {
   const results: ServeRemoteResult[] = [];
   const server = new TunnelServer((stream) => {
-    void serveRemote(stream, (id) => (id === 'echo' ? echoAddress : undefined)).then((r) => results.push(r));
+    void serveRemote(stream, (id) => (id === 'echo' ? echo.address() : undefined)).then((r) => results.push(r));
   });
   const transports: Duplex[] = [];
   const dialer = new TunnelDialer(async () => {
@@ -71,7 +65,7 @@ describe('load balancer tunnel', () => {
   });
 
   it('drops a tunnel whose peer stops answering pings (a peer gone silent), and opens a new one', async () => {
-    const server = new TunnelServer((stream) => void serveRemote(stream, () => echoAddress));
+    const server = new TunnelServer((stream) => void serveRemote(stream, () => echo.address()));
     // Between dialer and server, a link that can go silent: bytes are dropped both ways, nothing is closed.
     let silent = false;
     const link = (from: Duplex, to: Duplex) =>
