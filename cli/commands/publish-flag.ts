@@ -1,14 +1,12 @@
 // `--publish`: docker's two syntaxes for a published port, read into the shape the spec schema checks.
-//   short: PUBLISHED:TARGET[/tcp]                 e.g. 8080:80, 8080:80/tcp
-//   long:  published=8080,target=80[,protocol=tcp][,mode=ingress|host][,proxy-protocol=v2]
-// The schema checks ranges and duplicates; this only refuses what cannot be read (and UDP, which the load balancer
-// does not support yet: saying so here beats a generic "must be tcp").
+//   short: PUBLISHED:TARGET[/tcp|/udp]            e.g. 8080:80, 8080:80/tcp, 53:53/udp
+//   long:  published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host][,proxy-protocol=v2]
+// The schema checks ranges, duplicates and what does not go together; this only refuses what cannot be read (and
+// SCTP, which the load balancer does not carry: saying so here beats a generic "must be tcp or udp").
 import type { PublishedPort } from '../../daemon/api/services.ts';
 
 /** Each field as typed; numbers stay unchecked beyond "a whole number" (the schema has the range). */
 export type PublishInput = Partial<Record<keyof PublishedPort, unknown>>;
-
-const UDP_UNSUPPORTED = 'UDP is not supported yet by the load balancer: publish tcp ports only';
 
 export function parsePublish(text: string): PublishInput {
   return text.includes('=') ? parseLong(text) : parseShort(text);
@@ -19,7 +17,7 @@ function parseShort(text: string): PublishInput {
   const ports = slash === -1 ? text : text.slice(0, slash);
   const protocol = slash === -1 ? 'tcp' : text.slice(slash + 1).toLowerCase();
   const match = /^(\d+):(\d+)$/.exec(ports);
-  if (!match) throw new Error('expected PUBLISHED:TARGET[/tcp], e.g. 8080:80, or published=8080,target=80,...');
+  if (!match) throw new Error('expected PUBLISHED:TARGET[/tcp|/udp], e.g. 8080:80, or published=8080,target=80,...');
   return { published: Number(match[1]), target: Number(match[2]), protocol: checkProtocol(protocol) };
 }
 
@@ -60,9 +58,8 @@ function parseLong(text: string): PublishInput {
   return out;
 }
 
-function checkProtocol(protocol: string): 'tcp' {
-  if (protocol === 'udp' || protocol === 'sctp')
-    throw new Error(UDP_UNSUPPORTED.replace('UDP', protocol.toUpperCase()));
-  if (protocol !== 'tcp') throw new Error(`unknown protocol "${protocol}": must be tcp`);
-  return 'tcp';
+function checkProtocol(protocol: string): 'tcp' | 'udp' {
+  if (protocol === 'sctp') throw new Error('SCTP is not supported by the load balancer: publish tcp or udp ports');
+  if (protocol !== 'tcp' && protocol !== 'udp') throw new Error(`unknown protocol "${protocol}": must be tcp or udp`);
+  return protocol;
 }

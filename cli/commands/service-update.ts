@@ -3,7 +3,7 @@
 // --X-add / --X-rm pairs, and the result is checked with the API's own schema before anything is sent.
 import { checkBody } from '../../daemon/api/schemas.ts';
 import { parseConstraint, serviceSpecSchema } from '../../daemon/api/service-schema.ts';
-import type { Service, ServiceSpec } from '../../daemon/api/services.ts';
+import { type PortProtocol, portLabel, type Service, type ServiceSpec } from '../../daemon/api/services.ts';
 import { parseBytes, parseCpus, parseDuration } from '../../daemon/api/units.ts';
 import {
   booleanFlag,
@@ -159,28 +159,35 @@ export function updatedSpec(current: ServiceSpec, flags: FlagValues): ServiceSpe
 
 /** Ports of the spec as `--publish` would have been typed (for error messages about the whole list). */
 function publishedOf(current: ServiceSpec): string[] {
-  return (current.endpoint?.ports ?? []).map((p) => `${p.published}:${p.target}`);
+  return (current.endpoint?.ports ?? []).map((p) => `${p.published}:${p.target}/${p.protocol}`);
 }
 
-/** --publish-rm PUBLISHED removes a port, --publish-add adds one (or replaces the one on the same published port). */
+/**
+ * --publish-rm PUBLISHED[/PROTOCOL] removes a port (without a protocol, both tcp and udp on that number);
+ * --publish-add adds one, or replaces the one with the same published port and protocol.
+ */
 function updatedEndpoint(current: ServiceSpec, flags: FlagValues, reader: FlagReader) {
   // A spec stored before published ports existed has no endpoint: the schema's defaults apply.
   const base = current.endpoint ?? { ports: [], algorithm: 'round-robin' };
-  const removed = new Set<number>();
-  for (const text of listFlag(flags, 'publish-rm')) {
-    const port = Number(text.split(/[:/]/)[0]);
-    if (!/^\d+([:/].*)?$/.test(text) || port < 1 || port > 65535) {
-      throw new UsageError(`invalid --publish-rm "${text}": expected the published port, e.g. 8080`);
-    }
-    removed.add(port);
-  }
+  const removed = listFlag(flags, 'publish-rm').map(parsePublishRm);
   const added = listFlag(flags, 'publish-add').map((text) => reader.checked('publish-add', text, parsePublish));
-  const replaced = new Set(added.map((p) => p.published));
-  return {
-    ...base,
-    ports: [...base.ports.filter((p) => !removed.has(p.published) && !replaced.has(p.published)), ...added],
-    algorithm: stringFlag(flags, 'lb-algorithm') ?? base.algorithm,
-  };
+  const replaced = new Set(added.map((p) => portLabel({ published: Number(p.published), protocol: p.protocol === 'udp' ? 'udp' : 'tcp' })));
+  const kept = base.ports.filter(
+    (p) =>
+      !replaced.has(portLabel(p)) &&
+      !removed.some((r) => r.published === p.published && (r.protocol === undefined || r.protocol === p.protocol)),
+  );
+  return { ...base, ports: [...kept, ...added], algorithm: stringFlag(flags, 'lb-algorithm') ?? base.algorithm };
+}
+
+function parsePublishRm(text: string): { published: number; protocol?: PortProtocol } {
+  // docker's PUBLISHED:TARGET form is accepted too: the target is ignored.
+  const match = /^(\d+)(?::\d+)?(?:\/(tcp|udp))?$/.exec(text.toLowerCase());
+  const published = Number(match?.[1]);
+  if (!match || published < 1 || published > 65535) {
+    throw new UsageError(`invalid --publish-rm "${text}": expected the published port, e.g. 8080 or 53/udp`);
+  }
+  return match[2] === undefined ? { published } : { published, protocol: match[2] as PortProtocol };
 }
 
 /** --X-rm KEY removes, --X-add KEY=VALUE sets (a bare KEY: empty value, as docker's labels). */

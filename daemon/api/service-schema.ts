@@ -7,7 +7,7 @@
 // "1m30s"): the output is always numbers, exactly a ServiceSpec.
 import { z } from 'zod';
 import { LABEL_VALUE_MAX, labelKeySchema } from './schemas.ts';
-import type { RolloutConfig, ServiceSpec, UpdateConfig } from './services.ts';
+import { portLabel, type RolloutConfig, type ServiceSpec, type UpdateConfig } from './services.ts';
 import { InvalidValueError, parseBytes, parseDuration } from './units.ts';
 
 export const SERVICE_NAME_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
@@ -413,22 +413,27 @@ const portNumber = z
   .min(1, 'must be a port number (1-65535)')
   .max(65535, 'must be a port number (1-65535)');
 
-const publishedPortSchema = z.strictObject({
-  published: portNumber,
-  target: portNumber,
-  protocol: z
-    .literal('tcp', {
-      error: (issue) =>
-        issue.input === 'udp' ? 'UDP is not supported yet by the load balancer: publish tcp ports only' : 'must be tcp',
-    })
-    .default('tcp'),
-  mode: z
-    .enum(['ingress', 'host'], {
-      error: (issue) => `unknown publish mode ${JSON.stringify(issue.input)}: must be ingress or host`,
-    })
-    .default('ingress'),
-  proxyProtocol: z.boolean().default(false),
-});
+const publishedPortSchema = z
+  .strictObject({
+    published: portNumber,
+    target: portNumber,
+    protocol: z
+      .enum(['tcp', 'udp'], {
+        error: (issue) => `unknown protocol ${JSON.stringify(issue.input)}: must be tcp or udp`,
+      })
+      .default('tcp'),
+    mode: z
+      .enum(['ingress', 'host'], {
+        error: (issue) => `unknown publish mode ${JSON.stringify(issue.input)}: must be ingress or host`,
+      })
+      .default('ingress'),
+    proxyProtocol: z.boolean().default(false),
+  })
+  // PROXY v2 can describe UDP, but only in front of each datagram's payload, which no common UDP server reads.
+  .refine((port) => !(port.protocol === 'udp' && port.proxyProtocol), {
+    path: ['proxyProtocol'],
+    message: 'PROXY protocol is for tcp ports only',
+  });
 
 const endpointSchema = z
   .strictObject({
@@ -442,16 +447,13 @@ const endpointSchema = z
   })
   .prefault({})
   .superRefine((endpoint, ctx) => {
-    const seen = new Set<number>();
+    const seen = new Set<string>();
     endpoint.ports.forEach((port, index) => {
-      if (seen.has(port.published)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['ports', index, 'published'],
-          message: `port ${port.published} is published twice`,
-        });
+      const label = portLabel(port);
+      if (seen.has(label)) {
+        ctx.addIssue({ code: 'custom', path: ['ports', index, 'published'], message: `port ${label} is published twice` });
       }
-      seen.add(port.published);
+      seen.add(label);
     });
   });
 

@@ -103,11 +103,18 @@ export interface UpdateConfig extends RolloutConfig {
  * the host's network (process, singularity, host-network docker) cannot all listen on one port, so they get a host
  * port from their node in $PORT and must listen there instead.
  */
+export type PortProtocol = 'tcp' | 'udp';
+
+/** A published port is one per protocol: 53/tcp and 53/udp are two ports, as in the kernel. */
+export function portLabel(port: { published: number; protocol: PortProtocol }): string {
+  return `${port.published}/${port.protocol}`;
+}
+
 export interface PublishedPort {
   published: number;
   target: number;
-  /** UDP is not supported yet. */
-  protocol: 'tcp';
+  /** udp: each client address and port is a flow, kept on one task until idle (daemon/lb/udp-ingress.ts). */
+  protocol: PortProtocol;
   mode: 'ingress' | 'host';
   /** Send a PROXY protocol v2 header to the task first, so it sees the client's address. */
   proxyProtocol: boolean;
@@ -230,6 +237,8 @@ export interface Task {
   publishes?: boolean;
   /** Its service's host-mode published ports: the scheduler keeps it off nodes where a host program holds one. */
   hostPorts?: number[];
+  /** The same for UDP ports (apart, so tasks stored before UDP read the same). */
+  hostUdpPorts?: number[];
   version: number;
   createdAt: string;
   updatedAt: string;

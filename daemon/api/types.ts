@@ -17,7 +17,7 @@ export interface NodeDescription {
     generic?: { kind: string; ids: string[] }[];
   };
   /**
-   * TCP ports programs on the host (not this swarmd's published services) listen on, outside the ephemeral range,
+   * TCP and UDP ports programs on the host (not this swarmd's published services) listen on, outside the ephemeral range,
    * as the node last read them: publishing one of them would fail there.
    */
   hostPorts?: HostPortInUse[];
@@ -26,8 +26,14 @@ export interface NodeDescription {
 
 export interface HostPortInUse {
   port: number;
+  /** Left out: tcp (what nodes reported before UDP ports could be published). */
+  protocol?: 'udp';
   /** "nginx (pid 812)", when the node could see which program holds it. */
   process?: string;
+}
+
+export function hostPortProtocol(use: HostPortInUse): 'tcp' | 'udp' {
+  return use.protocol ?? 'tcp';
 }
 
 export interface ManagerStatus {

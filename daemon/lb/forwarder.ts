@@ -11,13 +11,14 @@
 // arrives, so an update by the control plane applies to the next connection.
 import { type AddressInfo, createServer, isIP, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { type Balancer, createBalancer, type RoundRobinCursor } from './balancer.ts';
+import type { RoundRobinCursor } from './balancer.ts';
+import { TaskPicker } from './picker.ts';
 import { DrainTracker } from './drain-tracker.ts';
-import { type BalancingAlgorithm, type Endpoint, isDraining, type ServiceEndpoints, type TaskId } from './endpoints.ts';
+import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
 import { OutlierDetector } from './outliers.ts';
 import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
 import { pump } from './pump.ts';
-import { connectTask, encodeRemoteHeader, REMOTE_STATUS } from './remote.ts';
+import { connectTask, type DialRemote, encodeRemoteHeader, openTaskStream, TaskDrainingError } from './remote.ts';
 import {
   newServiceCounters,
   newTaskCounters,
@@ -26,14 +27,7 @@ import {
   type TaskCounters,
 } from './stats.ts';
 
-export { serveRemote } from './remote.ts';
-
-/**
- * Opens a byte stream to the endpoint's node for this connection (a mesh stream in the daemon), sending `header`
- * (from encodeRemoteHeader) first. Resolves once the stream is open; the forwarder then waits for the status byte.
- * Should reject or destroy the stream when `signal` fires.
- */
-export type DialRemote = (endpoint: Endpoint, header: Buffer, signal: AbortSignal) => Promise<Duplex>;
+export { type DialRemote, serveRemote } from './remote.ts';
 
 export interface IngressOptions {
   /** This node's ID: endpoints with this nodeId are connected to directly. */
@@ -79,8 +73,6 @@ interface Conn {
   countedOut: number;
 }
 
-const NO_EXCLUSIONS: ReadonlySet<TaskId> = new Set();
-
 export class Ingress {
   private readonly options: IngressOptions;
   private readonly outliers: OutlierDetector;
@@ -88,7 +80,7 @@ export class Ingress {
   private readonly connectTimeoutMs: number;
   private readonly log: (msg: string) => void;
   private readonly server: Server;
-  private readonly balancers = new Map<BalancingAlgorithm, Balancer>();
+  private readonly picker: TaskPicker;
   private readonly service: ServiceCounters = newServiceCounters();
   private readonly tasks = new Map<TaskId, TaskCounters>();
   private readonly conns = new Set<Conn>();
@@ -104,6 +96,15 @@ export class Ingress {
     this.maxAttempts = Math.max(1, options.maxAttempts ?? 3);
     this.connectTimeoutMs = options.connectTimeoutMs ?? 5000;
     this.log = options.log ?? (() => {});
+    this.picker = new TaskPicker({
+      services: options.services,
+      outliers: this.outliers,
+      drains: this.drains,
+      active: (taskId) => this.tasks.get(taskId)?.connectionsActive ?? 0,
+      ...(options.random ? { random: options.random } : {}),
+      ...(options.roundRobinCursor ? { roundRobinCursor: options.roundRobinCursor } : {}),
+      log: this.log,
+    });
     this.server = createServer(
       // Clients stay unread until a backend is ready: what makes retrying safe. noDelay: each chunk is forwarded
       // as it comes, so Nagle on our side would only add latency.
@@ -150,7 +151,7 @@ export class Ingress {
   /** Counters now, bytes of open connections included. Tasks gone from the table with nothing open are dropped after. */
   stats(): ServiceStats {
     for (const conn of this.conns) this.countBytes(conn);
-    const service = this.currentService();
+    const service = this.picker.current(String(this.listeningPort));
     if (service !== undefined) {
       this.serviceId = service.serviceId;
       this.serviceName = service.serviceName;
@@ -201,8 +202,8 @@ export class Ingress {
 
   private attempt(conn: Conn): void {
     if (conn.state !== 'connecting') return;
-    const service = conn.attempts < this.maxAttempts ? this.currentService() : undefined;
-    const endpoint = service === undefined ? undefined : this.choose(service, conn.tried);
+    const service = conn.attempts < this.maxAttempts ? this.picker.current(String(this.listeningPort)) : undefined;
+    const endpoint = service === undefined ? undefined : this.picker.choose(service, conn.tried);
     if (service === undefined || endpoint === undefined) {
       this.service.errors++;
       this.destroyConn(conn);
@@ -243,53 +244,6 @@ export class Ingress {
     }
   }
 
-  /** The endpoint table, or undefined; a control plane that throws must cost one connection, not the process. */
-  private currentService(): ServiceEndpoints | undefined {
-    try {
-      return this.options.services();
-    } catch (err) {
-      this.log(`lb: endpoint table for port ${this.listeningPort} failed: ${(err as Error).message}`);
-      return undefined;
-    }
-  }
-
-  /** The balancer's choice among tasks not draining, not ejected and not tried yet for this connection. */
-  private choose(service: ServiceEndpoints, tried: ReadonlySet<TaskId>): Endpoint | undefined {
-    const balancer = this.balancer(service.algorithm);
-    let excluded: Set<TaskId> | undefined;
-    for (const endpoint of service.endpoints) {
-      const id = endpoint.taskId;
-      if (tried.has(id) || this.drains.isDraining(id) || isDraining(service, id) || this.outliers.isEjected(id)) {
-        excluded ??= new Set();
-        excluded.add(id);
-      }
-    }
-    const picked = balancer.pick(service.endpoints, excluded ?? NO_EXCLUSIONS);
-    if (picked !== undefined || excluded === undefined) return picked;
-    // Every task left is ejected (the table changed since, or the percentage cap allowed it): trying one of them
-    // beats refusing the client outright.
-    const fallback = new Set<TaskId>(tried);
-    for (const endpoint of service.endpoints) {
-      if (this.drains.isDraining(endpoint.taskId) || isDraining(service, endpoint.taskId))
-        fallback.add(endpoint.taskId);
-    }
-    return balancer.pick(service.endpoints, fallback);
-  }
-
-  private balancer(algorithm: BalancingAlgorithm): Balancer {
-    let balancer = this.balancers.get(algorithm);
-    if (balancer === undefined) {
-      const options: Parameters<typeof createBalancer>[1] = {
-        active: (taskId) => this.tasks.get(taskId)?.connectionsActive ?? 0,
-      };
-      if (this.options.random !== undefined) options.random = this.options.random;
-      if (this.options.roundRobinCursor !== undefined) options.cursor = this.options.roundRobinCursor;
-      balancer = createBalancer(algorithm, options);
-      this.balancers.set(algorithm, balancer);
-    }
-    return balancer;
-  }
-
   private connectRemote(
     conn: Conn,
     endpoint: Endpoint,
@@ -301,74 +255,12 @@ export class Ingress {
       onResult(new Error(`task ${endpoint.taskId} is on node ${endpoint.nodeId} and no mesh dialer is set`), undefined);
       return;
     }
-    const abort = new AbortController();
-    conn.abort = abort;
-    let settled = false;
-    let stream: Duplex | undefined;
-    const settle = (err: Error | undefined, early?: Buffer) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      if (stream !== undefined) {
-        stream.off('data', onStatus);
-        stream.off('end', onEarlyEnd);
-        stream.off('close', onEarlyEnd);
-      }
-      if (err !== undefined) {
-        abort.abort(err);
-        stream?.destroy();
-        onResult(err, undefined);
-      } else {
-        onResult(undefined, stream, early);
-      }
-    };
-    const timer = setTimeout(
-      () => settle(new Error(`mesh connect to task ${endpoint.taskId} timed out`)),
-      this.connectTimeoutMs,
-    );
-    // The client left (destroyConn aborts): stop waiting at once rather than at the timeout.
-    abort.signal.addEventListener('abort', () => settle(new Error('client connection closed')), { once: true });
-    const onStatus = (chunk: Buffer) => {
-      // Paused before the listener goes: the backend's first bytes may be right behind the status byte.
-      stream!.pause();
-      const status = chunk[0];
-      if (status === REMOTE_STATUS.draining) {
-        settle(new TaskDrainingError(endpoint));
-        return;
-      }
-      if (status !== REMOTE_STATUS.ok) {
-        settle(new Error(`node ${endpoint.nodeId} refused task ${endpoint.taskId} (status ${status})`));
-        return;
-      }
-      settle(undefined, chunk.length > 1 ? chunk.subarray(1) : undefined);
-    };
-    const onEarlyEnd = () => settle(new Error(`mesh stream to task ${endpoint.taskId} closed before its status`));
     const header = encodeRemoteHeader({
       taskId: endpoint.taskId,
       ...(proxyProtocol ? { client: clientAddresses(conn.client) } : {}),
     });
-    let dialing: Promise<Duplex>;
-    try {
-      dialing = dialRemote(endpoint, header, abort.signal);
-    } catch (err) {
-      dialing = Promise.reject(err);
-    }
-    dialing.then(
-      (opened) => {
-        if (settled) {
-          opened.destroy();
-          return;
-        }
-        stream = opened;
-        conn.pending = opened;
-        // Kept for the stream's whole life; pump adds the handler that acts once forwarding starts.
-        opened.on('error', (err) => settle(err));
-        opened.on('data', onStatus);
-        opened.once('end', onEarlyEnd);
-        opened.once('close', onEarlyEnd);
-      },
-      (err: unknown) => settle(err instanceof Error ? err : new Error(String(err))),
-    );
+    conn.abort = new AbortController();
+    openTaskStream(dialRemote, endpoint, header, this.connectTimeoutMs, conn.abort, onResult);
   }
 
   private onConnectFailure(conn: Conn, service: ServiceEndpoints, endpoint: Endpoint, err: Error | undefined): void {
@@ -442,14 +334,6 @@ export class Ingress {
       this.tasks.set(taskId, counters);
     }
     return counters;
-  }
-}
-
-/** The task's node answered that it is draining the task (see REMOTE_STATUS.draining). */
-class TaskDrainingError extends Error {
-  constructor(endpoint: Endpoint) {
-    super(`node ${endpoint.nodeId} is draining task ${endpoint.taskId}`);
-    this.name = 'TaskDrainingError';
   }
 }
 

@@ -8,9 +8,10 @@ import { sharedCursor } from './balancer.ts';
 import { DrainTracker } from './drain-tracker.ts';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
 import { Ingress } from './forwarder.ts';
+import { UdpIngress } from './udp-ingress.ts';
 import { OutlierDetector } from './outliers.ts';
 import type { ServiceStats } from './stats.ts';
-import { forgetGone, type TableService } from './table.ts';
+import { forgetGone, parsePortLabel, portLabel, type TableService } from './table.ts';
 
 export interface IngressSetOptions {
   nodeId: string;
@@ -39,25 +40,37 @@ export interface PublishedPorts {
   drain(taskId: TaskId, graceMs: number): Promise<void>;
   /** Counters per published port (and per thread, with threads): renderMetrics sums them per service and task. */
   stats(): ServiceStats[] | Promise<ServiceStats[]>;
-  /** The published ports listened on now. */
-  listening(): number[];
+  /** The published ports listened on now, as "8080/tcp", "53/udp". */
+  listening(): string[];
   close(): Promise<void>;
   /** Streams other nodes' ingresses opened to this node's tasks (pass to serveRemote): drained with the rest. */
   readonly meshStreams: DrainTracker;
 }
 
+/** What both kinds of ingress (forwarder.ts for TCP, udp-ingress.ts) offer the set. */
+interface PortIngress {
+  listen(): Promise<unknown>;
+  /** The bound port; 0 until listening. */
+  readonly port: number;
+  drain(taskId: TaskId, graceMs: number): Promise<void>;
+  undrain(taskId: TaskId): void;
+  stats(): ServiceStats;
+  close(): Promise<void>;
+}
+
 interface Port {
-  ingress: Ingress;
+  ingress: PortIngress;
   /** Resolves once listening (or failed); close() waits for it. */
   ready: Promise<boolean>;
 }
 
 export class IngressSet implements PublishedPorts {
   private readonly opts: IngressSetOptions;
-  private readonly ports = new Map<number, Port>();
-  private readonly views = new Map<number, ServiceEndpoints>();
+  /** Keyed by "8080/tcp", "53/udp" (portLabel): a number is one port per protocol. */
+  private readonly ports = new Map<string, Port>();
+  private readonly views = new Map<string, ServiceEndpoints>();
   private readonly peers = new Map<string, string>();
-  private readonly failedAt = new Map<number, number>();
+  private readonly failedAt = new Map<string, number>();
   /** One detector for the node: a task that fails on one port is as unreachable on the others. */
   private readonly outliers = new OutlierDetector();
   /** Tasks drain() was called for; forgotten by the ingresses once the table no longer names them. */
@@ -73,7 +86,7 @@ export class IngressSet implements PublishedPorts {
   /** Applies a new table. */
   update(table: readonly TableService[]): void {
     if (this.closed) return;
-    const wanted = new Map<number, ServiceEndpoints>();
+    const wanted = new Map<string, ServiceEndpoints>();
     this.peers.clear();
     for (const service of table) {
       for (const e of service.endpoints) this.peers.set(e.nodeId, e.peerId);
@@ -84,7 +97,7 @@ export class IngressSet implements PublishedPorts {
           .map(({ taskId, nodeId, address }) => ({ taskId, nodeId, address }));
         // host mode: a node with no task of its own does not listen at all.
         if (local && endpoints.length === 0) continue;
-        wanted.set(port.published, {
+        wanted.set(portLabel(port), {
           serviceId: service.serviceId,
           serviceName: service.serviceName,
           algorithm: service.algorithm,
@@ -134,8 +147,8 @@ export class IngressSet implements PublishedPorts {
     return [...this.ports.values()].map((p) => p.ingress.stats()).filter((s) => s.port !== 0);
   }
 
-  listening(): number[] {
-    return [...this.ports.entries()].filter(([, p]) => p.ingress.port !== 0).map(([port]) => port);
+  listening(): string[] {
+    return [...this.ports.entries()].filter(([, p]) => p.ingress.port !== 0).map(([label]) => label);
   }
 
   async close(): Promise<void> {
@@ -145,46 +158,49 @@ export class IngressSet implements PublishedPorts {
     await Promise.all(all.map((p) => p.ready.then(() => p.ingress.close())));
   }
 
-  private start(port: number): void {
-    const ingress = new Ingress({
+  private start(label: string): void {
+    const [published, protocol] = parsePortLabel(label);
+    const options = {
       nodeId: this.opts.nodeId,
-      port,
+      port: published,
       ...(this.opts.host === undefined ? {} : { host: this.opts.host }),
-      services: () => this.views.get(port),
-      dialRemote: (endpoint, header, signal) => {
+      services: () => this.views.get(label),
+      dialRemote: (endpoint: Endpoint, header: Buffer, signal: AbortSignal) => {
         const peerId = this.peers.get(endpoint.nodeId);
         if (peerId === undefined) return Promise.reject(new Error(`no PeerId known for node ${endpoint.nodeId}`));
         return this.opts.dialPeer(peerId, header, signal);
       },
       outliers: this.outliers,
       ...(this.opts.reusePort ? { reusePort: true } : {}),
-      ...(this.opts.roundRobinSlots ? { roundRobinCursor: sharedCursor(this.opts.roundRobinSlots, port) } : {}),
-      log: (message) => this.opts.log('warn', message),
-    });
+      // One slot per port number: 53/tcp and 53/udp share a rotation, which only costs evenness between the two.
+      ...(this.opts.roundRobinSlots ? { roundRobinCursor: sharedCursor(this.opts.roundRobinSlots, published) } : {}),
+      log: (message: string) => this.opts.log('warn', message),
+    };
+    const ingress: PortIngress = protocol === 'udp' ? new UdpIngress(options) : new Ingress(options);
     const announce = this.opts.announcePorts ?? true;
     const ready = ingress.listen().then(
       () => {
-        this.failedAt.delete(port);
+        this.failedAt.delete(label);
         if (announce)
-          this.opts.log('info', `lb: listening on published port ${port} (${this.views.get(port)?.serviceName})`);
+          this.opts.log('info', `lb: listening on published port ${label} (${this.views.get(label)?.serviceName})`);
         this.opts.onListeningChange?.();
         return true;
       },
       (err: Error) => {
         // Taken by something else on this host: the service cannot be reached here; said once per retry.
-        this.failedAt.set(port, Date.now());
-        if (this.ports.get(port)?.ingress === ingress) this.ports.delete(port);
-        if (announce) this.opts.log('warn', `lb: cannot listen on published port ${port}: ${err.message}`);
+        this.failedAt.set(label, Date.now());
+        if (this.ports.get(label)?.ingress === ingress) this.ports.delete(label);
+        if (announce) this.opts.log('warn', `lb: cannot listen on published port ${label}: ${err.message}`);
         return false;
       },
     );
-    this.ports.set(port, { ingress, ready });
+    this.ports.set(label, { ingress, ready });
   }
 
-  private stop(port: number, entry: Port): void {
-    this.ports.delete(port);
+  private stop(label: string, entry: Port): void {
+    this.ports.delete(label);
     void entry.ready.then((ok) => (ok ? entry.ingress.close() : undefined));
     this.opts.onListeningChange?.();
-    if (this.opts.announcePorts ?? true) this.opts.log('info', `lb: stopped listening on published port ${port}`);
+    if (this.opts.announcePorts ?? true) this.opts.log('info', `lb: stopped listening on published port ${label}`);
   }
 }

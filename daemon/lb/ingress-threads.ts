@@ -52,7 +52,7 @@ export type ToIngressThread =
 
 export type FromIngressThread =
   | { type: 'log'; level: 'info' | 'warn'; message: string }
-  | { type: 'listening'; ports: number[] }
+  | { type: 'listening'; ports: string[] }
   | { type: 'done'; id: number; stats?: ServiceStats[]; tunnels?: TunnelPathCounts }
   | { type: 'ticket'; id: number; peerId: string };
 
@@ -98,7 +98,7 @@ export interface IngressThreadsOptions {
 interface Thread {
   index: number;
   worker: Worker;
-  listening: number[];
+  listening: string[];
   exited: boolean;
   /** Requests waiting for their 'done', by id. */
   pending: Map<number, (done: Extract<FromIngressThread, { type: 'done' }> | undefined) => void>;
@@ -169,10 +169,10 @@ export class IngressThreads implements PublishedPorts {
     return counts;
   }
 
-  listening(): number[] {
-    const ports = new Set<number>();
+  listening(): string[] {
+    const ports = new Set<string>();
     for (const thread of this.threads) for (const port of thread.listening) ports.add(port);
-    return [...ports].sort((a, b) => a - b);
+    return [...ports].sort();
   }
 
   async close(): Promise<void> {

@@ -2,8 +2,11 @@
 // chosen task and sends a small header; that node connects to the task and answers with one status byte, then the
 // stream carries the connection's bytes unchanged.
 //
-//   ingress -> task node:  u16 big-endian length, then msgpack {v: 1, t: taskId, c?: [srcAddr, srcPort, dstAddr, dstPort]}
+//   ingress -> task node:  u16 big-endian length, then msgpack {v: 1, t: taskId, c?: [srcAddr, srcPort, dstAddr, dstPort], u?: 1}
 //   task node -> ingress:  one status byte (REMOTE_STATUS), then the backend's bytes
+//
+// With `u: 1` the stream carries one UDP flow instead: datagrams each way, framed (udp-relay.ts), and the task's
+// node sends them to the task's UDP port.
 //
 // The status byte is what lets the ingress retry another task when this one cannot be reached: until it arrives no
 // byte of the client's has been sent anywhere. `c` is present when the service wants PROXY protocol: the task's node
@@ -15,9 +18,10 @@ import { isIP, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Packr } from 'msgpackr';
 import type { DrainTracker } from './drain-tracker.ts';
-import { parseAddress, type TaskId } from './endpoints.ts';
+import { type Endpoint, parseAddress, type TaskId } from './endpoints.ts';
 import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
 import { connectDirect, pump } from './pump.ts';
+import { closeQuietly, connectUdpTask, relayFlow } from './udp-relay.ts';
 
 export const REMOTE_HEADER_MAX_BYTES = 1024;
 const TASK_ID_MAX_CHARS = 128;
@@ -38,6 +42,8 @@ const STATUS_BYTES = Object.values(REMOTE_STATUS).map((s) => Buffer.from([s]));
 
 export interface RemoteHeader {
   taskId: TaskId;
+  /** A UDP flow: the stream carries framed datagrams (udp-relay.ts). */
+  udp?: boolean;
   /** The client connection as the ingress saw it; present when the backend wants a PROXY v2 header. */
   client?: ProxyAddresses;
 }
@@ -55,6 +61,7 @@ const packr = new Packr({ useRecords: false, moreTypes: false });
 /** The bytes to send first on a mesh stream: length prefix included. */
 export function encodeRemoteHeader(header: RemoteHeader): Buffer {
   const value: Record<string, unknown> = { v: VERSION, t: header.taskId };
+  if (header.udp) value.u = 1;
   if (header.client !== undefined) {
     const c = header.client;
     value.c = [c.sourceAddress, c.sourcePort, c.destinationAddress, c.destinationPort];
@@ -80,14 +87,19 @@ export function decodeRemoteHeader(payload: Uint8Array): RemoteHeader {
   }
   const record = value as Record<string, unknown>;
   for (const key of Object.keys(record)) {
-    if (key !== 'v' && key !== 't' && key !== 'c') throw new RemoteHeaderError(`unknown field ${JSON.stringify(key)}`);
+    if (key !== 'v' && key !== 't' && key !== 'c' && key !== 'u') {
+      throw new RemoteHeaderError(`unknown field ${JSON.stringify(key)}`);
+    }
   }
   if (record.v !== VERSION) throw new RemoteHeaderError(`unsupported version ${String(record.v)}`);
   const taskId = record.t;
   if (typeof taskId !== 'string' || taskId.length === 0 || taskId.length > TASK_ID_MAX_CHARS) {
     throw new RemoteHeaderError('bad task ID');
   }
-  if (record.c === undefined) return { taskId };
+  if (record.u !== undefined && record.u !== 1) throw new RemoteHeaderError('bad udp flag');
+  const udp = record.u === 1 ? { udp: true } : {};
+  if (record.c === undefined) return { taskId, ...udp };
+  if (record.u !== undefined) throw new RemoteHeaderError('a UDP flow has no PROXY protocol client address');
   const c = record.c;
   if (!Array.isArray(c) || c.length !== 4) throw new RemoteHeaderError('bad client address');
   const [sourceAddress, sourcePort, destinationAddress, destinationPort] = c as unknown[];
@@ -116,6 +128,13 @@ export interface ServeRemoteOptions {
    * table tells them it drains, which is what makes this side's check necessary.
    */
   drains?: DrainTracker;
+}
+
+/** The task's side of a served stream, TCP or UDP alike: connected, not yet moving bytes. */
+interface TaskBackend {
+  destroy(): void;
+  /** Moves bytes both ways until either side is done, then calls `done` once. */
+  forward(done: () => void): void;
 }
 
 export type ServeRemoteResult = 'served' | 'bad-header' | 'unknown-task' | 'connect-failed' | 'draining' | 'closed';
@@ -203,7 +222,7 @@ export function serveRemote(
         refuseDraining();
         return;
       }
-      connectTask(address, timeoutMs, (err, backend) => {
+      const onBackend = (err: Error | undefined, backend: TaskBackend | undefined) => {
         if (settled) {
           backend?.destroy();
           return;
@@ -226,11 +245,34 @@ export function serveRemote(
           release?.();
         });
         stream.write(STATUS_BYTES[REMOTE_STATUS.ok]);
-        if (header.client !== undefined) backend.write(encodeProxyV2(header.client));
-        if (early !== undefined) backend.write(early);
-        pump(stream, backend, () => release?.());
+        backend.forward(() => release?.());
         resolve('served');
-      });
+      };
+      if (header.udp) {
+        connectUdpTask(address, (err, socket) =>
+          onBackend(
+            err,
+            socket && {
+              destroy: () => closeQuietly(socket),
+              forward: (done) => relayFlow(stream, socket, early, done),
+            },
+          ),
+        );
+        return;
+      }
+      connectTask(address, timeoutMs, (err, socket) =>
+        onBackend(
+          err,
+          socket && {
+            destroy: () => socket.destroy(),
+            forward: (done) => {
+              if (header.client !== undefined) socket.write(encodeProxyV2(header.client));
+              if (early !== undefined) socket.write(early);
+              pump(stream, socket, done);
+            },
+          },
+        ),
+      );
     };
     stream.on('data', onData);
   });
@@ -274,4 +316,93 @@ export function connectTask(
     callback(undefined, socket);
   });
   return socket;
+}
+
+/**
+ * Opens a byte stream to the endpoint's node for one client (a mesh stream or data-path tunnel stream in the
+ * daemon), sending `header` (from encodeRemoteHeader) first. Resolves once the stream is open; openTaskStream then
+ * waits for the status byte. Should reject or destroy the stream when `signal` fires.
+ */
+export type DialRemote = (endpoint: Endpoint, header: Buffer, signal: AbortSignal) => Promise<Duplex>;
+
+/** The task's node answered that it is draining the task (see REMOTE_STATUS.draining). */
+export class TaskDrainingError extends Error {
+  constructor(endpoint: Endpoint) {
+    super(`node ${endpoint.nodeId} is draining task ${endpoint.taskId}`);
+    this.name = 'TaskDrainingError';
+  }
+}
+
+/**
+ * The ingress's side of the mesh hop: dials the task's node, sends the header and waits for its status byte.
+ * Calls back once: with the stream (paused, status byte consumed) and any backend bytes that came right behind the
+ * status, or with the error: a refusal (TaskDrainingError when that node drains the task), a timeout after
+ * timeoutMs, or the abort's reason when `abort` fires first (the client left). The stream is destroyed on error.
+ */
+export function openTaskStream(
+  dialRemote: DialRemote,
+  endpoint: Endpoint,
+  header: Buffer,
+  timeoutMs: number,
+  abort: AbortController,
+  onResult: (err: Error | undefined, stream: Duplex | undefined, early?: Buffer) => void,
+): void {
+  let settled = false;
+  let stream: Duplex | undefined;
+  const settle = (err: Error | undefined, early?: Buffer) => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(timer);
+    if (stream !== undefined) {
+      stream.off('data', onStatus);
+      stream.off('end', onEarlyEnd);
+      stream.off('close', onEarlyEnd);
+    }
+    if (err !== undefined) {
+      abort.abort(err);
+      stream?.destroy();
+      onResult(err, undefined);
+    } else {
+      onResult(undefined, stream, early);
+    }
+  };
+  const timer = setTimeout(() => settle(new Error(`mesh connect to task ${endpoint.taskId} timed out`)), timeoutMs);
+  // The client left: stop waiting at once rather than at the timeout.
+  abort.signal.addEventListener('abort', () => settle(new Error('client connection closed')), { once: true });
+  const onStatus = (chunk: Buffer) => {
+    // Paused before the listener goes: the backend's first bytes may be right behind the status byte.
+    stream!.pause();
+    const status = chunk[0];
+    if (status === REMOTE_STATUS.draining) {
+      settle(new TaskDrainingError(endpoint));
+      return;
+    }
+    if (status !== REMOTE_STATUS.ok) {
+      settle(new Error(`node ${endpoint.nodeId} refused task ${endpoint.taskId} (status ${status})`));
+      return;
+    }
+    settle(undefined, chunk.length > 1 ? chunk.subarray(1) : undefined);
+  };
+  const onEarlyEnd = () => settle(new Error(`mesh stream to task ${endpoint.taskId} closed before its status`));
+  let dialing: Promise<Duplex>;
+  try {
+    dialing = dialRemote(endpoint, header, abort.signal);
+  } catch (err) {
+    dialing = Promise.reject(err);
+  }
+  dialing.then(
+    (opened) => {
+      if (settled) {
+        opened.destroy();
+        return;
+      }
+      stream = opened;
+      // Kept for the stream's whole life; whoever forwards on it adds the handler that acts after the status.
+      opened.on('error', (err) => settle(err));
+      opened.on('data', onStatus);
+      opened.once('end', onEarlyEnd);
+      opened.once('close', onEarlyEnd);
+    },
+    (err: unknown) => settle(err instanceof Error ? err : new Error(String(err))),
+  );
 }

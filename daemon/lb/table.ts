@@ -1,12 +1,22 @@
 // The endpoint table as it travels: the leader puts it in every heartbeat response (and its own node builds it from
 // the store), for every service with published ports. Small on purpose: IDs, addresses, ports, no specs. A worker
 // validates what it receives (it comes from the network) and keeps the last good table.
+import { portLabel } from '../api/services.ts';
 import { BALANCING_ALGORITHMS, type BalancingAlgorithm, parseAddress } from './endpoints.ts';
 
 export interface TablePort {
   published: number;
+  protocol: 'tcp' | 'udp';
   mode: 'ingress' | 'host';
   proxyProtocol: boolean;
+}
+
+export { portLabel };
+
+/** The number and protocol of a portLabel. */
+export function parsePortLabel(label: string): [number, 'tcp' | 'udp'] {
+  const [published, protocol] = label.split('/');
+  return [Number(published), protocol === 'udp' ? 'udp' : 'tcp'];
 }
 
 export interface TableEndpoint {
@@ -59,7 +69,10 @@ function validateService(raw: unknown): TableService | undefined {
   for (const p of r.ports.slice(0, TABLE_LIMITS.portsPerService) as Record<string, unknown>[]) {
     if (typeof p !== 'object' || p === null || !isPort(p.published)) return undefined;
     if (p.mode !== 'ingress' && p.mode !== 'host') return undefined;
-    ports.push({ published: p.published, mode: p.mode, proxyProtocol: p.proxyProtocol === true });
+    // Left out by a leader from before UDP: tcp.
+    const protocol = p.protocol ?? 'tcp';
+    if (protocol !== 'tcp' && protocol !== 'udp') return undefined;
+    ports.push({ published: p.published, protocol, mode: p.mode, proxyProtocol: p.proxyProtocol === true });
   }
   const endpoints: TableEndpoint[] = [];
   for (const e of r.endpoints.slice(0, TABLE_LIMITS.endpointsPerService) as Record<string, unknown>[]) {

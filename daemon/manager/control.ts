@@ -4,8 +4,8 @@ import { ApiError, noLeader, versionConflict } from '../api/errors.ts';
 import { resolveNodeRef } from '../api/node-ref.ts';
 import type { JoinTokenRotate, NodeUpdate } from '../api/schemas.ts';
 import { resolveServiceRef } from '../api/service-ref.ts';
-import type { Service, ServiceSpec, Task } from '../api/services.ts';
-import type { JoinTokens, ManagerStatus, SwarmNode } from '../api/types.ts';
+import { portLabel, type Service, type ServiceSpec, type Task } from '../api/services.ts';
+import { hostPortProtocol, type JoinTokens, type ManagerStatus, type SwarmNode } from '../api/types.ts';
 import type { FramedStream } from '../mesh/framed-stream.ts';
 import type { MembershipGate } from '../mesh/gate.ts';
 import type { MeshHost } from '../mesh/host.ts';
@@ -387,22 +387,19 @@ function toAnswer(error: unknown): LeaderAnswer {
  * never refused for a conflict that arose after its port was published.
  */
 function refusePortConflicts(services: Service[], nodes: NodeRecord[], spec: ServiceSpec, self: Service | null): void {
-  const before = new Set((self?.spec.endpoint?.ports ?? []).map((p) => p.published));
+  const before = new Set((self?.spec.endpoint?.ports ?? []).map(portLabel));
   const ready = nodes.filter((n) => n.status.state === 'ready');
   for (const port of spec.endpoint?.ports ?? []) {
+    const label = portLabel(port);
     const owner = services.find(
-      (s) => s.id !== self?.id && (s.spec.endpoint?.ports ?? []).some((p) => p.published === port.published),
+      (s) => s.id !== self?.id && (s.spec.endpoint?.ports ?? []).some((p) => portLabel(p) === label),
     );
     if (owner) {
-      throw new ApiError(
-        409,
-        `port ${port.published} is already published by service ${owner.spec.name}`,
-        'endpoint.ports',
-      );
+      throw new ApiError(409, `port ${label} is already published by service ${owner.spec.name}`, 'endpoint.ports');
     }
-    if (before.has(port.published)) continue;
+    if (before.has(label)) continue;
     const taken = ready.flatMap((node) => {
-      const use = node.description.hostPorts?.find((p) => p.port === port.published);
+      const use = node.description.hostPorts?.find((p) => p.port === port.published && hostPortProtocol(p) === port.protocol);
       return use ? [{ node, use }] : [];
     });
     if (taken.length === 0 || (port.mode === 'host' && taken.length < ready.length)) continue;
@@ -410,7 +407,7 @@ function refusePortConflicts(services: Service[], nodes: NodeRecord[], spec: Ser
     const others = taken.length > 1 ? ` (and on ${taken.length - 1} more node${taken.length > 2 ? 's' : ''})` : '';
     throw new ApiError(
       409,
-      `port ${port.published} is in use on node ${first!.node.description.hostname} (${first!.node.id}) by ` +
+      `port ${label} is in use on node ${first!.node.description.hostname} (${first!.node.id}) by ` +
         `${first!.use.process ?? 'a program of the host'}, not by a swarmd service${others}`,
       'endpoint.ports',
     );

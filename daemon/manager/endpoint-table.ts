@@ -34,7 +34,12 @@ export function buildEndpointTable(
       serviceId: service.id,
       serviceName: service.spec.name,
       algorithm: service.spec.endpoint.algorithm,
-      ports: ports.map((p) => ({ published: p.published, mode: p.mode, proxyProtocol: p.proxyProtocol })),
+      ports: ports.map((p) => ({
+        published: p.published,
+        protocol: p.protocol,
+        mode: p.mode,
+        proxyProtocol: p.proxyProtocol,
+      })),
       endpoints,
       draining,
     });

@@ -684,7 +684,11 @@ function sanitizeDescription(raw: unknown): NodeRecord['description'] {
       (p): p is Record<string, unknown> =>
         typeof p === 'object' && p !== null && Number.isInteger(p.port) && num(p.port) > 0 && num(p.port) <= 65535,
     )
-    .map((p) => ({ port: num(p.port), ...(str(p.process, 64) ? { process: str(p.process, 64) } : {}) }));
+    .map((p) => ({
+      port: num(p.port),
+      ...(p.protocol === 'udp' ? { protocol: 'udp' as const } : {}),
+      ...(str(p.process, 64) ? { process: str(p.process, 64) } : {}),
+    }));
   return {
     hostname: str(d.hostname) || 'unknown',
     platform: { os: str(platform.os, 32), arch: str(platform.arch, 32) },

@@ -57,9 +57,11 @@ export function newTask(service: Service, slot: number, nodeId: string | null, a
   };
 }
 
-function hostModePorts(service: Service): { hostPorts?: number[] } {
-  const ports = (service.spec.endpoint?.ports ?? []).filter((p) => p.mode === 'host').map((p) => p.published);
-  return ports.length > 0 ? { hostPorts: ports } : {};
+function hostModePorts(service: Service): { hostPorts?: number[]; hostUdpPorts?: number[] } {
+  const host = (service.spec.endpoint?.ports ?? []).filter((p) => p.mode === 'host');
+  const tcp = host.filter((p) => p.protocol !== 'udp').map((p) => p.published);
+  const udp = host.filter((p) => p.protocol === 'udp').map((p) => p.published);
+  return { ...(tcp.length > 0 ? { hostPorts: tcp } : {}), ...(udp.length > 0 ? { hostUdpPorts: udp } : {}) };
 }
 
 function shutdown(task: Task, at: string): Task {

@@ -1,6 +1,7 @@
-// The TCP ports programs on this host listen on, so the managers can refuse to publish a port the host already
-// uses (every node's ingress would fail to listen on it) and name who holds it. Read from /proc/net/tcp{,6}
-// (no `ss`, no root), every SCAN_MS, and reported in the node description only when the set changes.
+// The TCP ports programs on this host listen on, and the UDP ports they have bound, so the managers can refuse to
+// publish a port the host already uses (every node's ingress would fail to listen on it) and name who holds it.
+// Read from /proc/net/{tcp,tcp6,udp,udp6} (no `ss`, no root), every SCAN_MS, and reported in the node description
+// only when the set changes.
 //
 // Left out, because they are no conflict anyone can act on:
 // - ports in the kernel's ephemeral range (ip_local_port_range): outgoing connections and the host ports tasks are
@@ -21,7 +22,9 @@ import type { HostPortInUse } from '../api/types.ts';
 export const SCAN_MS = 10_000;
 /** At most this many processes are looked through per scan to name new listeners. */
 const MAX_PROCESSES_SEARCHED = 4096;
+/** The state column of a listening TCP socket, and of a bound but unconnected UDP one (TCP_CLOSE, "07"). */
 const LISTEN_STATE = '0A';
+const UDP_BOUND_STATE = '07';
 
 export interface ListeningSocket {
   /** Dotted IPv4, '0.0.0.0' or '::' for every address, or 'ipv6' for one IPv6 address. */
@@ -32,12 +35,21 @@ export interface ListeningSocket {
 
 /** The listening sockets in (whole lines of) the text of /proc/net/tcp or /proc/net/tcp6. */
 export function parseProcNetTcp(text: string, into: ListeningSocket[] = []): ListeningSocket[] {
+  return parseProcNet(text, LISTEN_STATE, into);
+}
+
+/** The bound, unconnected sockets (servers) in the text of /proc/net/udp or /proc/net/udp6: same columns as tcp. */
+export function parseProcNetUdp(text: string, into: ListeningSocket[] = []): ListeningSocket[] {
+  return parseProcNet(text, UDP_BOUND_STATE, into);
+}
+
+function parseProcNet(text: string, state: string, into: ListeningSocket[]): ListeningSocket[] {
   const sockets = into;
   for (const line of text.split('\n')) {
-    // Only the state column can read " 0A " (LISTEN): the others are hex without spaces or decimal numbers.
-    if (!line.includes(` ${LISTEN_STATE} `)) continue;
+    // Only the state column can read " 0A " or " 07 ": the others are hex without spaces or decimal numbers.
+    if (!line.includes(` ${state} `)) continue;
     const fields = line.trim().split(/\s+/);
-    if (fields.length < 10 || fields[3] !== LISTEN_STATE) continue;
+    if (fields.length < 10 || fields[3] !== state) continue;
     const [hexAddress = '', hexPort = ''] = fields[1]!.split(':');
     const port = Number.parseInt(hexPort, 16);
     const inode = Number(fields[9]);
@@ -51,7 +63,8 @@ export function parseProcNetTcp(text: string, into: ListeningSocket[] = []): Lis
  * The listening sockets of one of those files, read in chunks: a node with many connections has megabytes of
  * lines there, which parsed at once would hold the event loop for tens of milliseconds.
  */
-export async function readListeningSockets(path: string): Promise<ListeningSocket[]> {
+export async function readListeningSockets(path: string, protocol: 'tcp' | 'udp' = 'tcp'): Promise<ListeningSocket[]> {
+  const parse = protocol === 'udp' ? parseProcNetUdp : parseProcNetTcp;
   const sockets: ListeningSocket[] = [];
   let partial = '';
   try {
@@ -59,12 +72,12 @@ export async function readListeningSockets(path: string): Promise<ListeningSocke
       const text = partial + (chunk as string);
       const end = text.lastIndexOf('\n');
       partial = text.slice(end + 1);
-      parseProcNetTcp(text.slice(0, end + 1), sockets);
+      parse(text.slice(0, end + 1), sockets);
     }
   } catch {
     return sockets; // unreadable (no /proc, no IPv6): what was read so far
   }
-  return parseProcNetTcp(partial, sockets);
+  return parse(partial, sockets);
 }
 
 /** The kernel prints an IPv4 address as one little-endian 32-bit word in hex, an IPv6 one as four of them. */
@@ -90,8 +103,8 @@ export function parsePortRange(text: string | undefined): [number, number] {
 }
 
 export interface ListeningPortsOptions {
-  /** Ports to leave out: those this swarmd's ingress listens on. */
-  exclude: () => Iterable<number>;
+  /** Ports to leave out, as "8080/tcp" or "53/udp": those this swarmd's ingress listens on. */
+  exclude: () => Iterable<string>;
   /** The address the ingress listens on (--ingress-host); left out, every address. */
   bindHost?: string;
   /** Called when the reported set changes (to send a heartbeat soon). */
@@ -146,32 +159,45 @@ export class ListeningPorts {
   }
 
   private async scanOnce(): Promise<void> {
-    const [tcp, tcp6, range] = await Promise.all([
+    const [tcp, tcp6, udp, udp6, range] = await Promise.all([
       readListeningSockets(`${this.proc}/net/tcp`),
       readListeningSockets(`${this.proc}/net/tcp6`),
+      readListeningSockets(`${this.proc}/net/udp`, 'udp'),
+      readListeningSockets(`${this.proc}/net/udp6`, 'udp'),
       readFile(`${this.proc}/sys/net/ipv4/ip_local_port_range`, 'utf8').catch(() => undefined),
     ]);
     const [low, high] = parsePortRange(range);
     const excluded = new Set(this.opts.exclude());
-    const inodesByPort = new Map<number, number[]>();
-    for (const socket of [...tcp, ...tcp6]) {
-      if ((socket.port >= low && socket.port <= high) || excluded.has(socket.port)) continue;
+    /** "8080/tcp" -> the inodes of the sockets holding it. */
+    const inodesByPort = new Map<string, number[]>();
+    const sockets = [
+      ...[...tcp, ...tcp6].map((socket) => ({ socket, protocol: 'tcp' as const })),
+      ...[...udp, ...udp6].map((socket) => ({ socket, protocol: 'udp' as const })),
+    ];
+    for (const { socket, protocol } of sockets) {
+      const label = `${socket.port}/${protocol}`;
+      if ((socket.port >= low && socket.port <= high) || excluded.has(label)) continue;
       if (!blocksIngress(socket, this.opts.bindHost)) continue;
-      const inodes = inodesByPort.get(socket.port);
+      const inodes = inodesByPort.get(label);
       if (inodes) inodes.push(socket.inode);
-      else inodesByPort.set(socket.port, [socket.inode]);
+      else inodesByPort.set(label, [socket.inode]);
     }
     const wanted = [...inodesByPort];
     const inodes = new Set(wanted.flatMap(([, ids]) => ids));
     for (const inode of this.owners.keys()) if (!inodes.has(inode)) this.owners.delete(inode);
     const unknown = [...inodes].filter((inode) => inode !== 0 && !this.owners.has(inode));
     if (unknown.length > 0) await this.findOwners(new Set(unknown));
-    const ports = wanted
-      .map(([port, ids]) => {
+    const ports: HostPortInUse[] = wanted
+      .map(([label, ids]) => {
         const owner = ids.map((id) => this.owners.get(id)).find(Boolean);
-        return owner ? { port, process: owner } : { port };
+        const [port, protocol] = label.split('/');
+        return {
+          port: Number(port),
+          ...(protocol === 'udp' ? { protocol: 'udp' as const } : {}),
+          ...(owner ? { process: owner } : {}),
+        };
       })
-      .sort((a, b) => a.port - b.port);
+      .sort((a, b) => a.port - b.port || (a.protocol ?? '').localeCompare(b.protocol ?? ''));
     const changed = !isDeepStrictEqual(ports, this.ports);
     this.ports = ports;
     if (changed) this.opts.onChange?.();

@@ -25,7 +25,7 @@ const table = (published: number, taskId: string, address: string, draining: str
     serviceId: 'svc',
     serviceName: 'web',
     algorithm: 'round-robin',
-    ports: [{ published, mode: 'ingress', proxyProtocol: false }],
+    ports: [{ published, protocol: 'tcp', mode: 'ingress', proxyProtocol: false }],
     endpoints: [{ taskId, nodeId: 'n1', peerId: 'p1', address }],
     draining,
   },
@@ -43,7 +43,7 @@ describe('ingress set', () => {
     });
     sets.push(set);
     set.update(table(published, 'a', address));
-    await expect.poll(() => set.listening()).toEqual([published]);
+    await expect.poll(() => set.listening()).toEqual([`${published}/tcp`]);
     expect(await readAll(published)).toBe('from-a');
 
     await set.drain('a', 0);

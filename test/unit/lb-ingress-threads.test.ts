@@ -63,7 +63,7 @@ function tableWith(published: number, endpoints: TableService['endpoints']): Tab
       serviceId: 'svc',
       serviceName: 'web',
       algorithm: 'round-robin',
-      ports: [{ published, mode: 'ingress', proxyProtocol: false }],
+      ports: [{ published, protocol: 'tcp', mode: 'ingress', proxyProtocol: false }],
       endpoints,
       draining: [],
     },
@@ -111,7 +111,7 @@ describe('ingress threads', () => {
         { taskId: 'remote-task', nodeId: 'n2', peerId: 'p2', address: '10.0.0.2:80' },
       ]),
     );
-    await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([published]);
+    await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([`${published}/tcp`]);
 
     const answers = [];
     for (let i = 0; i < 20; i++) answers.push(await readAll(published));
@@ -161,7 +161,7 @@ describe('ingress threads', () => {
         { taskId: 'other-task', nodeId: 'n1', peerId: 'p1', address: other },
       ]),
     );
-    await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([published]);
+    await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([`${published}/tcp`]);
     // Round-robin per thread: a few connections land one on held-task in whichever thread took them.
     const open: Socket[] = [];
     for (let i = 0; i < 6; i++) {
@@ -188,12 +188,12 @@ describe('ingress threads', () => {
     set.update(
       tableWith(published, [{ taskId: 't', nodeId: 'n1', peerId: 'p1', address: `127.0.0.1:${await backend('up')}` }]),
     );
-    await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([published]);
+    await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([`${published}/tcp`]);
     // What an uncaught exception in the thread would do.
     const [thread] = (set as unknown as { threads: Array<{ worker: Worker }> }).threads;
     await thread!.worker.terminate();
     expect(set.listening()).toEqual([]);
-    await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([published]);
+    await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([`${published}/tcp`]);
     expect(await readAll(published)).toBe('up');
   });
 
@@ -205,7 +205,7 @@ describe('ingress threads', () => {
     set.update(
       tableWith(published, [{ taskId: 't', nodeId: 'n1', peerId: 'p1', address: `127.0.0.1:${await backend('up')}` }]),
     );
-    await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([published]);
+    await expect.poll(() => set.listening(), { timeout: 10_000 }).toEqual([`${published}/tcp`]);
     await set.close();
     expect(await readAll(published)).toBe('');
   });

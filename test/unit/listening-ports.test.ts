@@ -98,7 +98,7 @@ describe('ListeningPorts over a recorded /proc', () => {
 
   it('reports the host ports outside the ephemeral range and the published ones, naming the owner it sees', async () => {
     let changes = 0;
-    const ports = new ListeningPorts({ exclude: () => [9090], procRoot: proc, onChange: () => changes++ });
+    const ports = new ListeningPorts({ exclude: () => ['9090/tcp'], procRoot: proc, onChange: () => changes++ });
     await ports.scan();
     expect(ports.current()).toEqual([
       { port: 22 },
@@ -154,7 +154,7 @@ describe('ListeningPorts over the real /proc', () => {
     const ports = new ListeningPorts({ exclude: () => [] });
     await ports.scan();
     expect(ports.current()).toContainEqual({ port, process: `swarmd (pid ${process.pid})` });
-    const excluded = new ListeningPorts({ exclude: () => [port] });
+    const excluded = new ListeningPorts({ exclude: () => [`${port}/tcp`] });
     await excluded.scan();
     expect(excluded.current().map((p) => p.port)).not.toContain(port);
   });

@@ -3,7 +3,7 @@
 // asking "does one more fit?" per task, capacity() says how many more of them a node takes, and the placement
 // loop just counts that down. rejection() names the first filter a node fails, to explain unplaced tasks the
 // way swarmkit does: counts per cause, most common first.
-import type { TaskTemplate } from '../../api/services.ts';
+import type { Task, TaskTemplate } from '../../api/services.ts';
 import type { ClusterState } from './cluster.ts';
 import {
   allMatch,
@@ -22,11 +22,16 @@ export interface Demand {
   maxPerNode: number;
   constraints: NodeConstraint[];
   spread: NodeAttribute[];
-  /** Host-mode published ports: the node must not have a host program on any of them. */
-  hostPorts: readonly number[];
+  /** Host-mode published ports, as "8080/tcp": the node must not have a host program on any of them. */
+  hostPorts: readonly string[];
 }
 
-export function parseDemand(template: TaskTemplate, hostPorts: readonly number[] = []): Demand | { error: string } {
+/** A task's host-mode published ports as the scheduler compares them with a node's (SchedulerNode.portsInUse). */
+export function hostPortLabels(task: Pick<Task, 'hostPorts' | 'hostUdpPorts'>): string[] {
+  return [...(task.hostPorts ?? []).map((p) => `${p}/tcp`), ...(task.hostUdpPorts ?? []).map((p) => `${p}/udp`)];
+}
+
+export function parseDemand(template: TaskTemplate, hostPorts: readonly string[] = []): Demand | { error: string } {
   const constraints: NodeConstraint[] = [];
   for (const text of template.placement.constraints) {
     const c = parseNodeConstraint(text);

@@ -10,7 +10,7 @@
 import type { Task } from '../../api/services.ts';
 import { ClusterState, YIELD_EVERY } from './cluster.ts';
 import { allMatch } from './constraints.ts';
-import { CAUSES, capacity, type Demand, explain, parseDemand, rejection } from './filters.ts';
+import { CAUSES, capacity, type Demand, explain, hostPortLabels, parseDemand, rejection } from './filters.ts';
 import { SpreadTree } from './spread-tree.ts';
 import type { Placement, SchedulingInput, SchedulingResult, Unplaced } from './types.ts';
 
@@ -85,7 +85,7 @@ function* run(input: SchedulingInput): Generator<void, SchedulingResult, void> {
 function* placeBatch(cluster: ClusterState, tasks: Task[], out: SchedulingResult): Generator<void, void, void> {
   const first = tasks[0]!;
   const serviceId = first.serviceId;
-  const demand = parseDemand(first.template, first.hostPorts);
+  const demand = parseDemand(first.template, hostPortLabels(first));
   let work = 0;
   if ('error' in demand) {
     for (const task of tasks) {
@@ -144,7 +144,7 @@ function* placeBatch(cluster: ClusterState, tasks: Task[], out: SchedulingResult
  */
 function placePinned(cluster: ClusterState, task: Task, out: SchedulingResult): void {
   const nodeId = task.nodeId as string;
-  const demand = parseDemand(task.template, task.hostPorts);
+  const demand = parseDemand(task.template, hostPortLabels(task));
   const unplaced = (reason: string) => out.unplaced.push({ taskId: task.id, reason } satisfies Unplaced);
   if ('error' in demand) return void unplaced(`no suitable node (${demand.error})`);
   const i = cluster.index.get(nodeId);

@@ -1,7 +1,7 @@
 // The scheduler's inputs and outputs: plain data, so the scheduler stays pure (no store, no I/O, no clock).
 
 import type { Task } from '../../api/services.ts';
-import type { NodeAvailability, NodeRole, NodeState } from '../../api/types.ts';
+import { hostPortProtocol, type NodeAvailability, type NodeRole, type NodeState } from '../../api/types.ts';
 import type { NodeRecord } from '../nodes.ts';
 
 export interface SchedulerGpu {
@@ -21,8 +21,8 @@ export interface SchedulerNode {
   os: string;
   arch: string;
   resources: { nanoCpus: number; memoryBytes: number; gpus: SchedulerGpu[] };
-  /** TCP ports programs of the host hold (description.hostPorts): a host-mode published port cannot go there. */
-  portsInUse?: ReadonlySet<number>;
+  /** Ports programs of the host hold (description.hostPorts), as "8080/tcp": a host-mode published port cannot go there. */
+  portsInUse?: ReadonlySet<string>;
 }
 
 export interface SchedulingInput {
@@ -74,7 +74,7 @@ export function schedulerNode(
       gpus,
     },
     ...(record.description.hostPorts?.length
-      ? { portsInUse: new Set(record.description.hostPorts.map((p) => p.port)) }
+      ? { portsInUse: new Set(record.description.hostPorts.map((p) => `${p.port}/${hostPortProtocol(p)}`)) }
       : {}),
   };
 }

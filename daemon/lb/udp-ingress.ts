@@ -1,0 +1,447 @@
+// The ingress for one published UDP port. UDP has no connections, so the unit balanced is the flow: the datagrams
+// from one client address and port. The first datagram of a flow picks a task (same balancer, drains and outlier
+// detection as TCP, picker.ts); the flow's later datagrams go to that task, and the task's answers go back to the
+// client from the published port. A flow ends after idleTimeoutMs without a datagram either way.
+//
+// A task on this node is reached through a UDP socket connected to its address; one elsewhere through a mesh
+// stream to its node carrying framed datagrams (udp-relay.ts; that node relays them to the task).
+//
+// Retries: until the task's first answer, a flow keeps what it sent (bounded). When the task's port turns out to
+// be closed (ECONNREFUSED, from the ICMP error) or its node refuses the stream, none of it reached a program: the
+// flow is tried on another task with the same datagrams, and the failure goes to outlier detection. After the
+// first answer, a failure ends the flow; the client's next datagram starts a new one.
+import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
+import { isIP } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { RoundRobinCursor } from './balancer.ts';
+import { DrainTracker } from './drain-tracker.ts';
+import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
+import { OutlierDetector } from './outliers.ts';
+import { TaskPicker } from './picker.ts';
+import { type DialRemote, encodeRemoteHeader, openTaskStream, TaskDrainingError } from './remote.ts';
+import {
+  newServiceCounters,
+  newTaskCounters,
+  type ServiceCounters,
+  type ServiceStats,
+  type TaskCounters,
+} from './stats.ts';
+import { closeQuietly, connectUdpTask, DatagramReader, writeDatagram } from './udp-relay.ts';
+
+export interface UdpIngressOptions {
+  nodeId: string;
+  /** The published port; 0 picks a free one (tests). */
+  port: number;
+  /** Listening address; left out, every address (IPv6 and IPv4 where the host has both). */
+  host?: string;
+  services: () => ServiceEndpoints | undefined;
+  dialRemote?: DialRemote;
+  outliers?: OutlierDetector;
+  /** Tasks tried per flow before its datagrams are dropped. Default 3. */
+  maxAttempts?: number;
+  /** For a remote task's node to answer the stream. Default 5 s. */
+  connectTimeoutMs?: number;
+  /** A flow with no datagram either way for this long ends. Default 60 s. */
+  idleTimeoutMs?: number;
+  /** Flows at once; a new client beyond it has its datagrams dropped (and counted) until one ends. Default 8192. */
+  maxFlows?: number;
+  random?: () => number;
+  reusePort?: boolean;
+  roundRobinCursor?: RoundRobinCursor;
+  log?: (msg: string) => void;
+}
+
+/** What a flow keeps of what it sent until the task's first answer, for a retry elsewhere. */
+const MAX_UNANSWERED_DATAGRAMS = 64;
+const MAX_UNANSWERED_BYTES = 256 * 1024;
+
+interface Flow {
+  address: string;
+  port: number;
+  state: 'connecting' | 'forwarding' | 'closed';
+  tried: Set<TaskId>;
+  attempts: number;
+  taskId: TaskId | undefined;
+  task: TaskCounters | undefined;
+  /** The task's answered once: no retry after this. */
+  answered: boolean;
+  /** Sent or waiting to be, until the first answer; undefined once over the bounds (no retry possible then). */
+  unanswered: Buffer[] | undefined;
+  unansweredBytes: number;
+  /** Sends one datagram to the task; set once forwarding. */
+  send: ((datagram: Buffer) => void) | undefined;
+  /** Closes the socket or stream to the task. */
+  closeBackend: (() => void) | undefined;
+  abort: AbortController | undefined;
+  release: (() => void) | undefined;
+  lastSeen: number;
+}
+
+export class UdpIngress {
+  private readonly options: UdpIngressOptions;
+  private readonly outliers: OutlierDetector;
+  private readonly maxAttempts: number;
+  private readonly idleTimeoutMs: number;
+  private readonly maxFlows: number;
+  private readonly log: (msg: string) => void;
+  private readonly picker: TaskPicker;
+  private readonly service: ServiceCounters = newServiceCounters();
+  private readonly tasks = new Map<TaskId, TaskCounters>();
+  private readonly flows = new Map<string, Flow>();
+  private readonly drains = new DrainTracker();
+  private socket: UdpSocket | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
+  private serviceId = '';
+  private serviceName = '';
+  private listeningPort = 0;
+  /** Datagrams dropped because maxFlows flows were open: logged once per burst. */
+  private overflowLogged = false;
+
+  constructor(options: UdpIngressOptions) {
+    this.options = options;
+    this.outliers = options.outliers ?? new OutlierDetector();
+    this.maxAttempts = Math.max(1, options.maxAttempts ?? 3);
+    this.idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
+    this.maxFlows = options.maxFlows ?? 8192;
+    this.log = options.log ?? (() => {});
+    this.picker = new TaskPicker({
+      services: options.services,
+      outliers: this.outliers,
+      drains: this.drains,
+      active: (taskId) => this.tasks.get(taskId)?.connectionsActive ?? 0,
+      ...(options.random ? { random: options.random } : {}),
+      ...(options.roundRobinCursor ? { roundRobinCursor: options.roundRobinCursor } : {}),
+      log: this.log,
+    });
+  }
+
+  /** Binds the port; resolves with the port bound (the real one when 0 was asked). */
+  async listen(): Promise<{ port: number }> {
+    const host = this.options.host;
+    // Every address: IPv6 with IPv4 mapped in where the host has IPv6, else IPv4 alone.
+    const attempts: ('udp4' | 'udp6')[] =
+      host === undefined ? ['udp6', 'udp4'] : [isIP(host) === 6 ? 'udp6' : 'udp4'];
+    let lastError: Error | undefined;
+    for (const type of attempts) {
+      try {
+        this.socket = await this.bind(type, host ?? (type === 'udp6' ? '::' : '0.0.0.0'));
+        break;
+      } catch (err) {
+        lastError = err as Error;
+        if ((err as NodeJS.ErrnoException).code !== 'EAFNOSUPPORT') throw err;
+      }
+    }
+    if (this.socket === undefined) throw lastError ?? new Error('cannot bind');
+    this.listeningPort = this.socket.address().port;
+    this.sweeper = setInterval(() => this.sweep(), Math.min(5000, Math.max(50, this.idleTimeoutMs / 4)));
+    this.sweeper.unref();
+    return { port: this.listeningPort };
+  }
+
+  get port(): number {
+    return this.listeningPort;
+  }
+
+  /** Flows to the task get no new ones; resolves once its flows ended (idle), or after graceMs, when they are cut. */
+  drain(taskId: TaskId, graceMs: number): Promise<void> {
+    return this.drains.drain(taskId, graceMs);
+  }
+
+  undrain(taskId: TaskId): void {
+    this.drains.undrain(taskId);
+  }
+
+  /** Counters now; for UDP a "connection" is a flow. */
+  stats(): ServiceStats {
+    const service = this.picker.current(this.portName());
+    if (service !== undefined) {
+      this.serviceId = service.serviceId;
+      this.serviceName = service.serviceName;
+    }
+    const current = new Set(service?.endpoints.map((e) => e.taskId));
+    const tasks = [];
+    for (const [taskId, counters] of this.tasks) {
+      tasks.push({ taskId, ...counters });
+      if (counters.connectionsActive === 0 && !current.has(taskId)) this.tasks.delete(taskId);
+    }
+    return {
+      serviceId: this.serviceId,
+      serviceName: this.serviceName,
+      port: this.listeningPort,
+      ...this.service,
+      tasks,
+    };
+  }
+
+  /** Stops receiving and ends every flow. */
+  async close(): Promise<void> {
+    clearInterval(this.sweeper);
+    for (const flow of [...this.flows.values()]) this.closeFlow(flow);
+    const socket = this.socket;
+    this.socket = undefined;
+    if (socket !== undefined) await new Promise<void>((resolve) => socket.close(() => resolve()));
+  }
+
+  private bind(type: 'udp4' | 'udp6', address: string): Promise<UdpSocket> {
+    return new Promise((resolve, reject) => {
+      const socket = createSocket({ type, ...(this.options.reusePort ? { reusePort: true } : {}) });
+      socket.once('error', reject);
+      socket.bind({ port: this.options.port, address, exclusive: true }, () => {
+        socket.off('error', reject);
+        // Receive errors (ICMP from a client gone away, buffers full) must not take the daemon down.
+        socket.on('error', (err) => this.log(`lb: udp ingress on port ${this.listeningPort}: ${err.message}`));
+        socket.on('message', (message, from) => this.onDatagram(message, from));
+        resolve(socket);
+      });
+    });
+  }
+
+  private portName(): string {
+    return `${this.listeningPort}/udp`;
+  }
+
+  private onDatagram(datagram: Buffer, from: RemoteInfo): void {
+    const key = `${from.address}|${from.port}`;
+    let flow = this.flows.get(key);
+    if (flow === undefined) {
+      if (this.flows.size >= this.maxFlows) {
+        this.service.errors++;
+        if (!this.overflowLogged) this.log(`lb: udp port ${this.portName()} has ${this.maxFlows} flows: dropping new ones`);
+        this.overflowLogged = true;
+        return;
+      }
+      flow = this.newFlow(from);
+      this.flows.set(key, flow);
+    }
+    flow.lastSeen = Date.now();
+    this.service.bytesIn += datagram.length;
+    if (flow.task !== undefined) flow.task.bytesIn += datagram.length;
+    this.keepUnanswered(flow, datagram);
+    if (flow.state === 'forwarding') flow.send?.(datagram);
+    else if (flow.state === 'connecting' && flow.attempts === 0) this.attempt(flow);
+  }
+
+  private newFlow(from: RemoteInfo): Flow {
+    this.service.connectionsTotal++;
+    this.service.connectionsActive++;
+    return {
+      address: from.address,
+      port: from.port,
+      state: 'connecting',
+      tried: new Set(),
+      attempts: 0,
+      taskId: undefined,
+      task: undefined,
+      answered: false,
+      unanswered: [],
+      unansweredBytes: 0,
+      send: undefined,
+      closeBackend: undefined,
+      abort: undefined,
+      release: undefined,
+      lastSeen: Date.now(),
+    };
+  }
+
+  /** Keeps what was sent until the first answer, within bounds; past them the flow cannot be retried. */
+  private keepUnanswered(flow: Flow, datagram: Buffer): void {
+    if (flow.answered || flow.unanswered === undefined) return;
+    flow.unansweredBytes += datagram.length;
+    if (flow.unanswered.length >= MAX_UNANSWERED_DATAGRAMS || flow.unansweredBytes > MAX_UNANSWERED_BYTES) {
+      // While connecting these are all there is to send: drop the newest rather than keep everything.
+      if (flow.state === 'connecting') return;
+      flow.unanswered = undefined;
+      return;
+    }
+    flow.unanswered.push(datagram);
+  }
+
+  private attempt(flow: Flow): void {
+    if (flow.state === 'closed') return;
+    flow.state = 'connecting';
+    const service = flow.attempts < this.maxAttempts ? this.picker.current(this.portName()) : undefined;
+    const endpoint = service === undefined ? undefined : this.picker.choose(service, flow.tried);
+    if (service === undefined || endpoint === undefined) {
+      this.service.errors++;
+      this.closeFlow(flow);
+      return;
+    }
+    this.serviceId = service.serviceId;
+    this.serviceName = service.serviceName;
+    if (flow.attempts > 0) this.service.retries++;
+    flow.attempts++;
+    flow.tried.add(endpoint.taskId);
+    if (endpoint.nodeId === this.options.nodeId) this.connectLocal(flow, service, endpoint);
+    else this.connectRemote(flow, service, endpoint);
+  }
+
+  private connectLocal(flow: Flow, service: ServiceEndpoints, endpoint: Endpoint): void {
+    connectUdpTask(endpoint.address, (err, socket) => {
+      if (flow.state === 'closed') {
+        if (socket) closeQuietly(socket);
+        return;
+      }
+      if (err !== undefined || socket === undefined) {
+        this.onFailure(flow, service, endpoint, err);
+        return;
+      }
+      socket.on('message', (answer) => this.onAnswer(flow, endpoint, answer));
+      socket.on('error', (error) => {
+        closeQuietly(socket);
+        if (flow.state !== 'closed' && flow.taskId === endpoint.taskId) this.onFailure(flow, service, endpoint, error);
+      });
+      this.startForwarding(flow, endpoint, {
+        send: (datagram) => socket.send(datagram, () => {}),
+        close: () => closeQuietly(socket),
+      });
+    });
+  }
+
+  private connectRemote(flow: Flow, service: ServiceEndpoints, endpoint: Endpoint): void {
+    const dialRemote = this.options.dialRemote;
+    if (dialRemote === undefined) {
+      this.onFailure(flow, service, endpoint, new Error(`task ${endpoint.taskId} is on node ${endpoint.nodeId}`));
+      return;
+    }
+    const abort = new AbortController();
+    flow.abort = abort;
+    const header = encodeRemoteHeader({ taskId: endpoint.taskId, udp: true });
+    const timeoutMs = this.options.connectTimeoutMs ?? 5000;
+    openTaskStream(dialRemote, endpoint, header, timeoutMs, abort, (err, stream, early) => {
+      flow.abort = undefined;
+      if (flow.state === 'closed') {
+        stream?.destroy();
+        return;
+      }
+      if (err !== undefined || stream === undefined) {
+        this.onFailure(flow, service, endpoint, err);
+        return;
+      }
+      this.forwardOverStream(flow, service, endpoint, stream, early);
+    });
+  }
+
+  private forwardOverStream(
+    flow: Flow,
+    service: ServiceEndpoints,
+    endpoint: Endpoint,
+    stream: Duplex,
+    early: Buffer | undefined,
+  ): void {
+    const reader = new DatagramReader((answer) => this.onAnswer(flow, endpoint, answer));
+    stream.on('data', (chunk: Buffer) => reader.push(chunk));
+    const ended = () => {
+      if (flow.state === 'closed' || flow.taskId !== endpoint.taskId) return;
+      // Ended by the task's node before any answer: the task's port is closed there (or the node went away).
+      if (!flow.answered) this.onFailure(flow, service, endpoint, new Error('closed by its node before any answer'));
+      else this.closeFlow(flow);
+    };
+    stream.on('error', ended);
+    stream.once('end', ended);
+    stream.once('close', ended);
+    this.startForwarding(flow, endpoint, {
+      send: (datagram) => writeDatagram(stream, datagram),
+      close: () => stream.destroy(),
+    });
+    if (early !== undefined) reader.push(early);
+    stream.resume();
+  }
+
+  private startForwarding(
+    flow: Flow,
+    endpoint: Endpoint,
+    backend: { send: (datagram: Buffer) => void; close: () => void },
+  ): void {
+    if (this.drains.isDraining(endpoint.taskId)) {
+      // drain() began while this flow was being set up: go elsewhere with what it holds.
+      backend.close();
+      this.attempt(flow);
+      return;
+    }
+    flow.state = 'forwarding';
+    flow.taskId = endpoint.taskId;
+    flow.send = backend.send;
+    flow.closeBackend = backend.close;
+    const task = this.taskCounters(endpoint.taskId);
+    task.connectionsTotal++;
+    task.connectionsActive++;
+    flow.task = task;
+    flow.release = this.drains.opened(endpoint.taskId, () => this.closeFlow(flow));
+    for (const datagram of flow.unanswered ?? []) {
+      task.bytesIn += datagram.length;
+      backend.send(datagram);
+    }
+  }
+
+  private onAnswer(flow: Flow, endpoint: Endpoint, answer: Buffer): void {
+    if (flow.state !== 'forwarding' || flow.taskId !== endpoint.taskId) return;
+    if (!flow.answered) {
+      flow.answered = true;
+      flow.unanswered = undefined;
+      this.outliers.recordSuccess(endpoint.taskId);
+    }
+    flow.lastSeen = Date.now();
+    this.service.bytesOut += answer.length;
+    if (flow.task !== undefined) flow.task.bytesOut += answer.length;
+    this.socket?.send(answer, flow.port, flow.address, () => {});
+  }
+
+  /** The task could not be reached: counted, and the flow goes elsewhere if nothing of it was lost. */
+  private onFailure(flow: Flow, service: ServiceEndpoints, endpoint: Endpoint, err: Error | undefined): void {
+    const wasForwarding = flow.state === 'forwarding';
+    this.endBackend(flow);
+    if (!(err instanceof TaskDrainingError)) {
+      const task = this.taskCounters(endpoint.taskId);
+      task.errors++;
+      if (this.outliers.recordFailure(endpoint.taskId, service.endpoints)) {
+        task.ejections++;
+        this.log(`lb: ejected task ${endpoint.taskId} of ${service.serviceName} after repeated failures`);
+      }
+      this.log(`lb: udp to task ${endpoint.taskId} of ${service.serviceName} failed: ${err?.message}`);
+    }
+    // Answered already, or sent more than was kept: the rest cannot be replayed, so the flow ends here.
+    if (flow.answered || (wasForwarding && flow.unanswered === undefined)) {
+      this.closeFlow(flow);
+      return;
+    }
+    this.attempt(flow);
+  }
+
+  /** Drops the flow's tie to its task (socket or stream, counters, drain), leaving the flow itself. */
+  private endBackend(flow: Flow): void {
+    flow.abort?.abort(new Error('flow closed'));
+    flow.abort = undefined;
+    flow.closeBackend?.();
+    flow.closeBackend = undefined;
+    flow.send = undefined;
+    if (flow.task !== undefined) flow.task.connectionsActive--;
+    flow.task = undefined;
+    flow.taskId = undefined;
+    flow.release?.();
+    flow.release = undefined;
+  }
+
+  private closeFlow(flow: Flow): void {
+    if (flow.state === 'closed') return;
+    this.endBackend(flow);
+    flow.state = 'closed';
+    this.flows.delete(`${flow.address}|${flow.port}`);
+    this.service.connectionsActive--;
+    if (this.flows.size < this.maxFlows) this.overflowLogged = false;
+  }
+
+  /** Ends the flows idle for idleTimeoutMs. */
+  private sweep(): void {
+    const cutoff = Date.now() - this.idleTimeoutMs;
+    for (const flow of [...this.flows.values()]) if (flow.lastSeen <= cutoff) this.closeFlow(flow);
+  }
+
+  private taskCounters(taskId: TaskId): TaskCounters {
+    let counters = this.tasks.get(taskId);
+    if (counters === undefined) {
+      counters = newTaskCounters();
+      this.tasks.set(taskId, counters);
+    }
+    return counters;
+  }
+}
