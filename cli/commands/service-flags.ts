@@ -57,7 +57,10 @@ export const CREATE_FLAGS: Record<string, FlagSpec> = {
   'stop-grace-period': string('duration', 'Time to wait before force killing a task (default 10s)'),
   mount: list('mount', 'Mount, e.g. type=bind,source=/srv,target=/data,readonly (or type=volume|tmpfs)'),
   publish: {
-    ...list('port', 'Publish a port: 8080:80[/tcp], 53:53/udp, or published=8080,target=80,protocol=tcp,mode=host,proxy-protocol=v2'),
+    ...list(
+      'port',
+      'Publish a port: 8080:80[/tcp], 53:53/udp, or published=8080,target=80,protocol=tcp,mode=host,proxy-protocol=v2',
+    ),
     short: 'p',
   },
   'lb-algorithm': string('round-robin|least-connections|p2c', 'Load balancing over the tasks (default: round-robin)'),

@@ -171,7 +171,9 @@ function updatedEndpoint(current: ServiceSpec, flags: FlagValues, reader: FlagRe
   const base = current.endpoint ?? { ports: [], algorithm: 'round-robin' };
   const removed = listFlag(flags, 'publish-rm').map(parsePublishRm);
   const added = listFlag(flags, 'publish-add').map((text) => reader.checked('publish-add', text, parsePublish));
-  const replaced = new Set(added.map((p) => portLabel({ published: Number(p.published), protocol: p.protocol === 'udp' ? 'udp' : 'tcp' })));
+  const replaced = new Set(
+    added.map((p) => portLabel({ published: Number(p.published), protocol: p.protocol === 'udp' ? 'udp' : 'tcp' })),
+  );
   const kept = base.ports.filter(
     (p) =>
       !replaced.has(portLabel(p)) &&

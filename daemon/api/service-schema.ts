@@ -451,7 +451,11 @@ const endpointSchema = z
     endpoint.ports.forEach((port, index) => {
       const label = portLabel(port);
       if (seen.has(label)) {
-        ctx.addIssue({ code: 'custom', path: ['ports', index, 'published'], message: `port ${label} is published twice` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['ports', index, 'published'],
+          message: `port ${label} is published twice`,
+        });
       }
       seen.add(label);
     });

@@ -12,10 +12,10 @@
 import { type AddressInfo, createServer, isIP, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { RoundRobinCursor } from './balancer.ts';
-import { TaskPicker } from './picker.ts';
 import { DrainTracker } from './drain-tracker.ts';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
 import { OutlierDetector } from './outliers.ts';
+import { TaskPicker } from './picker.ts';
 import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
 import { pump } from './pump.ts';
 import { connectTask, type DialRemote, encodeRemoteHeader, openTaskStream, TaskDrainingError } from './remote.ts';

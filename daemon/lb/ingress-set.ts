@@ -8,10 +8,10 @@ import { sharedCursor } from './balancer.ts';
 import { DrainTracker } from './drain-tracker.ts';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
 import { Ingress } from './forwarder.ts';
-import { UdpIngress } from './udp-ingress.ts';
 import { OutlierDetector } from './outliers.ts';
 import type { ServiceStats } from './stats.ts';
 import { forgetGone, parsePortLabel, portLabel, type TableService } from './table.ts';
+import { UdpIngress } from './udp-ingress.ts';
 
 export interface IngressSetOptions {
   nodeId: string;

@@ -119,8 +119,7 @@ export class UdpIngress {
   async listen(): Promise<{ port: number }> {
     const host = this.options.host;
     // Every address: IPv6 with IPv4 mapped in where the host has IPv6, else IPv4 alone.
-    const attempts: ('udp4' | 'udp6')[] =
-      host === undefined ? ['udp6', 'udp4'] : [isIP(host) === 6 ? 'udp6' : 'udp4'];
+    const attempts: ('udp4' | 'udp6')[] = host === undefined ? ['udp6', 'udp4'] : [isIP(host) === 6 ? 'udp6' : 'udp4'];
     let lastError: Error | undefined;
     for (const type of attempts) {
       try {
@@ -206,7 +205,8 @@ export class UdpIngress {
     if (flow === undefined) {
       if (this.flows.size >= this.maxFlows) {
         this.service.errors++;
-        if (!this.overflowLogged) this.log(`lb: udp port ${this.portName()} has ${this.maxFlows} flows: dropping new ones`);
+        if (!this.overflowLogged)
+          this.log(`lb: udp port ${this.portName()} has ${this.maxFlows} flows: dropping new ones`);
         this.overflowLogged = true;
         return;
       }

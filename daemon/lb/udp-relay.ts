@@ -21,9 +21,15 @@ export function frameDatagram(payload: Uint8Array): Buffer {
   return frame;
 }
 
-/** Splits a stream's chunks back into datagrams; a frame cut across chunks waits for the rest (at most 64 KiB). */
+/**
+ * Splits a stream's chunks back into datagrams. A frame cut across chunks waits for the rest (at most 64 KiB);
+ * its parts are joined once, when complete, so a stream cut into tiny chunks costs no more than a whole one.
+ */
 export class DatagramReader {
-  private pending: Buffer | undefined;
+  private parts: Buffer[] = [];
+  private partsBytes = 0;
+  /** Bytes the parts must reach before a frame can be read: 2 for the length, then the whole frame. */
+  private needed = 0;
   private readonly onDatagram: (datagram: Buffer) => void;
 
   constructor(onDatagram: (datagram: Buffer) => void) {
@@ -31,7 +37,15 @@ export class DatagramReader {
   }
 
   push(chunk: Buffer): void {
-    const buffer = this.pending === undefined ? chunk : Buffer.concat([this.pending, chunk]);
+    let buffer = chunk;
+    if (this.parts.length > 0) {
+      this.parts.push(chunk);
+      this.partsBytes += chunk.length;
+      if (this.partsBytes < this.needed) return;
+      buffer = Buffer.concat(this.parts, this.partsBytes);
+      this.parts = [];
+      this.partsBytes = 0;
+    }
     let offset = 0;
     while (buffer.length - offset >= 2) {
       const length = buffer.readUInt16BE(offset);
@@ -39,7 +53,11 @@ export class DatagramReader {
       this.onDatagram(buffer.subarray(offset + 2, offset + 2 + length));
       offset += 2 + length;
     }
-    this.pending = offset < buffer.length ? buffer.subarray(offset) : undefined;
+    if (offset === buffer.length) return;
+    const rest = buffer.subarray(offset);
+    this.parts = [rest];
+    this.partsBytes = rest.length;
+    this.needed = rest.length >= 2 ? 2 + rest.readUInt16BE(0) : 2;
   }
 }
 

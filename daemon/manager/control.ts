@@ -399,7 +399,9 @@ function refusePortConflicts(services: Service[], nodes: NodeRecord[], spec: Ser
     }
     if (before.has(label)) continue;
     const taken = ready.flatMap((node) => {
-      const use = node.description.hostPorts?.find((p) => p.port === port.published && hostPortProtocol(p) === port.protocol);
+      const use = node.description.hostPorts?.find(
+        (p) => p.port === port.published && hostPortProtocol(p) === port.protocol,
+      );
       return use ? [{ node, use }] : [];
     });
     if (taken.length === 0 || (port.mode === 'host' && taken.length < ready.length)) continue;

@@ -18,7 +18,7 @@ const client = { sourceAddress: '192.0.2.7', sourcePort: 5555, destinationAddres
 
 describe('remote header', () => {
   it('round-trips with and without a client address', () => {
-    for (const header of [{ taskId: 't1' }, { taskId: 't2', client }]) {
+    for (const header of [{ taskId: 't1' }, { taskId: 't2', client }, { taskId: 't3', udp: true }]) {
       const bytes = encodeRemoteHeader(header);
       expect(bytes.readUInt16BE(0)).toBe(bytes.length - 2);
       expect(decodeRemoteHeader(bytes.subarray(2))).toEqual(header);
@@ -38,6 +38,8 @@ describe('remote header', () => {
     ['a hostname', { v: 1, t: 't', c: ['example.com', 1, '1.2.3.4', 2] }],
     ['a port out of range', { v: 1, t: 't', c: ['1.2.3.4', 65536, '1.2.3.4', 2] }],
     ['a fractional port', { v: 1, t: 't', c: ['1.2.3.4', 1.5, '1.2.3.4', 2] }],
+    ['a udp flag other than 1', { v: 1, t: 't', u: true }],
+    ['a udp flow with a PROXY client', { v: 1, t: 't', u: 1, c: ['1.2.3.4', 1, '1.2.3.4', 2] }],
   ];
   for (const [what, value] of bad) {
     it(`rejects ${what}`, () => {

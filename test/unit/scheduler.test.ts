@@ -287,12 +287,19 @@ describe('scheduler: node state and resources', () => {
 
 describe('scheduler: host-mode published ports', () => {
   it('keeps a host-mode task off nodes where a host program holds its port, and says so when none is left', () => {
-    const nodes = [node('a', { portsInUse: new Set(['8080/tcp']) }), node('b'), node('c', { portsInUse: new Set(['22/tcp']) })];
+    const nodes = [
+      node('a', { portsInUse: new Set(['8080/tcp']) }),
+      node('b'),
+      node('c', { portsInUse: new Set(['22/tcp']) }),
+    ];
     const tasks = pending('web', 4).map((t) => ({ ...t, hostPorts: [8080] }));
     const r = run({ nodes, pending: tasks });
     expect(spreadOf(r.placements)).toEqual({ b: 2, c: 2 });
 
-    const crowded = [node('a', { portsInUse: new Set(['8080/tcp']) }), node('b', { portsInUse: new Set(['8080/tcp', '9090/tcp']) })];
+    const crowded = [
+      node('a', { portsInUse: new Set(['8080/tcp']) }),
+      node('b', { portsInUse: new Set(['8080/tcp', '9090/tcp']) }),
+    ];
     const r2 = run({ nodes: crowded, pending: tasks.slice(0, 1) });
     expect(r2.unplaced).toEqual([
       { taskId: 'web.1', reason: 'no suitable node (published port in use by the host on 2 nodes)' },
