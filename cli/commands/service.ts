@@ -63,7 +63,7 @@ const ls: Command = {
 
 export function renderServiceTable(services: readonly Service[], tasks: readonly Task[]): string {
   return renderTable(
-    ['ID', 'NAME', 'MODE', 'REPLICAS', 'IMAGE'],
+    ['ID', 'NAME', 'MODE', 'REPLICAS', 'IMAGE', 'PORTS'],
     services.map((service) => [
       shortId(service.id),
       service.spec.name,
@@ -73,8 +73,19 @@ export function renderServiceTable(services: readonly Service[], tasks: readonly
         tasks.filter((task) => task.serviceId === service.id),
       ),
       whatRuns(service),
+      portsColumn(service),
     ]),
   );
+}
+
+/** Docker's form: "*:8080->80/tcp" for a port every node serves, "8080->80/udp (host)" for a host-mode one. */
+function portsColumn(service: Service): string {
+  return (service.spec.endpoint?.ports ?? [])
+    .map(
+      (p) =>
+        `${p.mode === 'host' ? '' : '*:'}${p.published}->${p.target}/${p.protocol}${p.mode === 'host' ? ' (host)' : ''}`,
+    )
+    .join(', ');
 }
 
 /** The image; for the process runtime, which has none, the command line (shortened). */

@@ -10,6 +10,7 @@
 // Tasks share the host's network, so each listens on the host port its node gives it in $PORT (the --publish
 // target only documents the container port); the backend answers "PORT PID".
 
+import { createSocket as createUdpSocket } from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { get as httpGet, request as httpRequest } from 'node:http';
 import { connect, createServer, type Server } from 'node:net';
@@ -29,6 +30,7 @@ import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../
 
 const BASE = 47000 + Math.floor(Math.random() * 400) * 5;
 const PUBLISHED = BASE + 3;
+const UDP_PUBLISHED = BASE + 4;
 const DIST = mkdtempSync(join(tmpdir(), 'swarmd-lb-dist-'));
 const cluster = new SwarmProcesses(BASE, { swarmdArgs: [join(DIST, 'swarmd.mjs')] });
 const HOSTS = { m1: '127.0.0.1', w1: '127.0.0.2', w2: '127.0.0.3' } as const;
@@ -40,6 +42,26 @@ const pids = new Set<number>();
 
 // The task's program (its own template literal, escaped): answers "PORT PID" on $PORT.
 const BACKEND = `require('node:http').createServer((req, res) => res.end(\`\${process.env.PORT} \${process.pid}\`)).listen(Number(process.env.PORT), '127.0.0.1');`;
+
+// A UDP task: answers each datagram with "PORT PID payload" on $PORT.
+const UDP_BACKEND = `const s = require('node:dgram').createSocket('udp4'); s.on('message', (m, r) => s.send(\`\${process.env.PORT} \${process.pid} \${m}\`, r.port, r.address)); s.bind(Number(process.env.PORT), '127.0.0.1');`;
+
+/** One datagram to host:port from a socket of its own (a new flow); resolves with the answer (bounded by 2 s). */
+function udpAsk(host: string, port: number, payload: string): Promise<string> {
+  const socket = createUdpSocket('udp4');
+  return new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer from ${host}:${port}`)), 2000);
+    socket.once('message', (message) => {
+      clearTimeout(timer);
+      const answer = message.toString();
+      const pid = Number(answer.split(' ')[1]);
+      if (pid > 0) pids.add(pid);
+      resolve(answer);
+    });
+    socket.once('error', reject);
+    socket.send(payload, port, host);
+  }).finally(() => socket.close());
+}
 
 /** One HTTP request on a new connection; resolves with the body, rejects on any failure (bounded by 10 s). */
 function fetchOnce(host: string, port = PUBLISHED): Promise<string> {
@@ -343,7 +365,7 @@ describe('load balancer', () => {
       '/bin/true',
     );
     expect(result.status).not.toBe(0);
-    expect(result.stderr).toContain(`port ${PUBLISHED} is already published by service web`);
+    expect(result.stderr).toContain(`port ${PUBLISHED}/tcp is already published by service web`);
   });
 
   it('refuses a port a host program holds, naming node and program; host mode avoids such nodes', async () => {
@@ -386,7 +408,7 @@ describe('load balancer', () => {
       expect(refused.status).not.toBe(0);
       expect(refused.stderr).toMatch(
         new RegExp(
-          `port ${held[0]} is in use on node \\S+ \\(${w1Id}\\) by .+ \\(pid ${process.pid}\\), not by a swarmd service`,
+          `port ${held[0]}/tcp is in use on node \\S+ \\(${w1Id}\\) by .+ \\(pid ${process.pid}\\), not by a swarmd service`,
         ),
       );
 
@@ -514,6 +536,71 @@ describe('load balancer', () => {
     pids.add(Number(last.split(' ')[1]));
     swarm(m1, 'service', 'rm', 'proxied');
   }, 90_000);
+
+  it('UDP: every node forwards flows of a published UDP port to the tasks, local and over both paths', async () => {
+    const created = swarm(
+      m1,
+      'service',
+      'create',
+      '--detach',
+      '--name',
+      'dns',
+      '--replicas',
+      '2',
+      '--constraint',
+      'node.role!=manager',
+      '--replicas-max-per-node',
+      '1',
+      '--publish',
+      `${UDP_PUBLISHED}:53/udp`,
+      '--',
+      process.execPath,
+      '-e',
+      UDP_BACKEND,
+    );
+    expect(created.status, created.stderr).toBe(0);
+    try {
+      const dnsTasks = () =>
+        swarmJson<Task[]>(m1, 'service', 'ps', 'dns').filter(
+          (t) => t.desiredState === 'running' && t.status.state === 'running' && t.status.address,
+        );
+      await waitFor(
+        () => dnsTasks().length === 2,
+        60_000,
+        () => swarm(m1, 'service', 'ps', 'dns').stdout,
+      );
+      // One task on each worker: w1 is reached over the data path, w2 through the mesh (see beforeAll).
+      expect(new Set(dnsTasks().map((t) => t.nodeId)).size).toBe(2);
+      expect(swarm(m1, 'service', 'ls').stdout).toContain(`*:${UDP_PUBLISHED}->53/udp`);
+      for (const host of Object.values(HOSTS)) {
+        // Each datagram from a socket of its own is a new flow: round-robin over 6 of them shows both tasks.
+        let last = '';
+        await until(
+          async () => {
+            const answered = new Set<string>();
+            const failures: string[] = [];
+            for (let i = 0; i < 6; i++) {
+              try {
+                const answer = await udpAsk(host, UDP_PUBLISHED, `q${i}`);
+                if (answer.endsWith(` q${i}`)) answered.add(answer.split(' ')[0]!);
+                else failures.push(`wrong answer ${answer}`);
+              } catch (error) {
+                failures.push((error as Error).message);
+              }
+            }
+            const expected = new Set(dnsTasks().map((t) => t.status.address!.split(':')[1]!));
+            last = `${host}: ports ${[...answered].join(',')} failures ${failures.join('; ')}; tasks ${[...expected].join(',')}`;
+            return expected.size === 2 && [...expected].every((p) => answered.has(p));
+          },
+          30_000,
+          () => `${last}\n${swarm(m1, 'service', 'ps', 'dns').stdout}`,
+        );
+      }
+      expect(w2.output()).toContain(`lb: listening on published port ${UDP_PUBLISHED}/udp (dns)`);
+    } finally {
+      swarm(m1, 'service', 'rm', 'dns');
+    }
+  }, 120_000);
 
   it("a dead node's tasks are replaced and every node keeps answering", async () => {
     const w2Id = swarmJson<{ nodeId: string }>(w2, 'info').nodeId;

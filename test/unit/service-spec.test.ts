@@ -776,15 +776,22 @@ describe('swarm service create', () => {
 });
 
 describe('swarm service ls, ps, inspect', () => {
-  it('lists services with running/desired replicas and what they run', async () => {
+  it('lists services with running/desired replicas, what they run and their published ports', async () => {
+    handlers.services.find((s) => s.spec.name === 'web')!.spec.endpoint = {
+      ports: [
+        { published: 8080, target: 8000, protocol: 'tcp', mode: 'ingress', proxyProtocol: false },
+        { published: 53, target: 53, protocol: 'udp', mode: 'host', proxyProtocol: false },
+      ],
+      algorithm: 'round-robin',
+    };
     const { code, stdout } = await swarm(['service', 'ls']);
     expect(code).toBe(0);
     expect(stdout).toBe(
       [
-        'ID             NAME    MODE             REPLICAS               IMAGE',
+        'ID             NAME    MODE             REPLICAS               IMAGE                             PORTS',
         'agt000000000   agent   global           2/2                    registry.local/agent:2',
         'bat000000000   batch   replicated job   1/2 (1/10 completed)   /sif/batch.sif',
-        'web000000000   web     replicated       2/3                    /usr/bin/python3 -m http.server',
+        'web000000000   web     replicated       2/3                    /usr/bin/python3 -m http.server   *:8080->8000/tcp, 53->53/udp (host)',
         '',
       ].join('\n'),
     );
