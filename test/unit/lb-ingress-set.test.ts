@@ -1,5 +1,7 @@
 // A node's published ports as the endpoint table changes: listening follows the table, and a drained task is
 // forgotten once the table stops naming it (so a long-lived node does not collect the IDs of every stopped task).
+// One port number may be published twice, for TCP and for UDP, by different services.
+import { createSocket } from 'node:dgram';
 import { createServer, type Server } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { IngressSet } from '../../daemon/lb/ingress-set.ts';
@@ -55,5 +57,44 @@ describe('ingress set', () => {
 
     set.update([]);
     await expect.poll(() => set.listening()).toEqual([]);
+  });
+
+  it('serves the same number over TCP and UDP for two services, and stops each as the table drops it', async () => {
+    const published = await freePort();
+    const tcpAddress = `127.0.0.1:${await backend('over-tcp')}`;
+    const udpTask = createSocket('udp4');
+    udpTask.on('message', (message, from) => udpTask.send(`over-udp ${message}`, from.port, from.address));
+    await new Promise<void>((resolve) => udpTask.bind(0, '127.0.0.1', () => resolve()));
+    const set = new IngressSet({
+      nodeId: 'n1',
+      host: '127.0.0.1',
+      dialPeer: () => Promise.reject(new Error('no mesh')),
+      log: () => {},
+    });
+    sets.push(set);
+    const udpService: TableService = {
+      ...table(published, 'u', `127.0.0.1:${udpTask.address().port}`)[0]!,
+      serviceId: 'dns',
+      serviceName: 'dns',
+      ports: [{ published, protocol: 'udp', mode: 'ingress', proxyProtocol: false }],
+    };
+    set.update([...table(published, 't', tcpAddress), udpService]);
+    await expect.poll(() => set.listening().sort()).toEqual([`${published}/tcp`, `${published}/udp`]);
+    expect(await readAll(published)).toBe('over-tcp');
+    const client = createSocket('udp4');
+    const answer = new Promise<string>((resolve) => client.once('message', (m) => resolve(m.toString())));
+    client.send('ping', published, '127.0.0.1');
+    expect(await answer).toBe('over-udp ping');
+    expect(
+      set
+        .stats()
+        .map((s) => s.serviceName)
+        .sort(),
+    ).toEqual(['dns', 'web']);
+
+    set.update(table(published, 't', tcpAddress));
+    await expect.poll(() => set.listening()).toEqual([`${published}/tcp`]);
+    client.close();
+    udpTask.close();
   });
 });

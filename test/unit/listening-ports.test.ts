@@ -1,5 +1,7 @@
 // The ports a node reports as held by programs of its host: parsing /proc/net/tcp{,6}, what is left out (ephemeral
 // ports, the node's own published ports, other addresses than the ingress's), naming the owner, and the real /proc.
+
+import { createSocket } from 'node:dgram';
 import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -10,6 +12,7 @@ import {
   ListeningPorts,
   parsePortRange,
   parseProcNetTcp,
+  parseProcNetUdp,
   readListeningSockets,
 } from '../../daemon/worker/listening-ports.ts';
 
@@ -25,6 +28,11 @@ const TCP =
   line(2, '0100007F:9C40', '0A', 333) + // 127.0.0.1:40000, listening, ephemeral range
   line(3, '0100007F:2382', '0A', 444) + // 127.0.0.1:9090, listening, one of the node's published ports
   line(4, '0100007F:1F90', '01', 555); // an established connection from port 8080: not a listener
+const UDP =
+  HEADER +
+  line(0, '00000000:0035', '07', 888) + // 0.0.0.0:53, bound
+  line(1, '0100007F:1F90', '07', 999) + // 127.0.0.1:8080, bound (the same number as a TCP listener)
+  line(2, '0100007F:1388', '01', 1010); // 127.0.0.1:5000, connected: a client, not a server
 const TCP6 =
   HEADER +
   line(0, '00000000000000000000000000000000:0016', '0A', 666) + // [::]:22
@@ -42,6 +50,16 @@ describe('parsing /proc/net/tcp', () => {
       { address: '::', port: 22, inode: 666 },
       { address: 'ipv6', port: 25, inode: 777 },
     ]);
+  });
+
+  it('reads bound UDP sockets from /proc/net/udp, not connected ones', () => {
+    expect(parseProcNetUdp(UDP)).toEqual([
+      { address: '0.0.0.0', port: 53, inode: 888 },
+      { address: '127.0.0.1', port: 8080, inode: 999 },
+    ]);
+    // A TCP listener's state means nothing in a UDP file, and the other way round.
+    expect(parseProcNetUdp(TCP)).toEqual([]);
+    expect(parseProcNetTcp(UDP)).toEqual([]);
   });
 
   it('skips lines it cannot read instead of failing', () => {
@@ -89,6 +107,7 @@ describe('ListeningPorts over a recorded /proc', () => {
   mkdirSync(join(proc, 'sys/net/ipv4'), { recursive: true });
   writeFileSync(join(proc, 'net/tcp'), TCP);
   writeFileSync(join(proc, 'net/tcp6'), TCP6);
+  writeFileSync(join(proc, 'net/udp'), UDP);
   writeFileSync(join(proc, 'sys/net/ipv4/ip_local_port_range'), '32768\t60999\n');
   // Process 4242 ("nginx") holds the socket of port 8080; nobody we can see holds the others.
   mkdirSync(join(proc, '4242/fd'), { recursive: true });
@@ -98,13 +117,19 @@ describe('ListeningPorts over a recorded /proc', () => {
 
   it('reports the host ports outside the ephemeral range and the published ones, naming the owner it sees', async () => {
     let changes = 0;
-    const ports = new ListeningPorts({ exclude: () => ['9090/tcp'], procRoot: proc, onChange: () => changes++ });
+    const ports = new ListeningPorts({
+      exclude: () => ['9090/tcp', '53/udp'],
+      procRoot: proc,
+      onChange: () => changes++,
+    });
     await ports.scan();
+    // 53/udp is one of the node's published ports; 8080 is held twice, by nginx over TCP and by someone over UDP.
     expect(ports.current()).toEqual([
       { port: 22 },
       { port: 25 },
       { port: 5432 },
       { port: 8080, process: 'nginx (pid 4242)' },
+      { port: 8080, protocol: 'udp' },
     ]);
     expect(changes).toBe(1);
     await ports.scan();
@@ -112,7 +137,7 @@ describe('ListeningPorts over a recorded /proc', () => {
 
     writeFileSync(join(proc, 'net/tcp6'), HEADER);
     await ports.scan();
-    expect(ports.current().map((p) => p.port)).toEqual([5432, 8080]);
+    expect(ports.current().map((p) => p.port)).toEqual([5432, 8080, 8080]);
     expect(changes).toBe(2);
     writeFileSync(join(proc, 'net/tcp6'), TCP6);
   });
@@ -120,7 +145,7 @@ describe('ListeningPorts over a recorded /proc', () => {
   it('with --ingress-host, leaves out listeners on other addresses', async () => {
     const ports = new ListeningPorts({ exclude: () => [], procRoot: proc, bindHost: '127.0.0.2' });
     await ports.scan();
-    expect(ports.current().map((p) => p.port)).toEqual([22, 8080]);
+    expect(ports.current().map((p) => `${p.port}/${p.protocol ?? 'tcp'}`)).toEqual(['22/tcp', '53/udp', '8080/tcp']);
   });
 
   it('an unreadable /proc reports no ports and does not throw', async () => {
@@ -157,5 +182,31 @@ describe('ListeningPorts over the real /proc', () => {
     const excluded = new ListeningPorts({ exclude: () => [`${port}/tcp`] });
     await excluded.scan();
     expect(excluded.current().map((p) => p.port)).not.toContain(port);
+  });
+
+  it('sees a UDP socket this process bound, as UDP', async () => {
+    // Port 0 would land in the ephemeral range, which is left out: below it, try a few.
+    let bound: { socket: ReturnType<typeof createSocket>; port: number } | undefined;
+    for (let attempt = 0; attempt < 20 && bound === undefined; attempt++) {
+      const candidate = 20000 + Math.floor(Math.random() * 10000);
+      const socket = createSocket('udp4');
+      const ok = await new Promise<boolean>((resolve) => {
+        socket.once('error', () => resolve(false));
+        socket.bind(candidate, '127.0.0.1', () => resolve(true));
+      });
+      if (ok) bound = { socket, port: candidate };
+      else socket.close();
+    }
+    try {
+      const ports = new ListeningPorts({ exclude: () => [] });
+      await ports.scan();
+      expect(ports.current()).toContainEqual({
+        port: bound!.port,
+        protocol: 'udp',
+        process: `swarmd (pid ${process.pid})`,
+      });
+    } finally {
+      bound?.socket.close();
+    }
   });
 });
