@@ -386,7 +386,8 @@ describe('load balancer', () => {
       const reported = () =>
         swarmJson<SwarmNode[]>(m1, 'node', 'ls')
           .find((n) => n.id === w1Id)!
-          .description.hostPorts?.map((p) => p.port) ?? [];
+          .description.hostPorts?.filter((p) => p.protocol !== 'udp')
+          .map((p) => p.port) ?? [];
       // Nodes read their ports every 10 s and heartbeat when the set changed.
       await waitFor(
         () => held.every((port) => reported().includes(port)),
@@ -411,6 +412,40 @@ describe('load balancer', () => {
           `port ${held[0]}/tcp is in use on node \\S+ \\(${w1Id}\\) by .+ \\(pid ${process.pid}\\), not by a swarmd service`,
         ),
       );
+
+      // UDP is held apart: a program bound to a UDP port keeps that port from being published over UDP only.
+      const udpHeld = held[0]! + 2;
+      const udpProgram = createUdpSocket('udp4');
+      await new Promise<void>((resolve) => udpProgram.bind(udpHeld, HOSTS.w1, () => resolve()));
+      try {
+        const reportedUdp = () =>
+          swarmJson<SwarmNode[]>(m1, 'node', 'ls')
+            .find((n) => n.id === w1Id)!
+            .description.hostPorts?.filter((p) => p.protocol === 'udp')
+            .map((p) => p.port) ?? [];
+        await waitFor(
+          () => reportedUdp().includes(udpHeld),
+          30_000,
+          () => String(reportedUdp()),
+        );
+        const refusedUdp = swarm(
+          m1,
+          'service',
+          'create',
+          '--detach',
+          '--name',
+          'udp-taken',
+          '--publish',
+          `${udpHeld}:53/udp`,
+          '--',
+          '/bin/true',
+        );
+        expect(refusedUdp.status).not.toBe(0);
+        expect(refusedUdp.stderr).toMatch(new RegExp(`port ${udpHeld}/udp is in use on node \\S+ \\(${w1Id}\\)`));
+        expect(reported()).not.toContain(udpHeld);
+      } finally {
+        udpProgram.close();
+      }
 
       // Host mode: only nodes running a task listen, so w1 is left out and the tasks go to w2.
       const hostMode = swarm(
