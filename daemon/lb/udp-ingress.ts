@@ -51,9 +51,14 @@ export interface UdpIngressOptions {
   log?: (msg: string) => void;
 }
 
-/** What a flow keeps of what it sent until the task's first answer, for a retry elsewhere. */
-const MAX_UNANSWERED_DATAGRAMS = 64;
-const MAX_UNANSWERED_BYTES = 256 * 1024;
+// What a flow keeps of what it sent, for a retry elsewhere: until the task's first answer, and no longer than
+// RETRY_WINDOW_MS after the datagrams went out (a closed port answers with its ICMP error within a round trip; a
+// one-way protocol, syslog say, never answers at all). Bounded per flow and per ingress, so that many clients of
+// a silent service cannot make the node hold gigabytes: past a bound, a flow keeps nothing (and cannot be retried).
+const MAX_UNANSWERED_DATAGRAMS = 16;
+const MAX_UNANSWERED_BYTES = 64 * 1024;
+const MAX_KEPT_BYTES = 16 * 1024 * 1024;
+const RETRY_WINDOW_MS = 2000;
 
 interface Flow {
   address: string;
@@ -68,6 +73,8 @@ interface Flow {
   /** Sent or waiting to be, until the first answer; undefined once over the bounds (no retry possible then). */
   unanswered: Buffer[] | undefined;
   unansweredBytes: number;
+  /** When it last started forwarding to a task: what it keeps is forgotten RETRY_WINDOW_MS after. */
+  forwardingSince: number;
   /** Sends one datagram to the task; set once forwarding. */
   send: ((datagram: Buffer) => void) | undefined;
   /** Closes the socket or stream to the task. */
@@ -94,6 +101,8 @@ export class UdpIngress {
   private serviceId = '';
   private serviceName = '';
   private listeningPort = 0;
+  /** Bytes all flows keep for retries (see MAX_KEPT_BYTES). */
+  private keptBytes = 0;
   /** Datagrams dropped because maxFlows flows were open: logged once per burst. */
   private overflowLogged = false;
 
@@ -235,6 +244,7 @@ export class UdpIngress {
       answered: false,
       unanswered: [],
       unansweredBytes: 0,
+      forwardingSince: 0,
       send: undefined,
       closeBackend: undefined,
       abort: undefined,
@@ -245,15 +255,25 @@ export class UdpIngress {
 
   /** Keeps what was sent until the first answer, within bounds; past them the flow cannot be retried. */
   private keepUnanswered(flow: Flow, datagram: Buffer): void {
-    if (flow.answered || flow.unanswered === undefined) return;
-    flow.unansweredBytes += datagram.length;
-    if (flow.unanswered.length >= MAX_UNANSWERED_DATAGRAMS || flow.unansweredBytes > MAX_UNANSWERED_BYTES) {
-      // While connecting these are all there is to send: drop the newest rather than keep everything.
-      if (flow.state === 'connecting') return;
-      flow.unanswered = undefined;
-      return;
+    if (flow.unanswered === undefined) return;
+    const over =
+      flow.unanswered.length >= MAX_UNANSWERED_DATAGRAMS ||
+      flow.unansweredBytes + datagram.length > MAX_UNANSWERED_BYTES ||
+      this.keptBytes + datagram.length > MAX_KEPT_BYTES;
+    if (!over) {
+      flow.unanswered.push(datagram);
+      flow.unansweredBytes += datagram.length;
+      this.keptBytes += datagram.length;
+      // While connecting, what is kept is all there is to send: past a bound, the newest is dropped.
+    } else if (flow.state !== 'connecting') {
+      this.forgetUnanswered(flow);
     }
-    flow.unanswered.push(datagram);
+  }
+
+  private forgetUnanswered(flow: Flow): void {
+    this.keptBytes -= flow.unansweredBytes;
+    flow.unanswered = undefined;
+    flow.unansweredBytes = 0;
   }
 
   private attempt(flow: Flow): void {
@@ -367,6 +387,7 @@ export class UdpIngress {
     task.connectionsActive++;
     flow.task = task;
     flow.release = this.drains.opened(endpoint.taskId, () => this.closeFlow(flow));
+    flow.forwardingSince = Date.now();
     for (const datagram of flow.unanswered ?? []) {
       task.bytesIn += datagram.length;
       backend.send(datagram);
@@ -377,7 +398,7 @@ export class UdpIngress {
     if (flow.state !== 'forwarding' || flow.taskId !== endpoint.taskId) return;
     if (!flow.answered) {
       flow.answered = true;
-      flow.unanswered = undefined;
+      this.forgetUnanswered(flow);
       this.outliers.recordSuccess(endpoint.taskId);
     }
     flow.lastSeen = Date.now();
@@ -399,8 +420,9 @@ export class UdpIngress {
       }
       this.log(`lb: udp to task ${endpoint.taskId} of ${service.serviceName} failed: ${err?.message}`);
     }
-    // Answered already, or sent more than was kept: the rest cannot be replayed, so the flow ends here.
-    if (flow.answered || (wasForwarding && flow.unanswered === undefined)) {
+    // Answered already, sent more than was kept, or sent too long ago to send again: the flow ends here.
+    const stale = wasForwarding && Date.now() - flow.forwardingSince > RETRY_WINDOW_MS;
+    if (flow.answered || stale || (wasForwarding && flow.unanswered === undefined)) {
       this.closeFlow(flow);
       return;
     }
@@ -424,16 +446,21 @@ export class UdpIngress {
   private closeFlow(flow: Flow): void {
     if (flow.state === 'closed') return;
     this.endBackend(flow);
+    this.forgetUnanswered(flow);
     flow.state = 'closed';
     this.flows.delete(`${flow.address}|${flow.port}`);
     this.service.connectionsActive--;
     if (this.flows.size < this.maxFlows) this.overflowLogged = false;
   }
 
-  /** Ends the flows idle for idleTimeoutMs. */
+  /** Ends the flows idle for idleTimeoutMs; forgets what flows kept past their retry window. */
   private sweep(): void {
-    const cutoff = Date.now() - this.idleTimeoutMs;
-    for (const flow of [...this.flows.values()]) if (flow.lastSeen <= cutoff) this.closeFlow(flow);
+    const now = Date.now();
+    const cutoff = now - this.idleTimeoutMs;
+    for (const flow of [...this.flows.values()]) {
+      if (flow.lastSeen <= cutoff) this.closeFlow(flow);
+      else if (flow.state === 'forwarding' && now - flow.forwardingSince > RETRY_WINDOW_MS) this.forgetUnanswered(flow);
+    }
   }
 
   private taskCounters(taskId: TaskId): TaskCounters {

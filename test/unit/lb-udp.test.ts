@@ -132,6 +132,27 @@ describe('UDP ingress, local tasks', () => {
     expect(stats.errors).toBe(0);
   });
 
+  it('does not send datagrams older than the retry window again: a silent task that stops loses the flow', async () => {
+    // A one-way protocol (syslog, statsd): the task never answers, so the flow never learns it was heard.
+    const silent = createSocket('udp4');
+    const heard: string[] = [];
+    silent.on('message', (message) => heard.push(message.toString()));
+    await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', () => resolve()));
+    const silentAddress = `127.0.0.1:${silent.address().port}`;
+    const other = await udpTask('other');
+    const ingress = await startIngress(() => view([local('silent', silentAddress), local('other', other.address)]));
+    const client = await udpClient(ingress.port);
+    client.socket.send('first');
+    await expect.poll(() => heard).toEqual(['first']);
+    await new Promise<void>((resolve) => silent.close(() => resolve()));
+    await new Promise((resolve) => setTimeout(resolve, 2200));
+    // Its port is closed now: the next datagram fails there, and "first" is not replayed to the other task.
+    client.socket.send('second');
+    await expect.poll(() => ingress.stats().connectionsActive).toBe(0);
+    expect(await client.ask('third')).toBe('other:third');
+    expect(other.received).toEqual(['third']);
+  });
+
   it('ends idle flows; the next datagram starts a new flow on the next task', async () => {
     const [a, b] = await Promise.all([udpTask('a'), udpTask('b')]);
     const ingress = await startIngress(() => view([local('ta', a.address), local('tb', b.address)]), {
