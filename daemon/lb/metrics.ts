@@ -30,13 +30,13 @@ const SERVICE_METRICS: MetricDef<ServiceRow['values']>[] = [
   {
     name: 'swarmd_lb_service_connections_total',
     type: 'counter',
-    help: 'Client connections accepted on the published ports of the service.',
+    help: 'Client connections (UDP: flows) accepted on the published ports of the service.',
     value: (c) => c.connectionsTotal,
   },
   {
     name: 'swarmd_lb_service_connections_active',
     type: 'gauge',
-    help: 'Client connections open now (connecting or forwarding).',
+    help: 'Client connections (UDP: flows) open now (connecting or forwarding).',
     value: (c) => c.connectionsActive,
   },
   {
@@ -54,7 +54,7 @@ const SERVICE_METRICS: MetricDef<ServiceRow['values']>[] = [
   {
     name: 'swarmd_lb_service_failed_connections_total',
     type: 'counter',
-    help: 'Client connections that reached no task (none available, or every attempt failed).',
+    help: 'Client connections (UDP: flows, or datagrams beyond the flow limit) that reached no task.',
     value: (c) => c.errors,
   },
   {
@@ -69,13 +69,13 @@ const TASK_METRICS: MetricDef<TaskCounters>[] = [
   {
     name: 'swarmd_lb_connections_total',
     type: 'counter',
-    help: 'Client connections forwarded to the task.',
+    help: 'Client connections (UDP: flows) forwarded to the task.',
     value: (c) => c.connectionsTotal,
   },
   {
     name: 'swarmd_lb_connections_active',
     type: 'gauge',
-    help: 'Connections to the task open now.',
+    help: 'Connections (UDP: flows) to the task open now.',
     value: (c) => c.connectionsActive,
   },
   {

@@ -6,7 +6,7 @@ import type { TaskId } from './endpoints.ts';
 import type { ServeRemoteResult } from './remote.ts';
 
 export interface TrafficCounters {
-  /** Connections accepted (service) or forwarded to the task (task). */
+  /** Connections (UDP: flows) accepted (service) or forwarded to the task (task). */
   connectionsTotal: number;
   connectionsActive: number;
   /** Bytes from clients toward the backends. */
