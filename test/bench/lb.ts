@@ -34,7 +34,7 @@
 // This file is also the entry point of the bench's child processes (`--role ...`); each exits by itself after
 // --max-seconds, so a forgotten one cannot linger. Last line printed by run.ts: one JSON object.
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -49,6 +49,7 @@ import { dialLoopback } from '../helpers/loopback-dial.ts';
 import { freePort } from '../helpers/loopback-tcp.ts';
 import { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
+import { cpuSeconds, have, median } from './lib/measure.ts';
 import { killHard, type Started, startProcess } from './lib/processes.ts';
 
 const SECONDS = Number(process.env.BENCH_LB_SECONDS ?? 10);
@@ -201,17 +202,6 @@ async function loopDelayP99Ms(socketPath: string): Promise<number> {
   return round(Number(seconds) * 1000, 2);
 }
 
-function have(command: string): boolean {
-  return spawnSync(command, ['-v'], { stdio: 'ignore' }).error === undefined;
-}
-
-/** user + system CPU seconds of a process (all its threads). */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
 async function get(port: number, host = '127.0.0.1'): Promise<string> {
   const res = await fetch(`http://${host}:${port}/index.html`, { headers: { connection: 'close' } });
   return (await res.text()).split('\n')[0]!;
@@ -248,13 +238,6 @@ function runWrk(port: number, seconds: number, pids: number[], host = '127.0.0.1
     proxyCpuSeconds:
       pids.length === 0 ? null : round(cpu1.reduce((a, c) => a + c, 0) - cpu0.reduce((a, c) => a + c, 0)),
   };
-}
-
-function median(values: number[]): number {
-  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
-  if (sorted.length === 0) return Number.NaN;
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
 function say(line: string): void {
