@@ -176,7 +176,7 @@ if (!isMainThread && workerData?.flows !== undefined) {
   const { port, flows, seconds } = workerData as { port: number; flows: number; seconds: number };
   parentPort!.postMessage(await loadThread(port, flows, seconds));
 } else if (isMainThread && arg('role') !== undefined) {
-  setTimeout(() => process.exit(0), CHILD_MAX_SECONDS * 1000).unref();
+  setTimeout(() => process.exit(0), Number(arg('max-seconds') ?? CHILD_MAX_SECONDS) * 1000).unref();
   const role = arg('role');
   if (role === 'ingress') await runIngress();
   else if (role === 'node') await runNode();
