@@ -11,49 +11,17 @@
 // arrives, so an update by the control plane applies to the next connection.
 import { type AddressInfo, createServer, isIP, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { RoundRobinCursor } from './balancer.ts';
-import { DrainTracker } from './drain-tracker.ts';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
-import { OutlierDetector } from './outliers.ts';
-import { TaskPicker } from './picker.ts';
+import { PortIngress, type PortIngressOptions } from './port-ingress.ts';
 import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
 import { pump } from './pump.ts';
-import { connectTask, type DialRemote, encodeRemoteHeader, openTaskStream, TaskDrainingError } from './remote.ts';
-import {
-  newServiceCounters,
-  newTaskCounters,
-  type ServiceCounters,
-  type ServiceStats,
-  type TaskCounters,
-} from './stats.ts';
+import { connectTask, encodeRemoteHeader, openTaskStream, TaskDrainingError } from './remote.ts';
+import type { ServiceStats, TaskCounters } from './stats.ts';
 
 export { type DialRemote, serveRemote } from './remote.ts';
 
-export interface IngressOptions {
-  /** This node's ID: endpoints with this nodeId are connected to directly. */
-  nodeId: string;
-  /** The published port; 0 picks a free one (tests). */
-  port: number;
-  /** Listening address; left out, Node's default (all interfaces, IPv6 and IPv4 where the host has both). */
-  host?: string;
-  /** The current endpoint table for this port, or undefined when the service is gone. */
-  services: () => ServiceEndpoints | undefined;
-  /** How to reach tasks on other nodes; without it, remote endpoints count as failed connects. */
-  dialRemote?: DialRemote;
-  /** Shared by the ingresses of a node, or one each; default a new one with default settings. */
-  outliers?: OutlierDetector;
-  /** Connect attempts per client connection, on different tasks. Default 3. */
-  maxAttempts?: number;
-  /** Per attempt: TCP connect, or mesh stream open plus the remote node's answer. Default 5 s. */
-  connectTimeoutMs?: number;
-  /** For p2c; injectable for deterministic tests. */
-  random?: () => number;
-  /** SO_REUSEPORT, so that several acceptors (processes, worker threads) can share the port. */
-  reusePort?: boolean;
-  /** Round-robin's position, shared by the acceptors of the port (balancer.ts sharedCursor); default its own. */
-  roundRobinCursor?: RoundRobinCursor;
-  log?: (msg: string) => void;
-}
+/** Every field is described in port-ingress.ts; TCP needs nothing more. */
+export type IngressOptions = PortIngressOptions;
 
 type ConnState = 'connecting' | 'forwarding' | 'closed';
 
@@ -73,38 +41,18 @@ interface Conn {
   countedOut: number;
 }
 
-export class Ingress {
+export class Ingress extends PortIngress {
   private readonly options: IngressOptions;
-  private readonly outliers: OutlierDetector;
   private readonly maxAttempts: number;
   private readonly connectTimeoutMs: number;
-  private readonly log: (msg: string) => void;
   private readonly server: Server;
-  private readonly picker: TaskPicker;
-  private readonly service: ServiceCounters = newServiceCounters();
-  private readonly tasks = new Map<TaskId, TaskCounters>();
   private readonly conns = new Set<Conn>();
-  /** Forwarded connections per task, and the tasks drain() was called for (excluded whatever the table says). */
-  private readonly drains = new DrainTracker();
-  private serviceId = '';
-  private serviceName = '';
-  private listeningPort = 0;
 
   constructor(options: IngressOptions) {
+    super(options);
     this.options = options;
-    this.outliers = options.outliers ?? new OutlierDetector();
     this.maxAttempts = Math.max(1, options.maxAttempts ?? 3);
     this.connectTimeoutMs = options.connectTimeoutMs ?? 5000;
-    this.log = options.log ?? (() => {});
-    this.picker = new TaskPicker({
-      services: options.services,
-      outliers: this.outliers,
-      drains: this.drains,
-      active: (taskId) => this.tasks.get(taskId)?.connectionsActive ?? 0,
-      ...(options.random ? { random: options.random } : {}),
-      ...(options.roundRobinCursor ? { roundRobinCursor: options.roundRobinCursor } : {}),
-      log: this.log,
-    });
     this.server = createServer(
       // Clients stay unread until a backend is ready: what makes retrying safe. noDelay: each chunk is forwarded
       // as it comes, so Nagle on our side would only add latency.
@@ -132,43 +80,10 @@ export class Ingress {
     });
   }
 
-  get port(): number {
-    return this.listeningPort;
-  }
-
-  /**
-   * Stops new connections to the task and resolves once its open ones have closed, or after graceMs, when those
-   * left are cut. The task stays excluded until undrain().
-   */
-  drain(taskId: TaskId, graceMs: number): Promise<void> {
-    return this.drains.drain(taskId, graceMs);
-  }
-
-  undrain(taskId: TaskId): void {
-    this.drains.undrain(taskId);
-  }
-
   /** Counters now, bytes of open connections included. Tasks gone from the table with nothing open are dropped after. */
   stats(): ServiceStats {
     for (const conn of this.conns) this.countBytes(conn);
-    const service = this.picker.current(String(this.listeningPort));
-    if (service !== undefined) {
-      this.serviceId = service.serviceId;
-      this.serviceName = service.serviceName;
-    }
-    const current = new Set(service?.endpoints.map((e) => e.taskId));
-    const tasks = [];
-    for (const [taskId, counters] of this.tasks) {
-      tasks.push({ taskId, ...counters });
-      if (counters.connectionsActive === 0 && !current.has(taskId)) this.tasks.delete(taskId);
-    }
-    return {
-      serviceId: this.serviceId,
-      serviceName: this.serviceName,
-      port: this.listeningPort,
-      ...this.service,
-      tasks,
-    };
+    return this.counters.snapshot(this.listeningPort, this.picker.current(String(this.listeningPort)));
   }
 
   /** Stops listening and cuts every open connection. */
@@ -195,8 +110,8 @@ export class Ingress {
     client.on('error', () => this.destroyConn(conn));
     client.on('close', () => this.onClientClose(conn));
     this.conns.add(conn);
-    this.service.connectionsTotal++;
-    this.service.connectionsActive++;
+    this.counters.service.connectionsTotal++;
+    this.counters.service.connectionsActive++;
     this.attempt(conn);
   }
 
@@ -205,13 +120,12 @@ export class Ingress {
     const service = conn.attempts < this.maxAttempts ? this.picker.current(String(this.listeningPort)) : undefined;
     const endpoint = service === undefined ? undefined : this.picker.choose(service, conn.tried);
     if (service === undefined || endpoint === undefined) {
-      this.service.errors++;
+      this.counters.service.errors++;
       this.destroyConn(conn);
       return;
     }
-    this.serviceId = service.serviceId;
-    this.serviceName = service.serviceName;
-    if (conn.attempts > 0) this.service.retries++;
+    this.counters.noteService(service);
+    if (conn.attempts > 0) this.counters.service.retries++;
     conn.attempts++;
     conn.tried.add(endpoint.taskId);
     const onResult = (err: Error | undefined, backend: Duplex | undefined, early?: Buffer) => {
@@ -269,20 +183,18 @@ export class Ingress {
       this.attempt(conn);
       return;
     }
-    const task = this.taskCounters(endpoint.taskId);
-    task.errors++;
-    if (this.outliers.recordFailure(endpoint.taskId, service.endpoints)) {
-      task.ejections++;
-      this.log(`lb: ejected task ${endpoint.taskId} of ${service.serviceName} after repeated connect failures`);
-    }
-    this.log(`lb: connect to task ${endpoint.taskId} of ${service.serviceName} failed: ${err?.message}`);
+    this.picker.failed(
+      service,
+      endpoint.taskId,
+      `connect to task ${endpoint.taskId} of ${service.serviceName} failed: ${err?.message}`,
+    );
     this.attempt(conn);
   }
 
   private startForwarding(conn: Conn, taskId: TaskId, backend: Duplex, early: Buffer | undefined): void {
     conn.state = 'forwarding';
     conn.pending = backend;
-    const task = this.taskCounters(taskId);
+    const task = this.counters.task(taskId);
     conn.task = task;
     task.connectionsTotal++;
     task.connectionsActive++;
@@ -304,7 +216,7 @@ export class Ingress {
     conn.pending?.destroy();
     conn.client.destroy();
     this.conns.delete(conn);
-    this.service.connectionsActive--;
+    this.counters.service.connectionsActive--;
     this.countBytes(conn);
     if (!wasForwarding || conn.task === undefined) return;
     conn.task.connectionsActive--;
@@ -319,21 +231,12 @@ export class Ingress {
     if (dIn === 0 && dOut === 0) return;
     conn.countedIn = read;
     conn.countedOut = written;
-    this.service.bytesIn += dIn;
-    this.service.bytesOut += dOut;
+    this.counters.service.bytesIn += dIn;
+    this.counters.service.bytesOut += dOut;
     if (conn.task !== undefined) {
       conn.task.bytesIn += dIn;
       conn.task.bytesOut += dOut;
     }
-  }
-
-  private taskCounters(taskId: TaskId): TaskCounters {
-    let counters = this.tasks.get(taskId);
-    if (counters === undefined) {
-      counters = newTaskCounters();
-      this.tasks.set(taskId, counters);
-    }
-    return counters;
   }
 }
 

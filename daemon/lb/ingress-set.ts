@@ -9,6 +9,7 @@ import { DrainTracker } from './drain-tracker.ts';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
 import { Ingress } from './forwarder.ts';
 import { OutlierDetector } from './outliers.ts';
+import type { PortIngress } from './port-ingress.ts';
 import type { ServiceStats } from './stats.ts';
 import { forgetGone, parsePortLabel, portLabel, type TableService } from './table.ts';
 import { UdpIngress } from './udp-ingress.ts';
@@ -45,17 +46,6 @@ export interface PublishedPorts {
   close(): Promise<void>;
   /** Streams other nodes' ingresses opened to this node's tasks (pass to serveRemote): drained with the rest. */
   readonly meshStreams: DrainTracker;
-}
-
-/** What both kinds of ingress (forwarder.ts for TCP, udp-ingress.ts) offer the set. */
-interface PortIngress {
-  listen(): Promise<unknown>;
-  /** The bound port; 0 until listening. */
-  readonly port: number;
-  drain(taskId: TaskId, graceMs: number): Promise<void>;
-  undrain(taskId: TaskId): void;
-  stats(): ServiceStats;
-  close(): Promise<void>;
 }
 
 interface Port {

@@ -5,29 +5,37 @@ import { type Balancer, createBalancer, type RoundRobinCursor } from './balancer
 import type { DrainTracker } from './drain-tracker.ts';
 import { type BalancingAlgorithm, type Endpoint, isDraining, type ServiceEndpoints, type TaskId } from './endpoints.ts';
 import type { OutlierDetector } from './outliers.ts';
+import type { IngressCounters } from './stats.ts';
 
+/** What an ingress's options say about choosing (both ingresses take these fields). */
 export interface TaskPickerOptions {
   /** The current endpoint table for the port, or undefined when the service is gone. */
   services: () => ServiceEndpoints | undefined;
+  /** For p2c; injectable for deterministic tests. */
+  random?: () => number;
+  /** Round-robin's position, shared by the acceptors of the port (balancer.ts sharedCursor); default its own. */
+  roundRobinCursor?: RoundRobinCursor;
+}
+
+export interface TaskPickerParts {
   outliers: OutlierDetector;
   /** The ingress's own drains: tasks drain() was called for are excluded whatever the table says. */
   drains: DrainTracker;
-  /** Open connections (or flows) to a task through this ingress: least-connections and p2c read it. */
-  active: (taskId: TaskId) => number;
-  random?: () => number;
-  roundRobinCursor?: RoundRobinCursor;
-  /** Told when the table itself fails, naming the port. */
+  /** The ingress's counters: least-connections and p2c read open connections (or flows) per task. */
+  counters: IngressCounters;
   log: (msg: string) => void;
 }
 
 const NO_EXCLUSIONS: ReadonlySet<TaskId> = new Set();
 
 export class TaskPicker {
-  private readonly opts: TaskPickerOptions;
+  private readonly opts: TaskPickerOptions & TaskPickerParts;
   private readonly balancers = new Map<BalancingAlgorithm, Balancer>();
 
-  constructor(opts: TaskPickerOptions) {
-    this.opts = opts;
+  constructor(options: TaskPickerOptions, parts: TaskPickerParts) {
+    this.opts = { ...parts, services: options.services };
+    if (options.random !== undefined) this.opts.random = options.random;
+    if (options.roundRobinCursor !== undefined) this.opts.roundRobinCursor = options.roundRobinCursor;
   }
 
   /** The endpoint table, or undefined; a control plane that throws must cost one client, not the process. */
@@ -67,10 +75,22 @@ export class TaskPicker {
     return balancer.pick(service.endpoints, fallback);
   }
 
+  /** A task could not be reached: counted for it, and told to outlier detection, which may eject it. */
+  failed(service: ServiceEndpoints, taskId: TaskId, why: string): void {
+    const task = this.opts.counters.task(taskId);
+    task.errors++;
+    if (this.opts.outliers.recordFailure(taskId, service.endpoints)) {
+      task.ejections++;
+      this.opts.log(`lb: ejected task ${taskId} of ${service.serviceName} after repeated failures`);
+    }
+    this.opts.log(`lb: ${why}`);
+  }
+
   private balancer(algorithm: BalancingAlgorithm): Balancer {
     let balancer = this.balancers.get(algorithm);
     if (balancer === undefined) {
-      const options: Parameters<typeof createBalancer>[1] = { active: this.opts.active };
+      const counters = this.opts.counters;
+      const options: Parameters<typeof createBalancer>[1] = { active: (taskId) => counters.active(taskId) };
       if (this.opts.random !== undefined) options.random = this.opts.random;
       if (this.opts.roundRobinCursor !== undefined) options.cursor = this.opts.roundRobinCursor;
       balancer = createBalancer(algorithm, options);

@@ -50,6 +50,52 @@ export function newTaskCounters(): TaskCounters {
   return { connectionsTotal: 0, connectionsActive: 0, bytesIn: 0, bytesOut: 0, errors: 0, ejections: 0 };
 }
 
+/**
+ * The counters of one ingress (one published port, TCP or UDP): for its service and per task, and the snapshot
+ * renderMetrics takes. A task's entry is dropped once the table no longer names it and nothing of it is open.
+ */
+export class IngressCounters {
+  readonly service: ServiceCounters = newServiceCounters();
+  private readonly tasks = new Map<TaskId, TaskCounters>();
+  private serviceId = '';
+  private serviceName = '';
+
+  /** The service the port serves now: snapshots name it even after it left the table. */
+  noteService(service: { serviceId: string; serviceName: string }): void {
+    this.serviceId = service.serviceId;
+    this.serviceName = service.serviceName;
+  }
+
+  /** The task's counters, created on first use. */
+  task(taskId: TaskId): TaskCounters {
+    let counters = this.tasks.get(taskId);
+    if (counters === undefined) {
+      counters = newTaskCounters();
+      this.tasks.set(taskId, counters);
+    }
+    return counters;
+  }
+
+  /** Open connections (UDP: flows) to the task through this ingress: what least-connections and p2c read. */
+  active(taskId: TaskId): number {
+    return this.tasks.get(taskId)?.connectionsActive ?? 0;
+  }
+
+  snapshot(
+    port: number,
+    current: { serviceId: string; serviceName: string; endpoints: readonly { taskId: TaskId }[] } | undefined,
+  ): ServiceStats {
+    if (current !== undefined) this.noteService(current);
+    const named = new Set(current?.endpoints.map((e) => e.taskId));
+    const tasks: TaskStats[] = [];
+    for (const [taskId, counters] of this.tasks) {
+      tasks.push({ taskId, ...counters });
+      if (counters.connectionsActive === 0 && !named.has(taskId)) this.tasks.delete(taskId);
+    }
+    return { serviceId: this.serviceId, serviceName: this.serviceName, port, ...this.service, tasks };
+  }
+}
+
 /** The far end of the mesh hop on this node: what became of the connections other nodes forwarded here. */
 export type MeshHopCounters = Record<ServeRemoteResult, number>;
 

@@ -13,42 +13,17 @@
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { RoundRobinCursor } from './balancer.ts';
-import { DrainTracker } from './drain-tracker.ts';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
-import { OutlierDetector } from './outliers.ts';
-import { TaskPicker } from './picker.ts';
-import { type DialRemote, encodeRemoteHeader, openTaskStream, TaskDrainingError } from './remote.ts';
-import {
-  newServiceCounters,
-  newTaskCounters,
-  type ServiceCounters,
-  type ServiceStats,
-  type TaskCounters,
-} from './stats.ts';
+import { PortIngress, type PortIngressOptions } from './port-ingress.ts';
+import { encodeRemoteHeader, openTaskStream, TaskDrainingError } from './remote.ts';
+import type { ServiceStats, TaskCounters } from './stats.ts';
 import { closeQuietly, connectUdpTask, DatagramReader, writeDatagram } from './udp-relay.ts';
 
-export interface UdpIngressOptions {
-  nodeId: string;
-  /** The published port; 0 picks a free one (tests). */
-  port: number;
-  /** Listening address; left out, every address (IPv6 and IPv4 where the host has both). */
-  host?: string;
-  services: () => ServiceEndpoints | undefined;
-  dialRemote?: DialRemote;
-  outliers?: OutlierDetector;
-  /** Tasks tried per flow before its datagrams are dropped. Default 3. */
-  maxAttempts?: number;
-  /** For a remote task's node to answer the stream. Default 5 s. */
-  connectTimeoutMs?: number;
+export interface UdpIngressOptions extends PortIngressOptions {
   /** A flow with no datagram either way for this long ends. Default 60 s. */
   idleTimeoutMs?: number;
   /** Flows at once; a new client beyond it has its datagrams dropped (and counted) until one ends. Default 8192. */
   maxFlows?: number;
-  random?: () => number;
-  reusePort?: boolean;
-  roundRobinCursor?: RoundRobinCursor;
-  log?: (msg: string) => void;
 }
 
 // What a flow keeps of what it sent, for a retry elsewhere: until the task's first answer, and no longer than
@@ -84,44 +59,25 @@ interface Flow {
   lastSeen: number;
 }
 
-export class UdpIngress {
+export class UdpIngress extends PortIngress {
   private readonly options: UdpIngressOptions;
-  private readonly outliers: OutlierDetector;
   private readonly maxAttempts: number;
   private readonly idleTimeoutMs: number;
   private readonly maxFlows: number;
-  private readonly log: (msg: string) => void;
-  private readonly picker: TaskPicker;
-  private readonly service: ServiceCounters = newServiceCounters();
-  private readonly tasks = new Map<TaskId, TaskCounters>();
   private readonly flows = new Map<string, Flow>();
-  private readonly drains = new DrainTracker();
   private socket: UdpSocket | undefined;
   private sweeper: NodeJS.Timeout | undefined;
-  private serviceId = '';
-  private serviceName = '';
-  private listeningPort = 0;
   /** Bytes all flows keep for retries (see MAX_KEPT_BYTES). */
   private keptBytes = 0;
   /** Datagrams dropped because maxFlows flows were open: logged once per burst. */
   private overflowLogged = false;
 
   constructor(options: UdpIngressOptions) {
+    super(options);
     this.options = options;
-    this.outliers = options.outliers ?? new OutlierDetector();
     this.maxAttempts = Math.max(1, options.maxAttempts ?? 3);
     this.idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
     this.maxFlows = options.maxFlows ?? 8192;
-    this.log = options.log ?? (() => {});
-    this.picker = new TaskPicker({
-      services: options.services,
-      outliers: this.outliers,
-      drains: this.drains,
-      active: (taskId) => this.tasks.get(taskId)?.connectionsActive ?? 0,
-      ...(options.random ? { random: options.random } : {}),
-      ...(options.roundRobinCursor ? { roundRobinCursor: options.roundRobinCursor } : {}),
-      log: this.log,
-    });
   }
 
   /** Binds the port; resolves with the port bound (the real one when 0 was asked). */
@@ -146,39 +102,9 @@ export class UdpIngress {
     return { port: this.listeningPort };
   }
 
-  get port(): number {
-    return this.listeningPort;
-  }
-
-  /** Flows to the task get no new ones; resolves once its flows ended (idle), or after graceMs, when they are cut. */
-  drain(taskId: TaskId, graceMs: number): Promise<void> {
-    return this.drains.drain(taskId, graceMs);
-  }
-
-  undrain(taskId: TaskId): void {
-    this.drains.undrain(taskId);
-  }
-
   /** Counters now; for UDP a "connection" is a flow. */
   stats(): ServiceStats {
-    const service = this.picker.current(this.portName());
-    if (service !== undefined) {
-      this.serviceId = service.serviceId;
-      this.serviceName = service.serviceName;
-    }
-    const current = new Set(service?.endpoints.map((e) => e.taskId));
-    const tasks = [];
-    for (const [taskId, counters] of this.tasks) {
-      tasks.push({ taskId, ...counters });
-      if (counters.connectionsActive === 0 && !current.has(taskId)) this.tasks.delete(taskId);
-    }
-    return {
-      serviceId: this.serviceId,
-      serviceName: this.serviceName,
-      port: this.listeningPort,
-      ...this.service,
-      tasks,
-    };
+    return this.counters.snapshot(this.listeningPort, this.picker.current(this.portName()));
   }
 
   /** Stops receiving and ends every flow. */
@@ -213,7 +139,7 @@ export class UdpIngress {
     let flow = this.flows.get(key);
     if (flow === undefined) {
       if (this.flows.size >= this.maxFlows) {
-        this.service.errors++;
+        this.counters.service.errors++;
         if (!this.overflowLogged)
           this.log(`lb: udp port ${this.portName()} has ${this.maxFlows} flows: dropping new ones`);
         this.overflowLogged = true;
@@ -223,7 +149,7 @@ export class UdpIngress {
       this.flows.set(key, flow);
     }
     flow.lastSeen = Date.now();
-    this.service.bytesIn += datagram.length;
+    this.counters.service.bytesIn += datagram.length;
     if (flow.task !== undefined) flow.task.bytesIn += datagram.length;
     this.keepUnanswered(flow, datagram);
     if (flow.state === 'forwarding') flow.send?.(datagram);
@@ -231,8 +157,8 @@ export class UdpIngress {
   }
 
   private newFlow(from: RemoteInfo): Flow {
-    this.service.connectionsTotal++;
-    this.service.connectionsActive++;
+    this.counters.service.connectionsTotal++;
+    this.counters.service.connectionsActive++;
     return {
       address: from.address,
       port: from.port,
@@ -282,13 +208,12 @@ export class UdpIngress {
     const service = flow.attempts < this.maxAttempts ? this.picker.current(this.portName()) : undefined;
     const endpoint = service === undefined ? undefined : this.picker.choose(service, flow.tried);
     if (service === undefined || endpoint === undefined) {
-      this.service.errors++;
+      this.counters.service.errors++;
       this.closeFlow(flow);
       return;
     }
-    this.serviceId = service.serviceId;
-    this.serviceName = service.serviceName;
-    if (flow.attempts > 0) this.service.retries++;
+    this.counters.noteService(service);
+    if (flow.attempts > 0) this.counters.service.retries++;
     flow.attempts++;
     flow.tried.add(endpoint.taskId);
     if (endpoint.nodeId === this.options.nodeId) this.connectLocal(flow, service, endpoint);
@@ -382,7 +307,7 @@ export class UdpIngress {
     flow.taskId = endpoint.taskId;
     flow.send = backend.send;
     flow.closeBackend = backend.close;
-    const task = this.taskCounters(endpoint.taskId);
+    const task = this.counters.task(endpoint.taskId);
     task.connectionsTotal++;
     task.connectionsActive++;
     flow.task = task;
@@ -402,7 +327,7 @@ export class UdpIngress {
       this.outliers.recordSuccess(endpoint.taskId);
     }
     flow.lastSeen = Date.now();
-    this.service.bytesOut += answer.length;
+    this.counters.service.bytesOut += answer.length;
     if (flow.task !== undefined) flow.task.bytesOut += answer.length;
     this.socket?.send(answer, flow.port, flow.address, () => {});
   }
@@ -412,13 +337,11 @@ export class UdpIngress {
     const wasForwarding = flow.state === 'forwarding';
     this.endBackend(flow);
     if (!(err instanceof TaskDrainingError)) {
-      const task = this.taskCounters(endpoint.taskId);
-      task.errors++;
-      if (this.outliers.recordFailure(endpoint.taskId, service.endpoints)) {
-        task.ejections++;
-        this.log(`lb: ejected task ${endpoint.taskId} of ${service.serviceName} after repeated failures`);
-      }
-      this.log(`lb: udp to task ${endpoint.taskId} of ${service.serviceName} failed: ${err?.message}`);
+      this.picker.failed(
+        service,
+        endpoint.taskId,
+        `udp to task ${endpoint.taskId} of ${service.serviceName} failed: ${err?.message}`,
+      );
     }
     // Answered already, sent more than was kept, or sent too long ago to send again: the flow ends here.
     const stale = wasForwarding && Date.now() - flow.forwardingSince > RETRY_WINDOW_MS;
@@ -449,7 +372,7 @@ export class UdpIngress {
     this.forgetUnanswered(flow);
     flow.state = 'closed';
     this.flows.delete(`${flow.address}|${flow.port}`);
-    this.service.connectionsActive--;
+    this.counters.service.connectionsActive--;
     if (this.flows.size < this.maxFlows) this.overflowLogged = false;
   }
 
@@ -461,14 +384,5 @@ export class UdpIngress {
       if (flow.lastSeen <= cutoff) this.closeFlow(flow);
       else if (flow.state === 'forwarding' && now - flow.forwardingSince > RETRY_WINDOW_MS) this.forgetUnanswered(flow);
     }
-  }
-
-  private taskCounters(taskId: TaskId): TaskCounters {
-    let counters = this.tasks.get(taskId);
-    if (counters === undefined) {
-      counters = newTaskCounters();
-      this.tasks.set(taskId, counters);
-    }
-    return counters;
   }
 }

@@ -17,17 +17,15 @@
 
 import { createSocket } from 'node:dgram';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Socket } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
-import type { Endpoint, ServiceEndpoints } from '../../daemon/lb/endpoints.ts';
-import { serveRemote } from '../../daemon/lb/remote.ts';
 import { UdpIngress } from '../../daemon/lb/udp-ingress.ts';
 import { dialLoopback } from '../helpers/loopback-dial.ts';
 import { freePort } from '../helpers/loopback-tcp.ts';
 import { round } from './lib/http-load.ts';
+import { endpointsFor, runServeRemoteNode } from './lib/lb-roles.ts';
 import { cpuSeconds, have, median } from './lib/measure.ts';
 import { killHard, type Started, startProcess } from './lib/processes.ts';
 
@@ -47,22 +45,10 @@ const arg = (name: string) => {
   return at >= 0 ? process.argv[at + 1] : undefined;
 };
 
-function service(backends: string[], nodeId: string): ServiceEndpoints {
-  const endpoints: Endpoint[] = backends.map((address, i) => ({ taskId: `b${i + 1}`, nodeId, address }));
-  return {
-    serviceId: 'bench',
-    serviceName: 'bench',
-    algorithm: 'round-robin',
-    proxyProtocol: false,
-    endpoints,
-    draining: [],
-  };
-}
-
 async function runIngress(): Promise<void> {
   const backends = (arg('backends') ?? '').split(',');
   const node = arg('node');
-  const view = service(backends, node === undefined ? 'local' : 'remote');
+  const view = endpointsFor(backends, node === undefined ? 'local' : 'remote');
   const ingress = new UdpIngress({
     nodeId: 'local',
     host: '127.0.0.1',
@@ -78,15 +64,6 @@ async function runIngress(): Promise<void> {
   });
   await ingress.listen();
   process.stdout.write(`udp ingress listening on ${ingress.port}\n`);
-}
-
-async function runNode(): Promise<void> {
-  const addresses = new Map((arg('backends') ?? '').split(',').map((address, i) => [`b${i + 1}`, address]));
-  const server = createServer({ allowHalfOpen: true, noDelay: true }, (stream: Socket) => {
-    void serveRemote(stream, (taskId) => addresses.get(taskId));
-  });
-  await new Promise<void>((resolve) => server.listen(Number(arg('port')), '127.0.0.1', () => resolve()));
-  process.stdout.write(`serveRemote node listening on ${arg('port')}\n`);
 }
 
 interface LoadResult {
@@ -179,7 +156,7 @@ if (!isMainThread && workerData?.flows !== undefined) {
   setTimeout(() => process.exit(0), Number(arg('max-seconds') ?? CHILD_MAX_SECONDS) * 1000).unref();
   const role = arg('role');
   if (role === 'ingress') await runIngress();
-  else if (role === 'node') await runNode();
+  else if (role === 'node') await runServeRemoteNode(Number(arg('port')), (arg('backends') ?? '').split(','));
   else if (role === 'load') await runLoad();
   else throw new Error(`unknown role ${role}`);
 }

@@ -36,19 +36,19 @@
 import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, Worker, workerData } from 'node:worker_threads';
 import { ApiClient } from '../../daemon/api/client.ts';
-import type { Endpoint, ServiceEndpoints } from '../../daemon/lb/endpoints.ts';
-import { type DialRemote, Ingress, serveRemote } from '../../daemon/lb/forwarder.ts';
+import { type DialRemote, Ingress } from '../../daemon/lb/forwarder.ts';
 import { defaultLbThreads } from '../../daemon/lb/ingress-threads.ts';
 import { dialLoopback } from '../helpers/loopback-dial.ts';
 import { freePort } from '../helpers/loopback-tcp.ts';
 import { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
+import { endpointsFor, runServeRemoteNode } from './lib/lb-roles.ts';
 import { cpuSeconds, have, median } from './lib/measure.ts';
 import { killHard, type Started, startProcess } from './lib/processes.ts';
 
@@ -91,18 +91,6 @@ function parseRoleArgs(argv: string[]): RoleArgs {
   };
 }
 
-function endpointsFor(backends: string[], nodeId: string): ServiceEndpoints {
-  const endpoints: Endpoint[] = backends.map((address, i) => ({ taskId: `b${i + 1}`, nodeId, address }));
-  return {
-    serviceId: 'bench',
-    serviceName: 'bench',
-    algorithm: 'round-robin',
-    proxyProtocol: false,
-    endpoints,
-    draining: [],
-  };
-}
-
 /**
  * The mesh stand-in: one loopback TCP connection per client connection to the serveRemote process. A plain socket,
  * read through 'data' events as any Duplex from dialRemote is; a libp2p stream adapter would add its own costs
@@ -134,15 +122,6 @@ async function runIngress(args: RoleArgs): Promise<void> {
   }
 }
 
-async function runNode(args: RoleArgs): Promise<void> {
-  const addresses = new Map(args.backends.map((address, i) => [`b${i + 1}`, address]));
-  const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: false }, (stream: Socket) => {
-    void serveRemote(stream, (taskId) => addresses.get(taskId));
-  });
-  await new Promise<void>((resolve) => server.listen(args.port, '127.0.0.1', () => resolve()));
-  process.stdout.write(`serveRemote node listening on ${args.port}\n`);
-}
-
 async function runBackend(args: RoleArgs): Promise<void> {
   const body = Buffer.from(BODY(args.n));
   const server = createHttpServer({ keepAliveTimeout: 60_000 }, (_req, res) => {
@@ -156,7 +135,7 @@ async function runBackend(args: RoleArgs): Promise<void> {
 async function runRole(args: RoleArgs): Promise<void> {
   if (isMainThread) setTimeout(() => process.exit(0), args.maxSeconds * 1000).unref();
   if (args.role === 'ingress') await runIngress(args);
-  else if (args.role === 'node') await runNode(args);
+  else if (args.role === 'node') await runServeRemoteNode(args.port, args.backends);
   else if (args.role === 'backend') await runBackend(args);
   else throw new Error(`unknown role ${args.role}`);
   // The exit timer is unref'd; this keeps the process (not the worker threads) alive until then.
