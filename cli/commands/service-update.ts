@@ -74,7 +74,7 @@ export const UPDATE_FLAGS: Record<string, FlagSpec> = {
   ...addRm('constraint', 'expr'),
   ...addRm('placement-pref', 'spread=attr'),
   ...addRm('mount', 'mount', 'target'),
-  ...addRm('publish', 'port', 'published port'),
+  ...addRm('publish', 'port', 'published[/protocol]'),
 };
 
 /** The current spec with the flags applied, checked in full; throws a UsageError naming the flag. */
