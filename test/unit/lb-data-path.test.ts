@@ -1,7 +1,7 @@
 // The load balancer's data path (daemon/lb/data-path.ts): HTTP/2 tunnels over real TLS 1.3 connections on
 // loopback, keyed with one-time tickets. What a ticket admits (one handshake, by the holder of its key, in time),
 // what it does not, and the fallback to the mesh. The mesh request for tickets runs in test/integration/lb.test.ts.
-import { connect as tcpConnect } from 'node:net';
+import { type AddressInfo, createServer, connect as tcpConnect } from 'node:net';
 import { duplexPair } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -10,6 +10,7 @@ import {
   dialDataPath,
   directFirst,
   FALLBACK_MS,
+  HEAD_START_MS,
   parseTicketReply,
   TICKET_KEY_BYTES,
 } from '../../daemon/lb/data-path.ts';
@@ -164,6 +165,38 @@ describe('load balancer data path', () => {
     expect(fetches).toBe(2);
     expect(meshOpened).toEqual(['peer-b', 'peer-b', 'peer-b']);
   });
+
+  it('tries the mesh beside a data path that stays silent, and remembers the data path failed once it times out', async () => {
+    // A firewall that drops: the TCP connect succeeds here (a listener that never answers), the handshake never ends.
+    const silent = createServer(() => {});
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', () => resolve()));
+    const port = (silent.address() as AddressInfo).port;
+    const logs: string[] = [];
+    let fetches = 0;
+    const paths = directFirst(
+      async () => {
+        fetches++;
+        return { host: '127.0.0.1', port, identity: 'a'.repeat(32), key: new Uint8Array(TICKET_KEY_BYTES) };
+      },
+      async () => duplexPair()[0],
+      (message) => logs.push(message),
+    );
+    try {
+      const started = performance.now();
+      await paths.open('peer-b', AbortSignal.timeout(10_000));
+      // The mesh carried it after the head start, not after the 5 s handshake timeout.
+      expect(performance.now() - started).toBeLessThan(HEAD_START_MS + 1500);
+      expect(paths.counts()).toEqual({ direct: 0, mesh: 1 });
+      expect(logs).toEqual([]);
+      await expect.poll(() => logs.join('\n'), { timeout: 8000 }).toMatch(/data path to peer-b failed .*no handshake/);
+      // Remembered: the next tunnel goes through the mesh at once, without a ticket.
+      await paths.open('peer-b', AbortSignal.timeout(10_000));
+      expect(fetches).toBe(1);
+      expect(paths.counts()).toEqual({ direct: 0, mesh: 2 });
+    } finally {
+      silent.close();
+    }
+  }, 15_000);
 
   it('uses the mesh for a peer without a data path (ticket undefined), and always without fetchTicket', async () => {
     const mesh = async () => duplexPair()[0];
