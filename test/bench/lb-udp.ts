@@ -16,16 +16,19 @@
 // BENCH_LB_SECONDS and BENCH_LB_ROUNDS shorten a run. This file is also the entry point of its child processes.
 
 import { createSocket } from 'node:dgram';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { defaultLbThreads } from '../../daemon/lb/ingress-threads.ts';
 import { UdpIngress } from '../../daemon/lb/udp-ingress.ts';
 import { dialLoopback } from '../helpers/loopback-dial.ts';
 import { freePort } from '../helpers/loopback-tcp.ts';
+import type { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
 import { endpointsFor, runServeRemoteNode } from './lib/lb-roles.ts';
+import { type BenchService, type SwarmVariant, startBenchSwarm, stopBenchSwarms } from './lib/lb-swarm.ts';
 import { cpuSeconds, have, median } from './lib/measure.ts';
 import { killHard, type Started, startProcess } from './lib/processes.ts';
 
@@ -77,7 +80,7 @@ const BUCKET_US = 10;
 const BUCKETS = 10_000;
 
 /** One load thread: `flows` sockets, each a request/answer loop for `seconds`; a datagram unanswered in 1 s is lost. */
-async function loadThread(port: number, flows: number, seconds: number): Promise<LoadResult> {
+async function loadThread(host: string, port: number, flows: number, seconds: number): Promise<LoadResult> {
   const result: LoadResult = { answered: 0, lost: 0, histogram: new Array(BUCKETS).fill(0) };
   const until = performance.now() + seconds * 1000;
   const payload = Buffer.from('q'.repeat(32));
@@ -85,7 +88,7 @@ async function loadThread(port: number, flows: number, seconds: number): Promise
     Array.from({ length: flows }, async () => {
       const socket = createSocket('udp4');
       await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
-      socket.connect(port, '127.0.0.1');
+      socket.connect(port, host);
       await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
       socket.on('error', () => {});
       while (performance.now() < until) {
@@ -115,13 +118,14 @@ async function loadThread(port: number, flows: number, seconds: number): Promise
 
 async function runLoad(): Promise<void> {
   const port = Number(arg('port'));
+  const host = arg('host') ?? '127.0.0.1';
   const seconds = Number(arg('seconds'));
   const results = await Promise.all(
     Array.from(
       { length: LOAD_THREADS },
       () =>
         new Promise<LoadResult>((resolve, reject) => {
-          const worker = new Worker(SELF, { workerData: { port, flows: FLOWS / LOAD_THREADS, seconds } });
+          const worker = new Worker(SELF, { workerData: { host, port, flows: FLOWS / LOAD_THREADS, seconds } });
           worker.once('message', resolve);
           worker.once('error', reject);
         }),
@@ -150,8 +154,8 @@ async function runLoad(): Promise<void> {
 }
 
 if (!isMainThread && workerData?.flows !== undefined) {
-  const { port, flows, seconds } = workerData as { port: number; flows: number; seconds: number };
-  parentPort!.postMessage(await loadThread(port, flows, seconds));
+  const { host, port, flows, seconds } = workerData as { host: string; port: number; flows: number; seconds: number };
+  parentPort!.postMessage(await loadThread(host, port, flows, seconds));
 } else if (isMainThread && arg('role') !== undefined) {
   setTimeout(() => process.exit(0), Number(arg('max-seconds') ?? CHILD_MAX_SECONDS) * 1000).unref();
   const role = arg('role');
@@ -164,8 +168,8 @@ if (!isMainThread && workerData?.flows !== undefined) {
 // ---------------------------------------------------------------------------------------------------------------
 // The bench
 
-/** Whether something on 127.0.0.1:port answers a datagram within 300 ms. */
-function udpAnswers(port: number): Promise<boolean> {
+/** Whether something on host:port answers a datagram within 300 ms. */
+function udpAnswers(port: number, host = '127.0.0.1'): Promise<boolean> {
   const socket = createSocket('udp4');
   return new Promise<boolean>((resolve) => {
     const timer = setTimeout(() => resolve(false), 300);
@@ -174,7 +178,7 @@ function udpAnswers(port: number): Promise<boolean> {
       resolve(true);
     });
     socket.on('error', () => resolve(false));
-    socket.send('ready?', port, '127.0.0.1');
+    socket.send('ready?', port, host);
   }).finally(() => socket.close());
 }
 
@@ -225,6 +229,8 @@ function nodeChild(dir: string, name: string, args: string[], ready: () => Promi
 interface Target {
   name: string;
   port: number;
+  /** Where the load goes; default 127.0.0.1. */
+  host?: string;
   pids: number[];
   note: string;
 }
@@ -235,7 +241,17 @@ async function measure(dir: string, target: Target, seconds: number) {
     let text = '';
     const child = startProcess(
       process.execPath,
-      [SELF, '--role', 'load', '--port', String(target.port), '--seconds', String(seconds)],
+      [
+        SELF,
+        '--role',
+        'load',
+        '--host',
+        target.host ?? '127.0.0.1',
+        '--port',
+        String(target.port),
+        '--seconds',
+        String(seconds),
+      ],
       join(dir, `load-${target.name}.log`),
       async () => true,
     );
@@ -260,7 +276,10 @@ export async function benchLbUdp(): Promise<Record<string, unknown>> {
     return { bench: 'lb-udp', skipped: 'nginx stream module not installed' };
   }
   const dir = mkdtempSync(join(tmpdir(), 'swarmd-bench-lb-udp-'));
+  // The swarm's tasks run as nobody when the daemons run as root, and must reach their directory in here.
+  chmodSync(dir, 0o755);
   const started: Started[] = [];
+  const clusters: SwarmProcesses[] = [];
   /** nginx's workers: not children of this process, so killed by PID at the end. */
   const workerPids: number[] = [];
   try {
@@ -342,6 +361,35 @@ export async function benchLbUdp(): Promise<Record<string, unknown>> {
       note: 'UdpIngress -> loopback TCP per flow -> serveRemote process',
     });
 
+    // Real daemons (lib/lb-swarm.ts): the worker's published port with its 3 local tasks (nginx answering each
+    // datagram), and the manager's, where every flow crosses to the worker in a tunnel over the data path; as
+    // they start by default (ingress threads here) and with the ports in the main thread (--lb-threads 0).
+    const variants: SwarmVariant[] = [
+      { suffix: '', flags: [], how: `--lb-threads default (${defaultLbThreads()})` },
+      { suffix: '-t0', flags: ['--lb-threads', '0'], how: '--lb-threads 0' },
+    ];
+    for (const variant of variants) {
+      const swarm = await startBenchSwarm(dir, variant, udpService());
+      clusters.push(swarm.cluster);
+      const pid = (name: string) => swarm.cluster.nodes.get(name)!.child.pid!;
+      targets.push(
+        {
+          name: `daemon-local${variant.suffix}`,
+          host: '127.0.0.2',
+          port: swarm.port,
+          pids: [pid('w1')],
+          note: `swarmd daemon (worker), published UDP port, 3 local tasks, ${variant.how}`,
+        },
+        {
+          name: `daemon-mesh${variant.suffix}`,
+          host: '127.0.0.1',
+          port: swarm.port,
+          pids: [pid('m1'), pid('w1')],
+          note: `swarmd daemon (manager) -> tunnel over the data path -> worker -> task, ${variant.how}`,
+        },
+      );
+    }
+
     const rounds = new Map<string, Awaited<ReturnType<typeof measure>>[]>(targets.map((t) => [t.name, []]));
     for (const target of targets) await measure(dir, target, 2); // warm-up
     for (let r = 0; r < ROUNDS; r++) {
@@ -349,7 +397,7 @@ export async function benchLbUdp(): Promise<Record<string, unknown>> {
         const result = await measure(dir, target, SECONDS);
         rounds.get(target.name)!.push(result);
         process.stdout.write(
-          `  round ${r + 1} ${target.name.padEnd(12)} ${String(result.rps).padStart(8)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms  lost ${result.lost}` +
+          `  round ${r + 1} ${target.name.padEnd(16)} ${String(result.rps).padStart(8)} req/s  p50 ${result.p50Ms} ms  p99 ${result.p99Ms} ms  lost ${result.lost}` +
             `${result.proxyCpuSeconds === null ? '' : `  cpu ${result.proxyCpuSeconds} s`}\n`,
         );
       }
@@ -369,7 +417,7 @@ export async function benchLbUdp(): Promise<Record<string, unknown>> {
       };
     }
     const nginx = summary.nginx!;
-    process.stdout.write('\ntarget        req/s     p50 ms   p99 ms   CPU µs/req   vs nginx (req/s, p99)\n');
+    process.stdout.write('\ntarget            req/s     p50 ms   p99 ms   CPU µs/req   vs nginx (req/s, p99)\n');
     for (const [name, s] of Object.entries(summary)) {
       const vs =
         name === 'nginx' || name === 'direct'
@@ -377,11 +425,12 @@ export async function benchLbUdp(): Promise<Record<string, unknown>> {
           : `${round((s.rps as number) / (nginx.rps as number))}x, ${round((s.p99Ms as number) / (nginx.p99Ms as number))}x`;
       s.vsNginx = vs || null;
       process.stdout.write(
-        `${name.padEnd(12)} ${String(s.rps).padStart(8)} ${String(s.p50Ms).padStart(8)} ${String(s.p99Ms).padStart(8)} ${String(s.cpuUsPerRequest ?? '-').padStart(12)}   ${vs}\n`,
+        `${name.padEnd(16)} ${String(s.rps).padStart(8)} ${String(s.p50Ms).padStart(8)} ${String(s.p99Ms).padStart(8)} ${String(s.cpuUsPerRequest ?? '-').padStart(12)}   ${vs}\n`,
       );
     }
     return { bench: 'lb-udp', seconds: SECONDS, rounds: ROUNDS, flows: FLOWS, targets: summary };
   } finally {
+    await stopBenchSwarms(dir, clusters);
     await Promise.all(started.map(killHard));
     for (const pid of workerPids) {
       try {
@@ -392,6 +441,16 @@ export async function benchLbUdp(): Promise<Record<string, unknown>> {
     }
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** The UDP service of the bench's swarm: nginx tasks answering every datagram on $PORT. */
+function udpService(): BenchService {
+  const command = [
+    'd=TASKS/$PORT; mkdir -p $d',
+    `printf 'load_module ${STREAM_MODULE}; master_process off; worker_processes 1; pid %s/pid; error_log %s/error.log warn; events { worker_connections 4096; } stream { server { listen 127.0.0.1:%s udp; return task; } }' $d $d $PORT > $d/nginx.conf`,
+    "exec nginx -p $d/ -c $d/nginx.conf -g 'daemon off;'",
+  ].join('; ');
+  return { publish: 'PORT:53/udp', command, ready: udpAnswers };
 }
 
 /** The PIDs of a process's children (nginx's workers), from /proc. */

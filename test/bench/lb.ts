@@ -46,9 +46,10 @@ import { type DialRemote, Ingress } from '../../daemon/lb/forwarder.ts';
 import { defaultLbThreads } from '../../daemon/lb/ingress-threads.ts';
 import { dialLoopback } from '../helpers/loopback-dial.ts';
 import { freePort } from '../helpers/loopback-tcp.ts';
-import { SwarmProcesses } from '../helpers/swarm-processes.ts';
+import type { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
 import { endpointsFor, runServeRemoteNode } from './lib/lb-roles.ts';
+import { type BenchService, type SwarmVariant, startBenchSwarm, stopBenchSwarms } from './lib/lb-swarm.ts';
 import { cpuSeconds, have, median } from './lib/measure.ts';
 import { killHard, type Started, startProcess } from './lib/processes.ts';
 
@@ -262,56 +263,17 @@ function nodeChild(dir: string, name: string, args: string[], ready: () => Promi
   );
 }
 
-/**
- * A real 2-node swarm (manager, worker) with a 3-task service published on one port: the worker's ingress
- * (127.0.0.2) has the tasks locally, the manager's (127.0.0.1) reaches them over the libp2p mesh.
- */
-/** A 2-node swarm; lbThreads undefined leaves --lb-threads at the daemon's default. */
-/** A way to start the bench's swarm: its daemons' extra flags, and the suffix of its targets' names. */
-interface SwarmVariant {
-  suffix: string;
-  flags: string[];
-  how: string;
-}
-
-async function startSwarm(
-  dir: string,
-  useNginx: boolean,
-  variant: SwarmVariant,
-): Promise<{ cluster: SwarmProcesses; port: number }> {
-  const cluster = new SwarmProcesses(46000 + Math.floor(Math.random() * 400) * 5);
-  const m1 = await cluster.init('m1', ['--ingress-host', '127.0.0.1', ...variant.flags]);
-  const token = new ApiClient(m1.socket);
-  const workerToken = (await token.joinTokens()).worker;
-  await cluster.join('w1', workerToken, m1, ['--ingress-host', '127.0.0.2', ...variant.flags]);
-  // Tasks run as nobody: their nginx files go in a directory anyone may write.
-  const tasks = join(dir, `tasks${variant.suffix || '-default'}`);
-  mkdirSync(tasks, { mode: 0o777 });
-  chmodSync(tasks, 0o777);
+/** The HTTP service of the bench's swarm (lib/lb-swarm.ts): nginx tasks, or Node ones without nginx. */
+function httpService(dir: string, useNginx: boolean): BenchService {
   const nginx = [
     'd=TASKS/$PORT; mkdir -p $d',
     `printf 'master_process off; worker_processes 1; pid %s/pid; error_log %s/error.log warn; events { worker_connections 4096; } http { access_log off; default_type text/html; keepalive_requests 1000000; server { listen 127.0.0.1:%s; root ROOT; location / { } } }' $d $d $PORT > $d/nginx.conf`,
     "exec nginx -p $d/ -c $d/nginx.conf -g 'daemon off;'",
   ]
     .join('; ')
-    .replaceAll('TASKS', tasks)
     .replaceAll('ROOT', join(dir, 'www1'));
   const node = `exec ${process.execPath} ${SELF} --role backend --port $PORT --n 1 --max-seconds ${CHILD_MAX_SECONDS}`;
-  const port = await freePort();
-  const created = spawnSync(
-    process.execPath,
-    [join(SELF, '../../../cli/swarm.ts'), '--host', m1.socket, 'service', 'create', '--detach', '--name', 'bench',
-      '--replicas', '3', '--constraint', 'node.role==worker', '--publish', `${port}:80`, '--', '/bin/sh', '-c',
-      useNginx ? nginx : node], // biome-ignore format: flags in pairs
-    { encoding: 'utf8' },
-  );
-  if (created.status !== 0) throw new Error(`service create: ${created.stderr}`);
-  const deadline = Date.now() + 60_000;
-  while (!((await httpReady(port, '127.0.0.1')) && (await httpReady(port, '127.0.0.2')))) {
-    if (Date.now() > deadline) throw new Error(`the swarm's published port ${port} did not answer within 60 s`);
-    await new Promise((r) => setTimeout(r, 300));
-  }
-  return { cluster, port };
+  return { publish: 'PORT:80', command: useNginx ? nginx : node, ready: (port, host) => httpReady(port, host) };
 }
 
 export async function benchLb(): Promise<Record<string, unknown>> {
@@ -437,7 +399,7 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
     for (const variant of variants) {
       const names = [`daemon-local${variant.suffix}`, `daemon-mesh${variant.suffix}`];
       if (only !== undefined && only.length > 0 && !names.some((name) => only.includes(name))) continue;
-      const swarm = await startSwarm(dir, useNginx, variant);
+      const swarm = await startBenchSwarm(dir, variant, httpService(dir, useNginx));
       swarmClusters.push(swarm.cluster);
       const daemon = (name: string) => swarm.cluster.nodes.get(name)!;
       if (variant.local)
@@ -584,14 +546,7 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
         'mesh-hop: loopback TCP between two Node processes; daemon-mesh: the data path (TLS 1.3) between two swarmd daemons; daemon-mesh-nodp: libp2p between them',
     };
   } finally {
-    // Tasks outlive their daemon (by design: a restart re-attaches them): remove the service first, then make sure.
-    for (const cluster of swarmClusters) {
-      const m1 = cluster.nodes.get('m1')!;
-      spawnSync(process.execPath, [join(SELF, '../../../cli/swarm.ts'), '--host', m1.socket, 'service', 'rm', 'bench']);
-    }
-    if (swarmClusters.length > 0) await new Promise((r) => setTimeout(r, 2000));
-    for (const cluster of swarmClusters) await cluster.stopAll();
-    spawnSync('pkill', ['-KILL', '-f', join(dir, 'tasks-')]);
+    await stopBenchSwarms(dir, swarmClusters);
     for (const s of started.reverse()) await killHard(s);
     rmSync(dir, { recursive: true, force: true });
   }
