@@ -11,6 +11,11 @@
 //   swarmd        load -> UdpIngress (one Node process, one thread), round-robin over the 3 backends
 //   swarmd-mesh   load -> UdpIngress -> a loopback TCP connection per flow carrying framed datagrams (the stand-in
 //                 for the tunnel stream; no TLS or HTTP/2) -> serveRemote process -> backend
+//   daemon-local  real swarmd daemons (lib/lb-swarm.ts): load -> the worker's published UDP port, 3 local tasks
+//                 (nginx answering each datagram on $PORT)
+//   daemon-mesh   load -> the manager's published port: each flow crosses to the worker in a stream of the HTTP/2
+//                 tunnel over the data path (TLS 1.3), which relays it to a task
+//   *-t0          the same two with --lb-threads 0 (ports served in the daemon's main thread)
 // Each figure is the median over interleaved rounds; CPU seconds of the proxy processes are reported per request.
 // Needs nginx with the stream module (Debian: apt-get install -y nginx libnginx-mod-stream); says so when missing.
 // BENCH_LB_SECONDS and BENCH_LB_ROUNDS shorten a run. This file is also the entry point of its child processes.
