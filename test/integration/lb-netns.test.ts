@@ -1,11 +1,12 @@
 // The load balancer between two hosts: a manager in this network namespace and a worker in a namespace of its own,
 // joined by a veth pair (test/helpers/netns.ts), so the hop between them crosses a real link between two network
 // stacks rather than one loopback. Requests to the manager's published port reach the worker's tasks over the data
-// path (direct TLS 1.3 on the worker's --data-path-port); once a firewall in the worker's namespace drops that port,
-// new tunnels fall back to the libp2p mesh and requests are answered again.
+// path (direct TLS 1.3 on the worker's --data-path-port), over TCP and UDP; once a firewall in the worker's namespace
+// drops that port, new tunnels fall back to the libp2p mesh and requests are answered again.
 //
 // Needs root (namespaces, iptables in the worker's namespace). In CI it runs and fails without it; elsewhere it is
 // skipped for a regular user.
+import { createSocket } from 'node:dgram';
 import { get as httpGet } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiClient } from '../../daemon/api/client.ts';
@@ -17,7 +18,9 @@ const mustRun = process.getuid?.() === 0 || process.env.CI !== undefined;
 const BASE = 45000 + Math.floor(Math.random() * 400) * 5;
 const PUBLISHED = BASE + 3;
 const DATA_PATH_PORT = 4790;
-const BACKEND = `require('node:http').createServer((req, res) => res.end(\`\${process.env.PORT} \${process.pid}\`)).listen(Number(process.env.PORT), '127.0.0.1');`;
+// The tasks answer "PORT PID" over HTTP and to every datagram, both on $PORT: the service publishes one number over
+// TCP and UDP.
+const BACKEND = `const p = Number(process.env.PORT), id = \`\${p} \${process.pid}\`; require('node:http').createServer((req, res) => res.end(id)).listen(p, '127.0.0.1'); const u = require('node:dgram').createSocket('udp4'); u.on('message', (m, r) => u.send(id, r.port, r.address)); u.bind(p, '127.0.0.1');`;
 
 let worker: NamespaceHost | undefined;
 let cluster: SwarmProcesses | undefined;
@@ -39,6 +42,19 @@ function fetchOnce(): Promise<string> {
     req.on('timeout', () => req.destroy(new Error('request timed out')));
     req.on('error', reject);
   });
+}
+
+/** One datagram to m1's published port from a socket of its own (a new flow); resolves with the answer. */
+function askUdp(): Promise<string> {
+  const socket = createSocket('udp4');
+  return new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no UDP answer in 3 s')), 3000);
+    socket.once('message', (message) => {
+      clearTimeout(timer);
+      resolve(message.toString());
+    });
+    socket.send('q', PUBLISHED, worker!.localIp);
+  }).finally(() => socket.close());
 }
 
 const metricsOf = (node: NodeProcess) => new ApiClient(node.socket, { timeoutMs: 10_000 }).metrics();
@@ -75,6 +91,8 @@ describe.runIf(mustRun)('load balancer across two network namespaces', () => {
       'node.role==worker',
       '--publish',
       `${PUBLISHED}:80`,
+      '--publish',
+      `${PUBLISHED}:80/udp`,
       '--',
       process.execPath,
       '-e',
@@ -92,7 +110,7 @@ describe.runIf(mustRun)('load balancer across two network namespaces', () => {
     worker?.destroy();
   });
 
-  it("reaches the worker's tasks from the manager's port over the data path", async () => {
+  it("reaches the worker's tasks from the manager's port, TCP and UDP, over the data path", async () => {
     expect(w1.output()).toContain(`lb: data path on ${worker!.ip}:${DATA_PATH_PORT}`);
     await waitFor(
       () =>
@@ -109,6 +127,10 @@ describe.runIf(mustRun)('load balancer across two network namespaces', () => {
     const ports = new Set<string>();
     for (let i = 0; i < 10; i++) ports.add((await fetchOnce()).split(' ')[0]!);
     expect(ports.size).toBe(2);
+    // The same number over UDP: each new flow crosses to the worker too, and round-robin reaches both tasks.
+    const udpPorts = new Set<string>();
+    for (let i = 0; i < 6; i++) udpPorts.add((await askUdp()).split(' ')[0]!);
+    expect(udpPorts).toEqual(ports);
     expect(await tunnelsOut('direct')).toBeGreaterThan(0);
     expect(await tunnelsOut('mesh')).toBe(0);
     expect(await metricsOf(w1)).toMatch(/^swarmd_lb_tunnels\{direction="in",path="direct"\} [1-9]/m);
@@ -139,5 +161,6 @@ describe.runIf(mustRun)('load balancer across two network namespaces', () => {
     );
     expect(await tunnelsOut('direct')).toBe(0);
     for (let i = 0; i < 5; i++) expect(await fetchOnce()).toMatch(/^\d+ \d+$/);
+    for (let i = 0; i < 3; i++) expect(await askUdp()).toMatch(/^\d+ \d+$/);
   }, 120_000);
 });
