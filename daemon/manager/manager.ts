@@ -133,10 +133,12 @@ export class Manager {
       self?.endpoints.invalidate();
     });
     if (opts.watch) store.watch(opts.watch);
+    let raftNode: RaftNode | undefined;
     const transport = new MeshRaftTransport({
       host: opts.host,
       gate: opts.gate,
       peerOf: (nodeId) => store.get<NodeRecord>('nodes', nodeId)?.peerId ?? opts.peerHint(nodeId),
+      accepts: (nodeId) => acceptsRaftFrom(store, raftNode, nodeId),
       log: opts.log,
     });
     await transport.start();
@@ -152,6 +154,7 @@ export class Manager {
       raft: { electionTicks: 10, heartbeatTicks: 2 },
       log: opts.log,
     });
+    raftNode = raft;
     const manager = new Manager(opts, store, raft);
     self = manager;
     manager.leaderLoop = setInterval(() => manager.leaderTick(), 250);
@@ -713,4 +716,17 @@ function validTaskAddress(value: unknown): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Whether Raft messages from a manager are taken: not from one the last --force-new-cluster left out, unless it
+ * has been made a manager again or is a Raft member again. Such a manager, back with its old data, may lead the
+ * old membership with a higher term, and its messages would unseat this cluster's leader for good. Only those are
+ * refused, not every node the store calls a worker: a member that lags behind may not know yet that a new leader
+ * was promoted, and must still take its messages to catch up.
+ */
+function acceptsRaftFrom(store: ClusterStore, raft: RaftNode | undefined, nodeId: string): boolean {
+  const leftOut = store.getCluster<ClusterRecord>()?.leftOut;
+  if (leftOut === undefined || !leftOut.includes(nodeId)) return true;
+  return store.get<NodeRecord>('nodes', nodeId)?.role === 'manager' || raft === undefined || raft.isMember(nodeId);
 }

@@ -28,6 +28,12 @@ export interface MeshRaftTransportOptions {
   gate: MembershipGate;
   /** PeerId of a manager by its node ID (from the store), or undefined when unknown. */
   peerOf: (nodeId: string) => string | undefined;
+  /**
+   * Whether messages from this member are taken now, checked for every frame: a stream stays open while roles
+   * change, and one opened before this manager had its store (the role check at open then had only the peer's
+   * certificate to go by) must not keep a former manager's messages coming. Left out: all members' are.
+   */
+  accepts?: (nodeId: string) => boolean;
   log?: (level: 'info' | 'warn', message: string) => void;
 }
 
@@ -134,6 +140,13 @@ export class MeshRaftTransport implements RaftTransport {
       return;
     }
     for await (const frame of stream) {
+      if (this.opts.accepts && !this.opts.accepts(sender.nodeId)) {
+        // A manager left out (demoted, or by --force-new-cluster) that still speaks for an old membership: its
+        // messages (a higher term, a vote request) would unseat this cluster's leader.
+        this.opts.log?.('warn', `raft: closing stream from ${sender.nodeId}: not a manager of this cluster`);
+        stream.abort(new Error('not a manager of this cluster'));
+        return;
+      }
       if (!Array.isArray(frame)) {
         stream.abort(new InvalidMessageError('raft frame is not a list of messages'));
         return;

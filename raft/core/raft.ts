@@ -498,6 +498,11 @@ export class Raft {
     }
   }
 
+  /** Whether the node is a voter or a learner of the current configuration. */
+  isMember(id: NodeId): boolean {
+    return this.conf.voters.includes(id) || this.conf.learners.includes(id);
+  }
+
   status(): RaftStatus {
     const progress: Record<NodeId, PeerStatus> = {};
     if (this.role === 'leader') {

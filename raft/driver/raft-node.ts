@@ -249,6 +249,11 @@ export class RaftNode {
     return this.raft.status().role === 'leader';
   }
 
+  /** Whether the node is a voter or a learner of the current configuration. */
+  isMember(id: string): boolean {
+    return this.raft.isMember(id);
+  }
+
   /** Resolves when this member sees some leader (tests and start-up). */
   async waitForLeader(timeoutMs = 10_000): Promise<NodeId> {
     const deadline = Date.now() + timeoutMs;
