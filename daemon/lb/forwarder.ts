@@ -43,16 +43,12 @@ interface Conn {
 
 export class Ingress extends PortIngress {
   private readonly options: IngressOptions;
-  private readonly maxAttempts: number;
-  private readonly connectTimeoutMs: number;
   private readonly server: Server;
   private readonly conns = new Set<Conn>();
 
   constructor(options: IngressOptions) {
-    super(options);
+    super(options, 'tcp');
     this.options = options;
-    this.maxAttempts = Math.max(1, options.maxAttempts ?? 3);
-    this.connectTimeoutMs = options.connectTimeoutMs ?? 5000;
     this.server = createServer(
       // Clients stay unread until a backend is ready: what makes retrying safe. noDelay: each chunk is forwarded
       // as it comes, so Nagle on our side would only add latency.
@@ -83,7 +79,7 @@ export class Ingress extends PortIngress {
   /** Counters now, bytes of open connections included. Tasks gone from the table with nothing open are dropped after. */
   stats(): ServiceStats {
     for (const conn of this.conns) this.countBytes(conn);
-    return this.counters.snapshot(this.listeningPort, this.picker.current(String(this.listeningPort)));
+    return this.counters.snapshot(this.listeningPort, this.currentService());
   }
 
   /** Stops listening and cuts every open connection. */
@@ -117,17 +113,12 @@ export class Ingress extends PortIngress {
 
   private attempt(conn: Conn): void {
     if (conn.state !== 'connecting') return;
-    const service = conn.attempts < this.maxAttempts ? this.picker.current(String(this.listeningPort)) : undefined;
-    const endpoint = service === undefined ? undefined : this.picker.choose(service, conn.tried);
-    if (service === undefined || endpoint === undefined) {
-      this.counters.service.errors++;
+    const next = this.nextAttempt(conn);
+    if (next === undefined) {
       this.destroyConn(conn);
       return;
     }
-    this.counters.noteService(service);
-    if (conn.attempts > 0) this.counters.service.retries++;
-    conn.attempts++;
-    conn.tried.add(endpoint.taskId);
+    const { service, endpoint } = next;
     const onResult = (err: Error | undefined, backend: Duplex | undefined, early?: Buffer) => {
       conn.pending = undefined;
       conn.abort = undefined;
@@ -148,7 +139,7 @@ export class Ingress extends PortIngress {
       }
       this.startForwarding(conn, endpoint.taskId, backend, early);
     };
-    if (endpoint.nodeId === this.options.nodeId) {
+    if (endpoint.nodeId === this.nodeId) {
       conn.pending = connectTask(endpoint.address, this.connectTimeoutMs, (err, socket) => {
         if (socket !== undefined && service.proxyProtocol) socket.write(encodeProxyV2(clientAddresses(conn.client)));
         onResult(err, socket);

@@ -11,7 +11,7 @@ import { Ingress } from './forwarder.ts';
 import { OutlierDetector } from './outliers.ts';
 import type { PortIngress } from './port-ingress.ts';
 import type { ServiceStats } from './stats.ts';
-import { forgetGone, parsePortLabel, portLabel, type TableService } from './table.ts';
+import { forgetGone, portLabel, type TablePort, type TableService } from './table.ts';
 import { UdpIngress } from './udp-ingress.ts';
 
 export interface IngressSetOptions {
@@ -76,7 +76,8 @@ export class IngressSet implements PublishedPorts {
   /** Applies a new table. */
   update(table: readonly TableService[]): void {
     if (this.closed) return;
-    const wanted = new Map<string, ServiceEndpoints>();
+    /** By portLabel: the port as the table gives it, and its view. */
+    const wanted = new Map<string, { port: TablePort; view: ServiceEndpoints }>();
     this.peers.clear();
     for (const service of table) {
       for (const e of service.endpoints) this.peers.set(e.nodeId, e.peerId);
@@ -88,27 +89,30 @@ export class IngressSet implements PublishedPorts {
         // host mode: a node with no task of its own does not listen at all.
         if (local && endpoints.length === 0) continue;
         wanted.set(portLabel(port), {
-          serviceId: service.serviceId,
-          serviceName: service.serviceName,
-          algorithm: service.algorithm,
-          proxyProtocol: port.proxyProtocol,
-          endpoints,
-          draining: new Set(service.draining),
+          port,
+          view: {
+            serviceId: service.serviceId,
+            serviceName: service.serviceName,
+            algorithm: service.algorithm,
+            proxyProtocol: port.proxyProtocol,
+            endpoints,
+            draining: new Set(service.draining),
+          },
         });
       }
     }
     this.views.clear();
-    for (const [port, view] of wanted) this.views.set(port, view);
+    for (const [label, { view }] of wanted) this.views.set(label, view);
     this.forgetDrained(table);
     for (const [port, entry] of this.ports) {
       if (!wanted.has(port)) this.stop(port, entry);
     }
     const now = Date.now();
-    for (const port of wanted.keys()) {
-      if (this.ports.has(port)) continue;
-      const failed = this.failedAt.get(port);
+    for (const [label, { port }] of wanted) {
+      if (this.ports.has(label)) continue;
+      const failed = this.failedAt.get(label);
       if (failed !== undefined && now - failed < (this.opts.retryMs ?? 10_000)) continue;
-      this.start(port);
+      this.start(label, port);
     }
   }
 
@@ -148,8 +152,7 @@ export class IngressSet implements PublishedPorts {
     await Promise.all(all.map((p) => p.ready.then(() => p.ingress.close())));
   }
 
-  private start(label: string): void {
-    const [published, protocol] = parsePortLabel(label);
+  private start(label: string, { published, protocol }: TablePort): void {
     const options = {
       nodeId: this.opts.nodeId,
       port: published,

@@ -1,7 +1,7 @@
 // What the two kinds of ingress for one published port (forwarder.ts for TCP, udp-ingress.ts for UDP) share: the
 // choice of task (picker.ts), the drains and counters it reads, and how an ingress set drives them.
 import { DrainTracker } from './drain-tracker.ts';
-import type { TaskId } from './endpoints.ts';
+import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
 import { OutlierDetector } from './outliers.ts';
 import { TaskPicker, type TaskPickerOptions } from './picker.ts';
 import type { DialRemote } from './remote.ts';
@@ -27,7 +27,17 @@ export interface PortIngressOptions extends TaskPickerOptions {
   log?: (msg: string) => void;
 }
 
+/** A client connection (TCP) or flow (UDP) as far as choosing its task goes. */
+export interface Attempts {
+  /** Tasks tried for it so far. */
+  tried: Set<TaskId>;
+  attempts: number;
+}
+
 export abstract class PortIngress {
+  protected readonly nodeId: string;
+  protected readonly maxAttempts: number;
+  protected readonly connectTimeoutMs: number;
   protected readonly outliers: OutlierDetector;
   protected readonly log: (msg: string) => void;
   /** Connections (or flows) per task, and the tasks drain() was called for (excluded whatever the table says). */
@@ -37,7 +47,14 @@ export abstract class PortIngress {
   /** The bound port; 0 until listening. */
   protected listeningPort = 0;
 
-  constructor(options: PortIngressOptions) {
+  /** "8080" or "53/udp", for log lines. */
+  private readonly protocolSuffix: string;
+
+  constructor(options: PortIngressOptions, protocol: 'tcp' | 'udp') {
+    this.nodeId = options.nodeId;
+    this.maxAttempts = Math.max(1, options.maxAttempts ?? 3);
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 5000;
+    this.protocolSuffix = protocol === 'udp' ? '/udp' : '';
     this.outliers = options.outliers ?? new OutlierDetector();
     this.log = options.log ?? (() => {});
     this.picker = new TaskPicker(options, {
@@ -56,6 +73,33 @@ export abstract class PortIngress {
 
   /** Stops listening and ends whatever is open. */
   abstract close(): Promise<void>;
+
+  /**
+   * The next task for a client, counted: its service and endpoint, or undefined when there is none left to try (no
+   * service, every task tried or excluded, or maxAttempts reached), which counts as the client's failure.
+   */
+  protected nextAttempt(client: Attempts): { service: ServiceEndpoints; endpoint: Endpoint } | undefined {
+    const service = client.attempts < this.maxAttempts ? this.picker.current(this.portName()) : undefined;
+    const endpoint = service === undefined ? undefined : this.picker.choose(service, client.tried);
+    if (service === undefined || endpoint === undefined) {
+      this.counters.service.errors++;
+      return undefined;
+    }
+    this.counters.noteService(service);
+    if (client.attempts > 0) this.counters.service.retries++;
+    client.attempts++;
+    client.tried.add(endpoint.taskId);
+    return { service, endpoint };
+  }
+
+  /** The endpoint table for the port as of now (undefined when the service is gone). */
+  protected currentService(): ServiceEndpoints | undefined {
+    return this.picker.current(this.portName());
+  }
+
+  protected portName(): string {
+    return `${this.listeningPort}${this.protocolSuffix}`;
+  }
 
   get port(): number {
     return this.listeningPort;

@@ -13,12 +13,6 @@ export interface TablePort {
 
 export { portLabel };
 
-/** The number and protocol of a portLabel. */
-export function parsePortLabel(label: string): [number, 'tcp' | 'udp'] {
-  const [published, protocol] = label.split('/');
-  return [Number(published), protocol === 'udp' ? 'udp' : 'tcp'];
-}
-
 export interface TableEndpoint {
   taskId: string;
   nodeId: string;

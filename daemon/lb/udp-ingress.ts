@@ -36,6 +36,8 @@ const MAX_KEPT_BYTES = 16 * 1024 * 1024;
 const RETRY_WINDOW_MS = 2000;
 
 interface Flow {
+  /** "address|port": its key in the flow table. */
+  key: string;
   address: string;
   port: number;
   state: 'connecting' | 'forwarding' | 'closed';
@@ -61,7 +63,6 @@ interface Flow {
 
 export class UdpIngress extends PortIngress {
   private readonly options: UdpIngressOptions;
-  private readonly maxAttempts: number;
   private readonly idleTimeoutMs: number;
   private readonly maxFlows: number;
   private readonly flows = new Map<string, Flow>();
@@ -73,9 +74,8 @@ export class UdpIngress extends PortIngress {
   private overflowLogged = false;
 
   constructor(options: UdpIngressOptions) {
-    super(options);
+    super(options, 'udp');
     this.options = options;
-    this.maxAttempts = Math.max(1, options.maxAttempts ?? 3);
     this.idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
     this.maxFlows = options.maxFlows ?? 8192;
   }
@@ -104,7 +104,7 @@ export class UdpIngress extends PortIngress {
 
   /** Counters now; for UDP a "connection" is a flow. */
   stats(): ServiceStats {
-    return this.counters.snapshot(this.listeningPort, this.picker.current(this.portName()));
+    return this.counters.snapshot(this.listeningPort, this.currentService());
   }
 
   /** Stops receiving and ends every flow. */
@@ -130,10 +130,6 @@ export class UdpIngress extends PortIngress {
     });
   }
 
-  private portName(): string {
-    return `${this.listeningPort}/udp`;
-  }
-
   private onDatagram(datagram: Buffer, from: RemoteInfo): void {
     const key = `${from.address}|${from.port}`;
     let flow = this.flows.get(key);
@@ -145,7 +141,7 @@ export class UdpIngress extends PortIngress {
         this.overflowLogged = true;
         return;
       }
-      flow = this.newFlow(from);
+      flow = this.newFlow(key, from);
       this.flows.set(key, flow);
     }
     flow.lastSeen = Date.now();
@@ -156,10 +152,11 @@ export class UdpIngress extends PortIngress {
     else if (flow.state === 'connecting' && flow.attempts === 0) this.attempt(flow);
   }
 
-  private newFlow(from: RemoteInfo): Flow {
+  private newFlow(key: string, from: RemoteInfo): Flow {
     this.counters.service.connectionsTotal++;
     this.counters.service.connectionsActive++;
     return {
+      key,
       address: from.address,
       port: from.port,
       state: 'connecting',
@@ -205,18 +202,13 @@ export class UdpIngress extends PortIngress {
   private attempt(flow: Flow): void {
     if (flow.state === 'closed') return;
     flow.state = 'connecting';
-    const service = flow.attempts < this.maxAttempts ? this.picker.current(this.portName()) : undefined;
-    const endpoint = service === undefined ? undefined : this.picker.choose(service, flow.tried);
-    if (service === undefined || endpoint === undefined) {
-      this.counters.service.errors++;
+    const next = this.nextAttempt(flow);
+    if (next === undefined) {
       this.closeFlow(flow);
       return;
     }
-    this.counters.noteService(service);
-    if (flow.attempts > 0) this.counters.service.retries++;
-    flow.attempts++;
-    flow.tried.add(endpoint.taskId);
-    if (endpoint.nodeId === this.options.nodeId) this.connectLocal(flow, service, endpoint);
+    const { service, endpoint } = next;
+    if (endpoint.nodeId === this.nodeId) this.connectLocal(flow, service, endpoint);
     else this.connectRemote(flow, service, endpoint);
   }
 
@@ -251,8 +243,7 @@ export class UdpIngress extends PortIngress {
     const abort = new AbortController();
     flow.abort = abort;
     const header = encodeRemoteHeader({ taskId: endpoint.taskId, udp: true });
-    const timeoutMs = this.options.connectTimeoutMs ?? 5000;
-    openTaskStream(dialRemote, endpoint, header, timeoutMs, abort, (err, stream, early) => {
+    openTaskStream(dialRemote, endpoint, header, this.connectTimeoutMs, abort, (err, stream, early) => {
       flow.abort = undefined;
       if (flow.state === 'closed') {
         stream?.destroy();
@@ -371,7 +362,7 @@ export class UdpIngress extends PortIngress {
     this.endBackend(flow);
     this.forgetUnanswered(flow);
     flow.state = 'closed';
-    this.flows.delete(`${flow.address}|${flow.port}`);
+    this.flows.delete(flow.key);
     this.counters.service.connectionsActive--;
     if (this.flows.size < this.maxFlows) this.overflowLogged = false;
   }

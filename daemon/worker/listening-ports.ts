@@ -16,6 +16,7 @@
 import { createReadStream } from 'node:fs';
 import { readdir, readFile, readlink } from 'node:fs/promises';
 import { isDeepStrictEqual } from 'node:util';
+import { portLabel } from '../api/services.ts';
 import type { HostPortInUse } from '../api/types.ts';
 
 /** How often the ports are read again. */
@@ -168,31 +169,29 @@ export class ListeningPorts {
     ]);
     const [low, high] = parsePortRange(range);
     const excluded = new Set(this.opts.exclude());
-    /** "8080/tcp" -> the inodes of the sockets holding it. */
-    const inodesByPort = new Map<string, number[]>();
+    /** By "8080/tcp" (the form exclude() names them in): the port and the inodes of the sockets holding it. */
+    const held = new Map<string, { port: number; protocol: 'tcp' | 'udp'; inodes: number[] }>();
     const sockets = [
       ...[...tcp, ...tcp6].map((socket) => ({ socket, protocol: 'tcp' as const })),
       ...[...udp, ...udp6].map((socket) => ({ socket, protocol: 'udp' as const })),
     ];
     for (const { socket, protocol } of sockets) {
-      const label = `${socket.port}/${protocol}`;
+      const label = portLabel({ published: socket.port, protocol });
       if ((socket.port >= low && socket.port <= high) || excluded.has(label)) continue;
       if (!blocksIngress(socket, this.opts.bindHost)) continue;
-      const inodes = inodesByPort.get(label);
-      if (inodes) inodes.push(socket.inode);
-      else inodesByPort.set(label, [socket.inode]);
+      const entry = held.get(label);
+      if (entry) entry.inodes.push(socket.inode);
+      else held.set(label, { port: socket.port, protocol, inodes: [socket.inode] });
     }
-    const wanted = [...inodesByPort];
-    const inodes = new Set(wanted.flatMap(([, ids]) => ids));
+    const inodes = new Set([...held.values()].flatMap((entry) => entry.inodes));
     for (const inode of this.owners.keys()) if (!inodes.has(inode)) this.owners.delete(inode);
     const unknown = [...inodes].filter((inode) => inode !== 0 && !this.owners.has(inode));
     if (unknown.length > 0) await this.findOwners(new Set(unknown));
-    const ports: HostPortInUse[] = wanted
-      .map(([label, ids]) => {
+    const ports: HostPortInUse[] = [...held.values()]
+      .map(({ port, protocol, inodes: ids }) => {
         const owner = ids.map((id) => this.owners.get(id)).find(Boolean);
-        const [port, protocol] = label.split('/');
         return {
-          port: Number(port),
+          port,
           ...(protocol === 'udp' ? { protocol: 'udp' as const } : {}),
           ...(owner ? { process: owner } : {}),
         };

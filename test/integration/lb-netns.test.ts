@@ -6,13 +6,13 @@
 //
 // Needs root (namespaces, iptables in the worker's namespace). In CI it runs and fails without it; elsewhere it is
 // skipped for a regular user.
-import { createSocket } from 'node:dgram';
 import { get as httpGet } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiClient } from '../../daemon/api/client.ts';
 import type { Task } from '../../daemon/api/services.ts';
 import { NamespaceHost } from '../helpers/netns.ts';
 import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
+import { askUdp } from '../helpers/udp-ask.ts';
 
 const mustRun = process.getuid?.() === 0 || process.env.CI !== undefined;
 const BASE = 45000 + Math.floor(Math.random() * 400) * 5;
@@ -45,17 +45,7 @@ function fetchOnce(): Promise<string> {
 }
 
 /** One datagram to m1's published port from a socket of its own (a new flow); resolves with the answer. */
-function askUdp(): Promise<string> {
-  const socket = createSocket('udp4');
-  return new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no UDP answer in 3 s')), 3000);
-    socket.once('message', (message) => {
-      clearTimeout(timer);
-      resolve(message.toString());
-    });
-    socket.send('q', PUBLISHED, worker!.localIp);
-  }).finally(() => socket.close());
-}
+const askM1 = () => askUdp(worker!.localIp, PUBLISHED, 'q', 3000);
 
 const metricsOf = (node: NodeProcess) => new ApiClient(node.socket, { timeoutMs: 10_000 }).metrics();
 
@@ -129,7 +119,7 @@ describe.runIf(mustRun)('load balancer across two network namespaces', () => {
     expect(ports.size).toBe(2);
     // The same number over UDP: each new flow crosses to the worker too, and round-robin reaches both tasks.
     const udpPorts = new Set<string>();
-    for (let i = 0; i < 6; i++) udpPorts.add((await askUdp()).split(' ')[0]!);
+    for (let i = 0; i < 6; i++) udpPorts.add((await askM1()).split(' ')[0]!);
     expect(udpPorts).toEqual(ports);
     expect(await tunnelsOut('direct')).toBeGreaterThan(0);
     expect(await tunnelsOut('mesh')).toBe(0);
@@ -161,6 +151,6 @@ describe.runIf(mustRun)('load balancer across two network namespaces', () => {
     );
     expect(await tunnelsOut('direct')).toBe(0);
     for (let i = 0; i < 5; i++) expect(await fetchOnce()).toMatch(/^\d+ \d+$/);
-    for (let i = 0; i < 3; i++) expect(await askUdp()).toMatch(/^\d+ \d+$/);
+    for (let i = 0; i < 3; i++) expect(await askM1()).toMatch(/^\d+ \d+$/);
   }, 120_000);
 });

@@ -27,6 +27,7 @@ import { TunnelDialer } from '../../daemon/lb/tunnel.ts';
 import { createMeshHost } from '../../daemon/mesh/host.ts';
 import { PROTOCOLS } from '../../daemon/mesh/protocols.ts';
 import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
+import { askUdp } from '../helpers/udp-ask.ts';
 
 const BASE = 47000 + Math.floor(Math.random() * 400) * 5;
 const PUBLISHED = BASE + 3;
@@ -46,21 +47,12 @@ const BACKEND = `require('node:http').createServer((req, res) => res.end(\`\${pr
 // A UDP task: answers each datagram with "PORT PID payload" on $PORT.
 const UDP_BACKEND = `const s = require('node:dgram').createSocket('udp4'); s.on('message', (m, r) => s.send(\`\${process.env.PORT} \${process.pid} \${m}\`, r.port, r.address)); s.bind(Number(process.env.PORT), '127.0.0.1');`;
 
-/** One datagram to host:port from a socket of its own (a new flow); resolves with the answer (bounded by 2 s). */
-function udpAsk(host: string, port: number, payload: string): Promise<string> {
-  const socket = createUdpSocket('udp4');
-  return new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no answer from ${host}:${port}`)), 2000);
-    socket.once('message', (message) => {
-      clearTimeout(timer);
-      const answer = message.toString();
-      const pid = Number(answer.split(' ')[1]);
-      if (pid > 0) pids.add(pid);
-      resolve(answer);
-    });
-    socket.once('error', reject);
-    socket.send(payload, port, host);
-  }).finally(() => socket.close());
+/** One datagram to host:port from a socket of its own (a new flow); the answer, its task's PID noted (2 s bound). */
+async function udpAsk(host: string, port: number, payload: string): Promise<string> {
+  const answer = await askUdp(host, port, payload, 2000);
+  const pid = Number(answer.split(' ')[1]);
+  if (pid > 0) pids.add(pid);
+  return answer;
 }
 
 /** One HTTP request on a new connection; resolves with the body, rejects on any failure (bounded by 10 s). */
@@ -383,11 +375,13 @@ describe('load balancer', () => {
     );
     try {
       const w1Id = swarmJson<{ nodeId: string }>(w1, 'info').nodeId;
-      const reported = () =>
+      /** The ports w1 reports held by host programs, in one protocol. */
+      const reportedBy = (protocol: 'tcp' | 'udp') =>
         swarmJson<SwarmNode[]>(m1, 'node', 'ls')
           .find((n) => n.id === w1Id)!
-          .description.hostPorts?.filter((p) => p.protocol !== 'udp')
+          .description.hostPorts?.filter((p) => (p.protocol ?? 'tcp') === protocol)
           .map((p) => p.port) ?? [];
+      const reported = () => reportedBy('tcp');
       // Nodes read their ports every 10 s and heartbeat when the set changed.
       await waitFor(
         () => held.every((port) => reported().includes(port)),
@@ -418,11 +412,7 @@ describe('load balancer', () => {
       const udpProgram = createUdpSocket('udp4');
       await new Promise<void>((resolve) => udpProgram.bind(udpHeld, HOSTS.w1, () => resolve()));
       try {
-        const reportedUdp = () =>
-          swarmJson<SwarmNode[]>(m1, 'node', 'ls')
-            .find((n) => n.id === w1Id)!
-            .description.hostPorts?.filter((p) => p.protocol === 'udp')
-            .map((p) => p.port) ?? [];
+        const reportedUdp = () => reportedBy('udp');
         await waitFor(
           () => reportedUdp().includes(udpHeld),
           30_000,

@@ -3,7 +3,7 @@
 // asking "does one more fit?" per task, capacity() says how many more of them a node takes, and the placement
 // loop just counts that down. rejection() names the first filter a node fails, to explain unplaced tasks the
 // way swarmkit does: counts per cause, most common first.
-import type { Task, TaskTemplate } from '../../api/services.ts';
+import { portLabel, type Task, type TaskTemplate } from '../../api/services.ts';
 import type { ClusterState } from './cluster.ts';
 import {
   allMatch,
@@ -28,7 +28,10 @@ export interface Demand {
 
 /** A task's host-mode published ports as the scheduler compares them with a node's (SchedulerNode.portsInUse). */
 export function hostPortLabels(task: Pick<Task, 'hostPorts' | 'hostUdpPorts'>): string[] {
-  return [...(task.hostPorts ?? []).map((p) => `${p}/tcp`), ...(task.hostUdpPorts ?? []).map((p) => `${p}/udp`)];
+  return [
+    ...(task.hostPorts ?? []).map((published) => portLabel({ published, protocol: 'tcp' })),
+    ...(task.hostUdpPorts ?? []).map((published) => portLabel({ published, protocol: 'udp' })),
+  ];
 }
 
 export function parseDemand(template: TaskTemplate, hostPorts: readonly string[] = []): Demand | { error: string } {

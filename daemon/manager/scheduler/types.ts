@@ -1,6 +1,6 @@
 // The scheduler's inputs and outputs: plain data, so the scheduler stays pure (no store, no I/O, no clock).
 
-import type { Task } from '../../api/services.ts';
+import { portLabel, type Task } from '../../api/services.ts';
 import { hostPortProtocol, type NodeAvailability, type NodeRole, type NodeState } from '../../api/types.ts';
 import type { NodeRecord } from '../nodes.ts';
 
@@ -74,7 +74,11 @@ export function schedulerNode(
       gpus,
     },
     ...(record.description.hostPorts?.length
-      ? { portsInUse: new Set(record.description.hostPorts.map((p) => `${p.port}/${hostPortProtocol(p)}`)) }
+      ? {
+          portsInUse: new Set(
+            record.description.hostPorts.map((p) => portLabel({ published: p.port, protocol: hostPortProtocol(p) })),
+          ),
+        }
       : {}),
   };
 }
