@@ -3,9 +3,11 @@
 // stripping and module loading memory (~50 MiB per process), which matters on small edge devices.
 //
 // Usage: npm run build [-- OUTDIR]   (default dist/)
-import { dirname, resolve } from 'node:path';
+import { copyFileSync, existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { NATIVE_RELAY_ADDON } from '../daemon/lb/native/build.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -36,6 +38,8 @@ export async function buildBundle(outdir: string = resolve(root, 'dist')): Promi
     },
     logLevel: 'warning',
   });
+  // The load balancer's native relay, where it was built: native-relay.ts looks for it next to the bundle's modules.
+  if (existsSync(NATIVE_RELAY_ADDON)) copyFileSync(NATIVE_RELAY_ADDON, join(outdir, 'relay.node'));
   return outdir;
 }
 

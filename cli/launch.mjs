@@ -6,15 +6,18 @@
 // it as is. Otherwise we install Node 24 LTS from the npm registry (the `node` package ships the real
 // binary) into .node/ once, and re-run under it. The same goes for dependencies: when node_modules is
 // missing or older than package-lock.json, `npm install` runs first, so a fresh clone needs no other step.
+// Last, the load balancer's native relay is compiled when missing or older than its source (one C file, about
+// a second); without a C compiler that is said once per run and the load balancer relays in JS instead.
 //
-// This file must stay plain JavaScript with no imports outside Node's standard library: it is what
-// runs before anything else is installed.
+// This file must stay plain JavaScript with no imports outside Node's standard library and this repo's own
+// plain-JavaScript build step: it is what runs before anything else is installed.
 //
 // Usage: node cli/launch.mjs SCRIPT [ARGS...]   (SCRIPT is a path relative to the repo root)
 import { spawnSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildNativeRelay } from '../daemon/lb/native/build.mjs';
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const MIN_NODE_MAJOR = 22;
@@ -78,6 +81,12 @@ export function ensureDependencies(nodeBin) {
   if (status !== 0) throw new Error(`npm install failed (exit ${status})`);
 }
 
+/** Builds the native relay if needed; a failure only costs the load balancer speed, so it is said, not fatal. */
+export function ensureNativeRelay() {
+  const failure = buildNativeRelay();
+  if (failure !== undefined) say(`native relay not built, the load balancer relays in JS: ${failure}`);
+}
+
 /**
  * Runs a command of this repo (the `swarmd` and `swarm` bin shims): the esbuild bundle from `npm run build`
  * when there is one (it needs far less memory, with a small young generation for an idle daemon), else the
@@ -86,6 +95,7 @@ export function ensureDependencies(nodeBin) {
 export function runCommand(name, args) {
   const nodeBin = ensureModernNode();
   ensureDependencies(nodeBin);
+  ensureNativeRelay();
   const bundle = join(REPO_ROOT, 'dist', `${name}.mjs`);
   const entry = existsSync(bundle) ? ['--max-semi-space-size=1', bundle] : [join(REPO_ROOT, 'cli', `${name}.ts`)];
   const result = spawnSync(nodeBin, [...entry, ...args], { stdio: 'inherit', env: envFor(nodeBin) });
@@ -102,6 +112,7 @@ function main(argv) {
   }
   const nodeBin = ensureModernNode();
   ensureDependencies(nodeBin);
+  ensureNativeRelay();
   const result = spawnSync(nodeBin, [resolve(REPO_ROOT, script), ...args], { stdio: 'inherit', env: envFor(nodeBin) });
   if (result.error) throw result.error;
   if (result.signal) process.kill(process.pid, result.signal);

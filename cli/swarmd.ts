@@ -10,6 +10,7 @@ import { parseArgs } from 'node:util';
 import { ApiClient } from '../daemon/api/client.ts';
 import { SWARMD_VERSION } from '../daemon/api/version.ts';
 import { MAX_LB_THREADS } from '../daemon/lb/ingress-threads.ts';
+import type { RelayMode } from '../daemon/lb/native-relay.ts';
 import { JoinTokenError } from '../daemon/mesh/pki.ts';
 import { type HostPort, Swarmd, SwarmdError } from '../daemon/swarmd.ts';
 import { parseNodeResources } from '../daemon/worker/accelerators/node-resources.ts';
@@ -39,6 +40,9 @@ Options:
   --ingress-host HOST            Address published ports listen on (default: all interfaces)
   --lb-threads N                 Threads serving published ports, ~17 MiB each (default: one per CPU, up
                                  to 4; 0, the daemon's main thread, on one CPU or under 2 GiB of memory)
+  --lb-relay auto|native|js      How forwarded connections to local tasks move their bytes: native, in C
+                                 threads (built at setup with the system's C compiler), or js, in the event
+                                 loop (default auto: native where it is built)
   --data-path-port PORT|off      Port of the load balancer's data path: direct TLS 1.3 connections between
                                  nodes, keyed over the mesh, on the listen address (default 0: any free
                                  port; off: all forwarded connections go through the mesh)
@@ -57,6 +61,13 @@ function parseDataPathPort(value: string): number | 'off' {
     throw new UsageError(`--data-path-port must be a port from 0 to 65535 or "off", got "${value}"`);
   }
   return port;
+}
+
+function parseLbRelay(value: string): RelayMode | 'auto' {
+  if (value !== 'auto' && value !== 'native' && value !== 'js') {
+    throw new UsageError(`--lb-relay must be auto, native or js, got "${value}"`);
+  }
+  return value;
 }
 
 function parseLbThreads(value: string): number {
@@ -133,6 +144,7 @@ export async function main(argv: string[]): Promise<number> {
       apptainer: { type: 'string' },
       'ingress-host': { type: 'string' },
       'lb-threads': { type: 'string' },
+      'lb-relay': { type: 'string' },
       'data-path-port': { type: 'string' },
       force: { type: 'boolean' },
       'force-new-cluster': { type: 'boolean' },
@@ -163,6 +175,7 @@ export async function main(argv: string[]): Promise<number> {
     ...(values.apptainer ? { apptainerBinary: values.apptainer } : {}),
     ...(values['ingress-host'] ? { ingressHost: checkIngressHost(values['ingress-host']) } : {}),
     ...(values['lb-threads'] === undefined ? {} : { lbThreads: parseLbThreads(values['lb-threads']) }),
+    ...(values['lb-relay'] === undefined ? {} : { lbRelay: parseLbRelay(values['lb-relay']) }),
     ...(values['data-path-port'] === undefined ? {} : { dataPathPort: parseDataPathPort(values['data-path-port']) }),
     ...(listen ? { listen } : {}),
     ...(advertise ? { advertise } : {}),

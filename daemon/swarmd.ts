@@ -15,6 +15,7 @@ import { meshTicketFetcher, serveDataPathTickets } from './lb/data-path-tickets.
 import { IngressSet, type PublishedPorts } from './lb/ingress-set.ts';
 import { defaultLbThreads, IngressThreads, MAX_LB_THREADS } from './lb/ingress-threads.ts';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './lb/metrics.ts';
+import { chooseRelayMode, type RelayMode } from './lb/native-relay.ts';
 import { serveRemote } from './lb/remote.ts';
 import { newMeshHopCounters } from './lb/stats.ts';
 import { validateTable } from './lb/table.ts';
@@ -74,6 +75,8 @@ export interface SwarmdOptions {
   forceNewCluster?: boolean;
   /** Threads that serve published ports (--lb-threads); 0: the main thread. Default defaultLbThreads(). */
   lbThreads?: number;
+  /** How forwarded connections to local tasks move their bytes (--lb-relay); default auto (native where built). */
+  lbRelay?: RelayMode | 'auto';
   /**
    * The load balancer's data path (--data-path-port): tunnels to this node over direct TLS connections on this port
    * (0: any free one), keyed over the mesh; 'off': every tunnel through the mesh. Default 0.
@@ -643,12 +646,14 @@ export class Swarmd {
     const dataPathPort = this.opts.dataPathPort ?? 0;
     const fetchTicket = dataPathPort === 'off' ? undefined : meshTicketFetcher(this.host, this.gate);
     const threads = Math.min(MAX_LB_THREADS, this.opts.lbThreads ?? defaultLbThreads());
+    const relay = chooseRelayMode(this.opts.lbRelay ?? 'auto', (message) => this.log('info', message));
     if (threads > 0) {
       // Each thread keeps its own tunnels: over the data path with tickets this thread fetches for it, or through
       // the mesh, whose streams this thread opens and relays.
       const ingresses = new IngressThreads({
         ...where,
         threads,
+        relay,
         openTunnel,
         ...(fetchTicket === undefined ? {} : { fetchTicket }),
       });
@@ -661,6 +666,7 @@ export class Swarmd {
       this.tunnels = tunnels;
       this.ingresses = new IngressSet({
         ...where,
+        relay,
         dialPeer: (peerId, header, signal) => tunnels.dial(peerId, header, signal),
       });
     }

@@ -7,21 +7,28 @@
 // never loses a byte, and the connection is tried on another task, up to maxAttempts. Each failure goes to outlier
 // detection. Once bytes flow, a failure ends the connection: it cannot be replayed.
 //
+// Moving the bytes: once a local task is connected, both sockets go to the native relay (native-relay.ts), whose
+// threads move the bytes from then on; where it is not built, or for the mesh hop (a stream, not a socket), pump.ts
+// does it in this thread.
+//
 // Nothing here reads the store: `services()` gives the current endpoint table for the port each time a connection
 // arrives, so an update by the control plane applies to the next connection.
-import { type AddressInfo, createServer, isIP, type Server, type Socket } from 'node:net';
+import { type AddressInfo, createServer, isIP, type Server, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
+import { type NativeRelay, nativeRelay, type RelayedConnection, type RelayMode } from './native-relay.ts';
 import { PortIngress, type PortIngressOptions } from './port-ingress.ts';
 import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
-import { pump } from './pump.ts';
+import { LINGER_MS, pump } from './pump.ts';
 import { connectTask, encodeRemoteHeader, openTaskStream, TaskDrainingError } from './remote.ts';
 import type { ServiceStats, TaskCounters } from './stats.ts';
 
 export { type DialRemote, serveRemote } from './remote.ts';
 
-/** Every field is described in port-ingress.ts; TCP needs nothing more. */
-export type IngressOptions = PortIngressOptions;
+export interface IngressOptions extends PortIngressOptions {
+  /** How a connection to a local task moves its bytes; default native where the relay is built, else js. */
+  relay?: RelayMode;
+}
 
 type ConnState = 'connecting' | 'forwarding' | 'closed';
 
@@ -36,6 +43,8 @@ interface Conn {
   task: TaskCounters | undefined;
   /** Tells the drain tracker this forwarded connection is closed. */
   release: (() => void) | undefined;
+  /** Set once the native relay holds the connection (the JS sockets are closed then). */
+  relayed: RelayedConnection | undefined;
   /** Parts of client.bytesRead / bytesWritten already added to the counters. */
   countedIn: number;
   countedOut: number;
@@ -45,10 +54,13 @@ export class Ingress extends PortIngress {
   private readonly options: IngressOptions;
   private readonly server: Server;
   private readonly conns = new Set<Conn>();
+  private readonly relay: NativeRelay | undefined;
 
   constructor(options: IngressOptions) {
     super(options, 'tcp');
     this.options = options;
+    const relay = options.relay === 'js' ? undefined : nativeRelay();
+    this.relay = typeof relay === 'string' ? undefined : relay;
     this.server = createServer(
       // Clients stay unread until a backend is ready: what makes retrying safe. noDelay: each chunk is forwarded
       // as it comes, so Nagle on our side would only add latency.
@@ -99,6 +111,7 @@ export class Ingress extends PortIngress {
       attempts: 0,
       task: undefined,
       release: undefined,
+      relayed: undefined,
       countedIn: 0,
       countedOut: 0,
     };
@@ -191,7 +204,19 @@ export class Ingress extends PortIngress {
     task.connectionsActive++;
     conn.release = this.drains.opened(taskId, () => this.destroyConn(conn));
     if (early !== undefined) conn.client.write(early);
+    // A local task's socket: the native relay takes both (unless a write, the PROXY header, is still queued).
+    if (this.relay !== undefined && backend instanceof Socket) {
+      conn.relayed = this.relay.handOver(conn.client, backend, LINGER_MS, () => this.onRelayEnd(conn));
+      if (conn.relayed !== undefined) return;
+    }
     pump(conn.client, backend, () => this.destroyConn(conn));
+  }
+
+  private onRelayEnd(conn: Conn): void {
+    // As with pump, how it ended does not matter here: bytes flowed, so nothing is retried or held against the task.
+    // Already closed (cut by a drain or close()): only the last bytes are left to count.
+    this.countBytes(conn);
+    this.destroyConn(conn);
   }
 
   private onClientClose(conn: Conn): void {
@@ -204,6 +229,7 @@ export class Ingress extends PortIngress {
     const wasForwarding = conn.state === 'forwarding';
     conn.state = 'closed';
     conn.abort?.abort(new Error('client connection closed'));
+    conn.relayed?.cut();
     conn.pending?.destroy();
     conn.client.destroy();
     this.conns.delete(conn);
@@ -215,8 +241,9 @@ export class Ingress extends PortIngress {
   }
 
   private countBytes(conn: Conn): void {
-    const read = conn.client.bytesRead;
-    const written = conn.client.bytesWritten;
+    const relayed = conn.relayed?.bytes();
+    const read = conn.client.bytesRead + (relayed?.aToB ?? 0);
+    const written = conn.client.bytesWritten + (relayed?.bToA ?? 0);
     const dIn = read - conn.countedIn;
     const dOut = written - conn.countedOut;
     if (dIn === 0 && dOut === 0) return;

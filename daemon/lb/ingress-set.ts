@@ -8,6 +8,7 @@ import { sharedCursor } from './balancer.ts';
 import { DrainTracker } from './drain-tracker.ts';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
 import { Ingress } from './forwarder.ts';
+import type { RelayMode } from './native-relay.ts';
 import { OutlierDetector } from './outliers.ts';
 import type { PortIngress } from './port-ingress.ts';
 import type { ServiceStats } from './stats.ts';
@@ -31,6 +32,8 @@ export interface IngressSetOptions {
   announcePorts?: boolean;
   /** Called when listening() may have changed. */
   onListeningChange?: () => void;
+  /** How TCP connections to local tasks move their bytes (forwarder.ts); default native where built. */
+  relay?: RelayMode;
 }
 
 /** What the daemon needs of its published ports, served in its own thread (IngressSet) or others (IngressThreads). */
@@ -164,6 +167,7 @@ export class IngressSet implements PublishedPorts {
         return this.opts.dialPeer(peerId, header, signal);
       },
       outliers: this.outliers,
+      ...(this.opts.relay === undefined ? {} : { relay: this.opts.relay }),
       ...(this.opts.reusePort ? { reusePort: true } : {}),
       // One slot per port number: 53/tcp and 53/udp share a rotation, which only costs evenness between the two.
       ...(this.opts.roundRobinSlots ? { roundRobinCursor: sharedCursor(this.opts.roundRobinSlots, published) } : {}),

@@ -44,6 +44,7 @@ const set = new IngressSet({
   roundRobinSlots: new Int32Array(data.roundRobinSlots),
   // The threads listen on the same ports: one of them says so.
   announcePorts: data.index === 0,
+  ...(data.relay === undefined ? {} : { relay: data.relay }),
   onListeningChange: () => post({ type: 'listening', ports: set.listening() }),
   log: (level, message) => post({ type: 'log', level, message }),
 });

@@ -25,6 +25,7 @@ import type { DataPathTicket, FetchTicket, TunnelPathCounts } from './data-path.
 import { DrainTracker } from './drain-tracker.ts';
 import type { TaskId } from './endpoints.ts';
 import type { PublishedPorts } from './ingress-set.ts';
+import type { RelayMode } from './native-relay.ts';
 import type { ServiceStats } from './stats.ts';
 import { forgetGone, type TableService } from './table.ts';
 import { serveTunnelRelay, type TunnelRelay } from './thread-relay.ts';
@@ -40,6 +41,7 @@ export interface IngressThreadData {
   dataPath: boolean;
   /** Round-robin cursors shared by every thread: 65536 Int32 slots, indexed by published port. */
   roundRobinSlots: SharedArrayBuffer;
+  relay: RelayMode | undefined;
 }
 
 export type ToIngressThread =
@@ -92,6 +94,8 @@ export interface IngressThreadsOptions {
   openTunnel: OpenTunnel;
   /** Data path tickets for the threads; left out, their tunnels go through the mesh only. */
   fetchTicket?: FetchTicket;
+  /** How TCP connections to local tasks move their bytes (forwarder.ts); default native where built. */
+  relay?: RelayMode;
   log: (level: 'info' | 'warn', message: string) => void;
 }
 
@@ -218,6 +222,7 @@ export class IngressThreads implements PublishedPorts {
       relayPath,
       dataPath: this.opts.fetchTicket !== undefined,
       roundRobinSlots: this.roundRobinSlots,
+      relay: this.opts.relay,
     };
     const worker = new Worker(THREAD_ENTRY, { workerData: data, name: `swarmd-lb-${index}` });
     const thread: Thread = {

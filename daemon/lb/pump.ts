@@ -19,7 +19,7 @@ import { connect, Socket, type TcpNetConnectOpts } from 'node:net';
 import type { Duplex } from 'node:stream';
 
 /** How long a side that finished cleanly may take to flush what it was sent before it is destroyed anyway. */
-const LINGER_MS = 30_000;
+export const LINGER_MS = 30_000;
 
 /** Per direction and connection; HAProxy's default buffer size too. */
 export const DIRECT_READ_BUFFER_BYTES = 16 * 1024;
@@ -73,6 +73,11 @@ export function connectDirect(options: TcpNetConnectOpts): Socket {
   reader.socket = socket;
   directReaders.set(socket, reader);
   return socket;
+}
+
+/** Whether a socket from connectDirect has read bytes that no pump() has forwarded yet (they are kept in JS). */
+export function hasUnforwardedReads(socket: Duplex): boolean {
+  return (directReaders.get(socket)?.early?.length ?? 0) > 0;
 }
 
 export function pump(a: Duplex, b: Duplex, done: (err: Error | undefined) => void): void {

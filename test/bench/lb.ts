@@ -5,8 +5,10 @@
 // Targets, each in its own processes:
 //   direct         wrk -> backend 1
 //   haproxy        wrk -> HAProxy, mode tcp, roundrobin over the 3 backends (nbthread default: one per CPU)
-//   swarmd         wrk -> Ingress (one Node process, one thread), round-robin over the 3 backends as local endpoints
+//   swarmd         wrk -> Ingress (one Node process, one thread), round-robin over the 3 backends as local endpoints;
+//                  each connection's bytes move in the native relay's threads (daemon/lb/native/relay.c)
 //   swarmd-2acc    the same with two acceptor threads on the port (SO_REUSEPORT, worker_threads)
+//   swarmd-js      as swarmd, with the bytes moved in JavaScript (pump.ts): what a Node proxy does alone
 //   mesh-hop       wrk -> Ingress process -> dialRemote -> serveRemote process -> backend. The hop between the two
 //                  Node processes is a LOOPBACK TCP CONNECTION PER CLIENT CONNECTION standing in for the libp2p mesh
 //                  stream (no encryption, no yamux): it measures the forwarder's two-hop cost, not libp2p's.
@@ -44,6 +46,7 @@ import { isMainThread, Worker, workerData } from 'node:worker_threads';
 import { ApiClient } from '../../daemon/api/client.ts';
 import { type DialRemote, Ingress } from '../../daemon/lb/forwarder.ts';
 import { defaultLbThreads } from '../../daemon/lb/ingress-threads.ts';
+import { nativeRelay, type RelayMode } from '../../daemon/lb/native-relay.ts';
 import { dialLoopback } from '../helpers/loopback-dial.ts';
 import { freePort } from '../helpers/loopback-tcp.ts';
 import type { SwarmProcesses } from '../helpers/swarm-processes.ts';
@@ -71,6 +74,7 @@ interface RoleArgs {
   backends: string[];
   node?: string;
   acceptors: number;
+  relay: RelayMode;
   n: number;
   maxSeconds: number;
 }
@@ -87,6 +91,7 @@ function parseRoleArgs(argv: string[]): RoleArgs {
     backends: (arg('backends') ?? '').split(',').filter((b) => b !== ''),
     ...(node === undefined ? {} : { node }),
     acceptors: Number(arg('acceptors') ?? 1),
+    relay: arg('relay') === 'js' ? 'js' : 'native',
     n: Number(arg('n') ?? 1),
     maxSeconds: Number(arg('max-seconds') ?? CHILD_MAX_SECONDS),
   };
@@ -111,6 +116,7 @@ async function runIngress(args: RoleArgs): Promise<void> {
     port: args.port,
     services: () => service,
     reusePort: args.acceptors > 1,
+    relay: args.relay,
     ...(remote ? { dialRemote: loopbackDialRemote(args.node!) } : {}),
     log: (msg) => process.stderr.write(`${msg}\n`),
   });
@@ -340,20 +346,36 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
     }
 
     const backends = backendAddresses.join(',');
-    for (const acceptors of [1, 2]) {
+    const native = nativeRelay();
+    if (typeof native === 'string') say(`NOTE: ${native}; the swarmd rows relay in JS too`);
+    const relayNote = (relay: RelayMode) =>
+      relay === 'js'
+        ? 'bytes moved in JS (pump.ts)'
+        : typeof native === 'string'
+          ? 'native relay MISSING, so JS'
+          : 'native relay';
+    const ingressRows: [string, number, RelayMode][] = [
+      ['swarmd', 1, 'native'],
+      ['swarmd-2acc', 2, 'native'],
+      ['swarmd-js', 1, 'js'],
+    ];
+    for (const [name, acceptors, relay] of ingressRows) {
       const port = await freePort();
       const ingress = await nodeChild(
         dir,
-        `ingress${acceptors}`,
-        ['--role', 'ingress', '--port', String(port), '--backends', backends, '--acceptors', String(acceptors)],
+        name,
+        ['--role', 'ingress', '--port', String(port), '--backends', backends, '--acceptors', String(acceptors)].concat(
+          '--relay',
+          relay,
+        ),
         () => httpReady(port),
       );
       started.push(ingress);
       targets.push({
-        name: acceptors === 1 ? 'swarmd' : `swarmd-${acceptors}acc`,
+        name,
         port,
         pids: [ingress.pid],
-        note: `Ingress, local endpoints, ${acceptors} acceptor thread(s)`,
+        note: `Ingress, local endpoints, ${acceptors} acceptor thread(s), ${relayNote(relay)}`,
       });
     }
 
@@ -487,6 +509,7 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
     for (const name of [
       'swarmd',
       'swarmd-2acc',
+      'swarmd-js',
       'mesh-hop',
       'daemon-local',
       'daemon-mesh',

@@ -1,0 +1,71 @@
+// Builds the native relay (relay.c) into build/relay.node with the system's C compiler. No node-gyp: one C file
+// against Node-API's headers (the node-api-headers package, from the Node project), whose ABI is stable across
+// Node versions, so the addon built under one Node runs under any later one.
+//
+// cli/launch.mjs calls buildNativeRelay() before every npm script, which rebuilds only when relay.c is newer than
+// the addon; without a compiler the load balancer relays in JavaScript instead (native-relay.ts says so at start).
+// Run directly (`npm run build:native`), it rebuilds if needed and fails when it cannot build: CI does that.
+//
+// Plain JavaScript, standard library only: it runs before anything else is set up.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, renameSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const SOURCE = join(HERE, 'relay.c');
+export const NATIVE_RELAY_ADDON = join(HERE, 'build', 'relay.node');
+
+/** Node-API headers: the node-api-headers package, else those installed with Node itself. */
+function headerDirs() {
+  const repo = resolve(HERE, '..', '..', '..');
+  const candidates = [
+    join(repo, 'node_modules', 'node-api-headers', 'include'),
+    resolve(dirname(process.execPath), '..', 'include', 'node'),
+    '/usr/include/node',
+  ];
+  return candidates.filter((dir) => existsSync(join(dir, 'node_api.h')));
+}
+
+function upToDate() {
+  return existsSync(NATIVE_RELAY_ADDON) && statSync(NATIVE_RELAY_ADDON).mtimeMs >= statSync(SOURCE).mtimeMs;
+}
+
+/**
+ * Builds the addon when it is missing or older than relay.c. Returns undefined when it is there (built or already
+ * current), else why it could not be built.
+ */
+export function buildNativeRelay() {
+  if (process.platform !== 'linux') return `the native relay is for Linux (this is ${process.platform})`;
+  if (upToDate()) return undefined;
+  const headers = headerDirs();
+  if (headers.length === 0) return 'no Node-API headers (npm install puts them in node_modules/node-api-headers)';
+  const compiler = process.env.CC || 'cc';
+  mkdirSync(dirname(NATIVE_RELAY_ADDON), { recursive: true });
+  // Written aside and renamed: a process loading the addon never sees half a file.
+  const partial = `${NATIVE_RELAY_ADDON}.${process.pid}.tmp`;
+  const result = spawnSync(
+    compiler,
+    ['-std=gnu11', '-O2', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared', '-pthread'].concat(
+      `-I${headers[0]}`,
+      '-o',
+      partial,
+      SOURCE,
+    ),
+    { encoding: 'utf8' },
+  );
+  if (result.error) return `${compiler} not found (install a C compiler, e.g. apt-get install gcc)`;
+  if (result.status !== 0) return `${compiler} failed:\n${result.stderr.trim()}`;
+  renameSync(partial, NATIVE_RELAY_ADDON);
+  return undefined;
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const failure = buildNativeRelay();
+  if (failure === undefined) {
+    process.stdout.write(`native relay: ${NATIVE_RELAY_ADDON}\n`);
+  } else {
+    process.stderr.write(`native relay not built: ${failure}\n`);
+    process.exitCode = 1;
+  }
+}
