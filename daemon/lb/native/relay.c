@@ -10,10 +10,12 @@
 // state is only ever touched by that thread, and needs no lock; JS only reads its byte counters (atomics) and may
 // ask to cut it (shutdown(2) under its JS thread's lock, see below).
 //
-// Per direction: one 16 KiB buffer (HAProxy's default too). Read until the buffer holds something, write it out,
-// repeat until read or write would block; epoll is edge-triggered, so each wakeup runs both directions until they
-// block again. An EOF from one side is passed on as shutdown(SHUT_WR) to the other once its buffer is flushed
-// (half-close, as pump.ts). The connection ends when both directions have, or at the first error.
+// Per direction: read up to 16 KiB (HAProxy's default buffer) into the relay thread's scratch buffer and write it
+// straight out; only what the destination does not take is copied into a buffer of the direction's own, which
+// stops reading from that source until it is flushed. So an idle connection holds no buffer (about 200 bytes in
+// all), and a busy one at most 16 KiB per blocked direction. epoll is edge-triggered: each wakeup runs both
+// directions until they block again. An EOF from one side is passed on as shutdown(SHUT_WR) to the other once its
+// bytes are flushed (half-close, as pump.ts). The connection ends when both directions have, or at the first error.
 //
 // Ownership: relay() dups the two descriptors, so JS closes its own sockets at once and the relay owns the
 // connection. When it ends, the relay thread closes its descriptors and queues the result to the JS thread that
@@ -63,7 +65,8 @@ typedef struct {
 
 /** One direction: bytes read from one side, not yet written to the other. */
 typedef struct {
-  char buffer[BUFFER_BYTES];
+  /** What the destination did not take yet (malloc'd, NULL when all is written), from start to end. */
+  char *pending;
   size_t start, end;
   /** The source side sent EOF. */
   int source_ended;
@@ -78,7 +81,7 @@ struct conn {
   direction a_to_b, b_to_a;
   relay_thread *thread;
   env_state *env;
-  /** In env->conns while its descriptors are open (JS may cut it only then). */
+  /** In env->conns while its descriptors are open: what a JS thread that stops has to cut. */
   conn *env_prev, *env_next;
   /** In thread->lingering while one side ended and the other holds unsent bytes. */
   conn *linger_prev, *linger_next;
@@ -88,6 +91,8 @@ struct conn {
   int64_t linger_queued;
   int64_t linger_ms;
   int finished;
+  /** Whether its descriptors are still open: JS may shutdown() them only then. Under env->lock. */
+  int open;
   /** errno of the failure that ended it; 0 for a clean end. */
   int error;
   napi_ref on_done;
@@ -95,6 +100,8 @@ struct conn {
 
 struct relay_thread {
   int epoll_fd;
+  /** Where every read lands first. */
+  char scratch[BUFFER_BYTES];
   /** Touched by this thread only. */
   conn *lingering;
   /** Finished in the current batch of events, to report after it. */
@@ -131,17 +138,22 @@ static void env_unref(env_state *env) {
 // ---------------------------------------------------------------------------------------------------------------
 // Relay threads
 
+static ssize_t send_some(int destination, const char *bytes, size_t length) {
+  return send(destination, bytes, length, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 /** Moves what it can from source to destination. Returns 0, or the errno that ends the connection. */
-static int run_direction(direction *d, int source, int destination) {
+static int run_direction(direction *d, int source, int destination, char *scratch) {
   for (;;) {
-    if (d->end > d->start) {
-      ssize_t n = send(destination, d->buffer + d->start, d->end - d->start, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (d->pending != NULL) {
+      ssize_t n = send_some(destination, d->pending + d->start, d->end - d->start);
       if (n < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
       d->start += (size_t)n;
       atomic_fetch_add_explicit(&d->bytes, (uint64_t)n, memory_order_relaxed);
-      continue;
+      if (d->start < d->end) continue;
+      free(d->pending);
+      d->pending = NULL;
     }
-    d->start = d->end = 0;
     if (d->source_ended) {
       if (!d->done) {
         d->done = 1;
@@ -150,12 +162,26 @@ static int run_direction(direction *d, int source, int destination) {
       }
       return 0;
     }
-    ssize_t n = recv(source, d->buffer, BUFFER_BYTES, MSG_DONTWAIT);
-    if (n < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
-    if (n == 0)
+    ssize_t got = recv(source, scratch, BUFFER_BYTES, MSG_DONTWAIT);
+    if (got < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
+    if (got == 0) {
       d->source_ended = 1;
-    else
-      d->end = (size_t)n;
+      continue;
+    }
+    ssize_t sent = send_some(destination, scratch, (size_t)got);
+    if (sent < 0) {
+      if (errno != EAGAIN && errno != EINTR) return errno;
+      sent = 0;
+    }
+    atomic_fetch_add_explicit(&d->bytes, (uint64_t)sent, memory_order_relaxed);
+    if (sent == got) continue;
+    // The destination is full: keep the rest, and read no more from this source until it is taken.
+    d->pending = malloc((size_t)(got - sent));
+    if (d->pending == NULL) return ENOMEM;
+    memcpy(d->pending, scratch + sent, (size_t)(got - sent));
+    d->start = 0;
+    d->end = (size_t)(got - sent);
+    return 0;
   }
 }
 
@@ -170,7 +196,7 @@ static void linger_unlink(conn *c) {
 /** Whether one direction is done and the other holds bytes its destination does not take. */
 static int waits_on_reader(conn *c) {
   direction *x = &c->a_to_b, *y = &c->b_to_a;
-  return (x->done && y->end > y->start) || (y->done && x->end > x->start);
+  return (x->done && y->pending != NULL) || (y->done && x->pending != NULL);
 }
 
 /** Bytes sent to both sides and not yet acknowledged by them (SIOCOUTQ). */
@@ -195,9 +221,10 @@ static void finish(conn *c, int error) {
   c->error = error;
   linger_unlink(c);
   env_state *env = c->env;
-  // Unlinked under the lock before the descriptors are closed: JS may shutdown() them only while linked, so it
-  // can never reach a descriptor number that has been closed and reused.
+  // Marked closed under the lock before the descriptors are closed: JS shutdown()s them only while open, so it can
+  // never reach a descriptor number that has been closed and reused by something else.
   pthread_mutex_lock(&env->lock);
+  c->open = 0;
   if (c->env_prev) c->env_prev->env_next = c->env_next;
   else env->conns = c->env_next;
   if (c->env_next) c->env_next->env_prev = c->env_prev;
@@ -206,6 +233,9 @@ static void finish(conn *c, int error) {
   epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_DEL, c->b.fd, NULL);
   close(c->a.fd);
   close(c->b.fd);
+  free(c->a_to_b.pending);
+  free(c->b_to_a.pending);
+  c->a_to_b.pending = c->b_to_a.pending = NULL;
   c->linger_next = c->thread->finished;
   c->thread->finished = c;
 }
@@ -229,8 +259,9 @@ static void report_finished(relay_thread *t) {
 static void run_conn(conn *c) {
   if (c->finished) return;
   uint64_t moved_before = bytes_moved(c);
-  int error = run_direction(&c->a_to_b, c->a.fd, c->b.fd);
-  if (error == 0) error = run_direction(&c->b_to_a, c->b.fd, c->a.fd);
+  char *scratch = c->thread->scratch;
+  int error = run_direction(&c->a_to_b, c->a.fd, c->b.fd, scratch);
+  if (error == 0) error = run_direction(&c->b_to_a, c->b.fd, c->a.fd, scratch);
   if (error != 0 || (c->a_to_b.done && c->b_to_a.done)) {
     finish(c, error);
     return;
@@ -352,7 +383,7 @@ static void env_cleanup(void *arg) {
   env_state *env = arg;
   pthread_mutex_lock(&env->lock);
   env->closing = 1;
-  for (conn *c = env->conns; c; c = c->env_next) {
+  for (conn *c = env->conns; c != NULL; c = c->env_next) {
     shutdown(c->a.fd, SHUT_RDWR);
     shutdown(c->b.fd, SHUT_RDWR);
   }
@@ -432,6 +463,7 @@ static napi_value js_relay(napi_env env, napi_callback_info info) {
 
   atomic_fetch_add(&state->refs, 1);
   pthread_mutex_lock(&state->lock);
+  c->open = 1;
   c->env_next = state->conns;
   if (c->env_next) c->env_next->env_prev = c;
   state->conns = c;
@@ -470,33 +502,29 @@ static napi_value js_relay(napi_env env, napi_callback_info info) {
   return handle;
 }
 
-/** Looks up a handle's connection while it is still open (linked in this thread's list), under the lock. */
-static conn *locked_open_conn(napi_env env, napi_value handle, env_state **state_out) {
-  env_state *state;
+/**
+ * The connection behind a handle. JS calls cut() and bytes() only until its onDone has run, and the connection is
+ * freed only after that (call_done), so the pointer is valid; whether its descriptors are still open is another
+ * matter (see open).
+ */
+static conn *conn_of(napi_env env, napi_value handle) {
   conn *c;
-  if (napi_get_instance_data(env, (void **)&state) != napi_ok || state == NULL) return NULL;
-  if (napi_get_value_external(env, handle, (void **)&c) != napi_ok) return NULL;
-  pthread_mutex_lock(&state->lock);
-  *state_out = state;
-  for (conn *open = state->conns; open; open = open->env_next)
-    if (open == c) return c;
-  pthread_mutex_unlock(&state->lock);
-  return NULL;
+  return napi_get_value_external(env, handle, (void **)&c) == napi_ok ? c : NULL;
 }
 
 /** cut(handle): ends the connection now (both sides get EOF, then the relay finishes and reports). */
 static napi_value js_cut(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  env_state *state;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1)
+  conn *c;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || (c = conn_of(env, argv[0])) == NULL)
     return throw_error(env, "cut(handle) needs a handle");
-  conn *c = locked_open_conn(env, argv[0], &state);
-  if (c != NULL) {
+  pthread_mutex_lock(&c->env->lock);
+  if (c->open) {
     shutdown(c->a.fd, SHUT_RDWR);
     shutdown(c->b.fd, SHUT_RDWR);
-    pthread_mutex_unlock(&state->lock);
   }
+  pthread_mutex_unlock(&c->env->lock);
   return NULL;
 }
 
@@ -504,20 +532,16 @@ static napi_value js_cut(napi_env env, napi_callback_info info) {
 static napi_value js_bytes(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
-  env_state *state;
+  conn *c;
   napi_typedarray_type type;
   size_t length;
   void *data;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
       napi_get_typedarray_info(env, argv[1], &type, &length, &data, NULL, NULL) != napi_ok ||
-      type != napi_float64_array || length < 2)
+      type != napi_float64_array || length < 2 || (c = conn_of(env, argv[0])) == NULL)
     return throw_error(env, "bytes(handle, out) needs a handle and a Float64Array of 2");
-  conn *c = locked_open_conn(env, argv[0], &state);
-  if (c != NULL) {
-    ((double *)data)[0] = (double)atomic_load(&c->a_to_b.bytes);
-    ((double *)data)[1] = (double)atomic_load(&c->b_to_a.bytes);
-    pthread_mutex_unlock(&state->lock);
-  }
+  ((double *)data)[0] = (double)atomic_load(&c->a_to_b.bytes);
+  ((double *)data)[1] = (double)atomic_load(&c->b_to_a.bytes);
   return NULL;
 }
 
