@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { ApiClient } from '../daemon/api/client.ts';
 import { SWARMD_VERSION } from '../daemon/api/version.ts';
 import { MAX_LB_THREADS } from '../daemon/lb/ingress-threads.ts';
-import type { RelayMode } from '../daemon/lb/native-relay.ts';
+import { nativeRelay, type RelayMode } from '../daemon/lb/native-relay.ts';
 import { JoinTokenError } from '../daemon/mesh/pki.ts';
 import { type HostPort, Swarmd, SwarmdError } from '../daemon/swarmd.ts';
 import { parseNodeResources } from '../daemon/worker/accelerators/node-resources.ts';
@@ -67,6 +67,9 @@ function parseLbRelay(value: string): RelayMode | 'auto' {
   if (value !== 'auto' && value !== 'native' && value !== 'js') {
     throw new UsageError(`--lb-relay must be auto, native or js, got "${value}"`);
   }
+  // Said before anything starts (init would otherwise have made a swarm it then cannot serve).
+  const relay = value === 'native' ? nativeRelay() : undefined;
+  if (typeof relay === 'string') throw new UsageError(`--lb-relay native: ${relay}`);
   return value;
 }
 

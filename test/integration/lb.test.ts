@@ -5,7 +5,9 @@
 // request loop loses no request; PROXY protocol v2 gives the backend the client's address; a dead node's tasks
 // are replaced and every other node keeps answering.
 //
-// The daemons run the bundle (npm run build), as shipped: its ingress threads load from a file of their own.
+// The daemons run the bundle (npm run build), as shipped: its ingress threads load from a file of their own, and
+// the native relay is copied next to it. m1 and w1 move forwarded bytes in the native relay (built in CI), w2 in
+// JavaScript (--lb-relay js).
 //
 // Tasks share the host's network, so each listens on the host port its node gives it in $PORT (the --publish
 // target only documents the container port); the backend answers "PORT PID".
@@ -108,6 +110,7 @@ beforeAll(async () => {
   await buildBundle(DIST);
   // Both ways of serving published ports: ingress threads (m1, w1) and the daemon's main thread (w2). Both ways
   // between nodes: tunnels to w1 over the data path (direct TLS), to w2 through the mesh (its data path is off).
+  // Both ways of moving a local connection's bytes: the native relay (m1, w1: auto) and JavaScript (w2).
   m1 = await cluster.init('m1', ['--ingress-host', HOSTS.m1, '--lb-threads', '2']);
   const token = swarm(m1, 'join-token', '-q', 'worker').stdout.trim();
   w1 = await cluster.join('w1', token, m1, ['--ingress-host', HOSTS.w1, '--lb-threads', '2']);
@@ -118,6 +121,8 @@ beforeAll(async () => {
     '0',
     '--data-path-port',
     'off',
+    '--lb-relay',
+    'js',
   ]);
   await waitFor(
     () =>
@@ -143,6 +148,12 @@ afterAll(async () => {
 });
 
 describe('load balancer', () => {
+  it('each daemon says how it moves forwarded bytes: the native relay by default where built, JS where asked', () => {
+    expect(m1.output()).toMatch(/lb: moving forwarded bytes in the native relay \(\d+ threads\)/);
+    expect(w1.output()).toMatch(/lb: moving forwarded bytes in the native relay/);
+    expect(w2.output()).not.toMatch(/native relay/);
+  });
+
   it('every node, the manager without a task included, reaches all three tasks', async () => {
     const created = swarm(
       m1,

@@ -227,6 +227,7 @@ describe('bad CLI input', () => {
       [['init', '--listen-addr', 'nowhere'], /--listen-addr must be HOST:PORT/],
       [['init', '--lb-threads', '17'], /--lb-threads must be a whole number from 0 to 16, got "17"/],
       [['init', '--lb-threads', 'two'], /--lb-threads must be a whole number/],
+      [['init', '--lb-relay', 'fast'], /--lb-relay must be auto, native or js, got "fast"/],
       [['join', '--token', 'SWMTKN-2-abc-def', '127.0.0.1:1'], /token/i],
       [['join', '127.0.0.1:1'], /--token/],
       [['run', '--data-dir', join(cluster.root, 'does-not-exist')], /not part of a swarm/],

@@ -347,6 +347,8 @@ static const char *start_pool(int count) {
         failure = "pthread_create failed";
         break;
       }
+      // What top -H and ps -L show for it.
+      pthread_setname_np(id, "swarmd-relay");
       pool_size++;
     }
     // Some threads started: use those.
