@@ -52,6 +52,13 @@
 #define EVENTS_PER_WAIT 256
 /** How often a relay thread with lingering connections wakes to check their deadlines. */
 #define LINGER_CHECK_MS 250
+/**
+ * Reads per direction in one turn (256 KiB): a connection whose source and destination both keep up could
+ * otherwise keep its relay thread to itself; past this it waits for the thread's next turn behind the others.
+ */
+#define READS_PER_TURN 16
+/** run_direction: the turn's reads are used up and more may be waiting. */
+#define MORE_TO_DO (-1)
 
 typedef struct env_state env_state;
 typedef struct relay_thread relay_thread;
@@ -85,6 +92,9 @@ struct conn {
   conn *env_prev, *env_next;
   /** In thread->lingering while one side ended and the other holds unsent bytes. */
   conn *linger_prev, *linger_next;
+  /** In thread->again when its turn ended with bytes left to read. */
+  conn *again_next;
+  int in_again;
   int lingering;
   int64_t linger_deadline_ms;
   /** Bytes in both sides' send queues at the last check: a reader that takes some shrinks them. */
@@ -106,6 +116,8 @@ struct relay_thread {
   conn *lingering;
   /** Finished in the current batch of events, to report after it. */
   conn *finished;
+  /** To run again in the next turn, without an event (epoll is edge-triggered: none would come). */
+  conn *again;
 };
 
 /** Per JS thread (napi_env): its thread-safe function and the connections it started. */
@@ -142,9 +154,12 @@ static ssize_t send_some(int destination, const char *bytes, size_t length) {
   return send(destination, bytes, length, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
-/** Moves what it can from source to destination. Returns 0, or the errno that ends the connection. */
+/**
+ * Moves what it can from source to destination, up to READS_PER_TURN reads. Returns 0 when it has to wait, the
+ * errno that ends the connection, or MORE_TO_DO.
+ */
 static int run_direction(direction *d, int source, int destination, char *scratch) {
-  for (;;) {
+  for (int reads = 0;; reads++) {
     if (d->pending != NULL) {
       ssize_t n = send_some(destination, d->pending + d->start, d->end - d->start);
       if (n < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
@@ -162,6 +177,7 @@ static int run_direction(direction *d, int source, int destination, char *scratc
       }
       return 0;
     }
+    if (reads == READS_PER_TURN) return MORE_TO_DO;
     ssize_t got = recv(source, scratch, BUFFER_BYTES, MSG_DONTWAIT);
     if (got < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
     if (got == 0) {
@@ -260,11 +276,17 @@ static void run_conn(conn *c) {
   if (c->finished) return;
   uint64_t moved_before = bytes_moved(c);
   char *scratch = c->thread->scratch;
-  int error = run_direction(&c->a_to_b, c->a.fd, c->b.fd, scratch);
-  if (error == 0) error = run_direction(&c->b_to_a, c->b.fd, c->a.fd, scratch);
+  int up = run_direction(&c->a_to_b, c->a.fd, c->b.fd, scratch);
+  int down = up > 0 ? 0 : run_direction(&c->b_to_a, c->b.fd, c->a.fd, scratch);
+  int error = up > 0 ? up : down > 0 ? down : 0;
   if (error != 0 || (c->a_to_b.done && c->b_to_a.done)) {
     finish(c, error);
     return;
+  }
+  if ((up == MORE_TO_DO || down == MORE_TO_DO) && !c->in_again) {
+    c->in_again = 1;
+    c->again_next = c->thread->again;
+    c->thread->again = c;
   }
   if (!waits_on_reader(c)) {
     linger_unlink(c);
@@ -307,16 +329,33 @@ static void check_lingerers(relay_thread *t) {
   }
 }
 
+/** Gives the connections whose last turn ended with bytes left their next turn. */
+static void run_again(relay_thread *t) {
+  conn *c = t->again;
+  t->again = NULL;
+  while (c) {
+    conn *next = c->again_next;
+    c->in_again = 0;
+    // A finished one is skipped; run_conn may put this one back for the turn after.
+    run_conn(c);
+    c = next;
+  }
+}
+
 static void *relay_thread_main(void *arg) {
   relay_thread *t = arg;
   struct epoll_event events[EVENTS_PER_WAIT];
   for (;;) {
-    int n = epoll_wait(t->epoll_fd, events, EVENTS_PER_WAIT, t->lingering ? LINGER_CHECK_MS : -1);
+    int timeout = t->again ? 0 : t->lingering ? LINGER_CHECK_MS : -1;
+    int n = epoll_wait(t->epoll_fd, events, EVENTS_PER_WAIT, timeout);
     for (int i = 0; i < n; i++) {
       side *s = events[i].data.ptr;
       run_conn(s->owner);
     }
     if (t->lingering) check_lingerers(t);
+    // After every way a connection can finish in this round, and before they are reported (and freed by JS): what
+    // run_again leaves in t->again has not finished.
+    run_again(t);
     report_finished(t);
   }
   return NULL;
