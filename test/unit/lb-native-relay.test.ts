@@ -3,6 +3,7 @@
 // both sockets to the relay. Built by cli/launch.mjs (npm test) or `npm run build:native`; CI fails without it,
 // elsewhere the suite is skipped with the reason.
 import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -215,6 +216,44 @@ describe.skipIf(typeof RELAY === 'string')('native relay', () => {
       }),
     );
     expect(results.filter((ok) => !ok)).toEqual([]);
+  });
+
+  it('leaves no descriptor open after 300 connections that end every way: cleanly, cut, reset, half-closed', async () => {
+    const openDescriptors = () => readdirSync('/proc/self/fd').length;
+    const settle = () => new Promise((r) => setTimeout(r, 200));
+    await settle();
+    const before = openDescriptors();
+    const endings = await Promise.all(
+      Array.from({ length: 300 }, async (_, i) => {
+        const { client, task, relayed, ended } = await relayedConnection(relay);
+        client.resume();
+        task.resume();
+        switch (i % 4) {
+          case 0:
+            client.end('bye');
+            task.end('bye');
+            break;
+          case 1:
+            relayed.cut();
+            break;
+          case 2:
+            task.resetAndDestroy();
+            break;
+          default:
+            client.end('request');
+            task.once('end', () => task.end('answer'));
+        }
+        const end = await ended;
+        client.destroy();
+        task.destroy();
+        return end;
+      }),
+    );
+    expect(endings).toHaveLength(300);
+    for (const server of servers.splice(0)) server.close();
+    for (const socket of sockets.splice(0)) socket.destroy();
+    await settle();
+    expect(openDescriptors()).toBe(before);
   });
 
   it('refuses a socket with writes still queued, and leaves both sockets to the caller', async () => {

@@ -4,4 +4,4 @@
 export declare const NATIVE_RELAY_ADDON: string;
 
 /** Builds the addon if it is missing or older than relay.c: undefined when it is there, else why it is not. */
-export declare function buildNativeRelay(): string | undefined;
+export declare function buildNativeRelay(options?: { sanitize?: boolean }): string | undefined;

@@ -5,6 +5,9 @@
 // cli/launch.mjs calls buildNativeRelay() before every npm script, which rebuilds only when relay.c is newer than
 // the addon; without a compiler the load balancer relays in JavaScript instead (native-relay.ts says so at start).
 // Run directly (`npm run build:native`), it rebuilds if needed and fails when it cannot build: CI does that.
+// `--sanitize` builds it (always) with AddressSanitizer and UndefinedBehaviorSanitizer, to run the relay's tests
+// under them: Node is not built with them, so their runtimes must be preloaded (README, Tests). A later plain
+// build needs `touch relay.c` first, or the sanitized addon stays.
 //
 // Plain JavaScript, standard library only: it runs before anything else is set up.
 import { spawnSync } from 'node:child_process';
@@ -35,9 +38,9 @@ function upToDate() {
  * Builds the addon when it is missing or older than relay.c. Returns undefined when it is there (built or already
  * current), else why it could not be built.
  */
-export function buildNativeRelay() {
+export function buildNativeRelay({ sanitize = false } = {}) {
   if (process.platform !== 'linux') return `the native relay is for Linux (this is ${process.platform})`;
-  if (upToDate()) return undefined;
+  if (!sanitize && upToDate()) return undefined;
   const headers = headerDirs();
   if (headers.length === 0) return 'no Node-API headers (npm install puts them in node_modules/node-api-headers)';
   const compiler = process.env.CC || 'cc';
@@ -46,12 +49,9 @@ export function buildNativeRelay() {
   const partial = `${NATIVE_RELAY_ADDON}.${process.pid}.tmp`;
   const result = spawnSync(
     compiler,
-    ['-std=gnu11', '-O2', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared', '-pthread'].concat(
-      `-I${headers[0]}`,
-      '-o',
-      partial,
-      SOURCE,
-    ),
+    ['-std=gnu11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared', '-pthread']
+      .concat(sanitize ? ['-O1', '-g', '-fsanitize=address,undefined', '-fno-omit-frame-pointer'] : ['-O2'])
+      .concat(`-I${headers[0]}`, '-o', partial, SOURCE),
     { encoding: 'utf8' },
   );
   if (result.error) return `${compiler} not found (install a C compiler, e.g. apt-get install gcc)`;
@@ -61,7 +61,7 @@ export function buildNativeRelay() {
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  const failure = buildNativeRelay();
+  const failure = buildNativeRelay({ sanitize: process.argv.includes('--sanitize') });
   if (failure === undefined) {
     process.stdout.write(`native relay: ${NATIVE_RELAY_ADDON}\n`);
   } else {
