@@ -28,6 +28,10 @@
 // processes. wrk and HAProxy come from Debian (apt-get install -y wrk haproxy nginx); without HAProxy the comparison
 // is skipped, without wrk nothing can be measured and the bench says so.
 //
+// Backends run each in a session of their own, as the daemon rows' tasks do (the process runtime starts tasks with
+// setsid). With the kernel's autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled, on by default in
+// Debian) a session is a CPU group of its own: backends in the bench's session instead would share one group with
+// wrk and every proxy, while the daemons' tasks each had a group to themselves, and the rows would not compare.
 // CPU placement: nothing is pinned, as in the anchors. The machine has 2 cores shared by wrk (2 threads), the
 // backends and the proxy, so requests/s measures the proxy's overhead under contention. The CPU seconds each proxy
 // used are reported too, and per request (µs), which is the fairer comparison between proxies on a shared box.
@@ -257,15 +261,25 @@ http {
     ['-p', `${join(dir, `nginx${n}`)}/`, '-c', conf, '-g', 'daemon off;'],
     join(dir, `nginx${n}.log`),
     () => httpReady(port),
+    undefined,
+    { ownSession: true },
   );
 }
 
-function nodeChild(dir: string, name: string, args: string[], ready: () => Promise<boolean>): Promise<Started> {
+function nodeChild(
+  dir: string,
+  name: string,
+  args: string[],
+  ready: () => Promise<boolean>,
+  ownSession = false,
+): Promise<Started> {
   return startProcess(
     process.execPath,
     [SELF, ...args, '--max-seconds', String(CHILD_MAX_SECONDS)],
     join(dir, `${name}.log`),
     ready,
+    undefined,
+    { ownSession },
   );
 }
 
@@ -314,6 +328,7 @@ export async function benchLb(): Promise<Record<string, unknown>> {
               `backend${i + 1}`,
               ['--role', 'backend', '--port', String(port), '--n', String(i + 1)],
               () => httpReady(port),
+              true,
             ),
       );
     }

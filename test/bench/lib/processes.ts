@@ -12,16 +12,21 @@ export interface Started {
   pid: number;
 }
 
-/** Spawns a process logging to logFile; resolves once `ready()` says so (polled) or rejects on exit/timeout. */
+/**
+ * Spawns a process logging to logFile; resolves once `ready()` says so (polled) or rejects on exit/timeout.
+ * ownSession: in a session of its own (setsid), as swarmd's process runtime starts tasks. Where the kernel groups
+ * scheduling by session (autogroup, on by default in Debian's kernels), that makes it a CPU group of its own.
+ */
 export async function startProcess(
   command: string,
   args: string[],
   logFile: string,
   ready: () => Promise<boolean>,
   timeoutMs = 20_000,
+  { ownSession = false }: { ownSession?: boolean } = {},
 ): Promise<Started> {
   const log = createWriteStream(logFile, { flags: 'a' });
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: ownSession });
   children.add(child);
   child.stdout!.pipe(log);
   child.stderr!.pipe(log);
