@@ -8,7 +8,11 @@
 // Threads: a pool of relay threads, each with its own epoll set, shared by every JS thread of the process (the
 // main thread and the ingress threads). A connection is given to one relay thread for its whole life, so its
 // state is only ever touched by that thread, and needs no lock; JS only reads its byte counters (atomics) and may
-// ask to cut it (shutdown(2) under its JS thread's lock, see below).
+// ask to cut it (shutdown(2) under its JS thread's lock, see below). JS queues a new connection to its relay thread
+// and wakes it (an eventfd); the relay thread registers both sockets itself before it runs any event of theirs.
+// Registering them from JS instead left a window between the two: the relay thread could run and even finish the
+// connection on the first socket's events while JS registered, then cut, a second descriptor that was already
+// closed and reused by another connection.
 //
 // Per direction: read up to 16 KiB (HAProxy's default buffer) into the relay thread's scratch buffer and write it
 // straight out; only what the destination does not take is copied into a buffer of the direction's own, which
@@ -40,6 +44,7 @@
 #include <string.h>
 #include <linux/sockios.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -94,6 +99,8 @@ struct conn {
   conn *linger_prev, *linger_next;
   /** In thread->again when its turn ended with bytes left to read. */
   conn *again_next;
+  /** In thread->incoming until the relay thread has registered it. */
+  conn *incoming_next;
   int in_again;
   int lingering;
   int64_t linger_deadline_ms;
@@ -110,6 +117,10 @@ struct conn {
 
 struct relay_thread {
   int epoll_fd;
+  /** JS writes here after queueing a connection in incoming; in the epoll set with a NULL data.ptr. */
+  int wake_fd;
+  pthread_mutex_t incoming_lock;
+  conn *incoming;
   /** Where every read lands first. */
   char scratch[BUFFER_BYTES];
   /** Touched by this thread only. */
@@ -342,6 +353,29 @@ static void run_again(relay_thread *t) {
   }
 }
 
+/** Registers the connections JS has queued, and runs each once (what arrived before is waiting already). */
+static void take_incoming(relay_thread *t) {
+  uint64_t count;
+  while (read(t->wake_fd, &count, sizeof count) > 0) {
+  }
+  pthread_mutex_lock(&t->incoming_lock);
+  conn *c = t->incoming;
+  t->incoming = NULL;
+  pthread_mutex_unlock(&t->incoming_lock);
+  while (c) {
+    conn *next = c->incoming_next;
+    struct epoll_event event = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    event.data.ptr = &c->a;
+    int failed = epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->a.fd, &event);
+    event.data.ptr = &c->b;
+    if (failed == 0) failed = epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->b.fd, &event);
+    // finish() deletes both registrations (one may not exist) and reports the errno.
+    if (failed != 0) finish(c, errno);
+    else run_conn(c);
+    c = next;
+  }
+}
+
 static void *relay_thread_main(void *arg) {
   relay_thread *t = arg;
   struct epoll_event events[EVENTS_PER_WAIT];
@@ -350,7 +384,8 @@ static void *relay_thread_main(void *arg) {
     int n = epoll_wait(t->epoll_fd, events, EVENTS_PER_WAIT, timeout);
     for (int i = 0; i < n; i++) {
       side *s = events[i].data.ptr;
-      run_conn(s->owner);
+      if (s == NULL) take_incoming(t);
+      else run_conn(s->owner);
     }
     if (t->lingering) check_lingerers(t);
     // After every way a connection can finish in this round, and before they are reported (and freed by JS): what
@@ -371,10 +406,15 @@ static const char *start_pool(int count) {
     for (int i = 0; i < count; i++) {
       relay_thread *t = &pool[pool_size];
       t->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-      if (t->epoll_fd < 0) {
-        failure = "epoll_create1 failed";
+      t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      struct epoll_event wake = {.events = EPOLLIN, .data.ptr = NULL};
+      if (t->epoll_fd < 0 || t->wake_fd < 0 || epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, t->wake_fd, &wake) != 0) {
+        if (t->epoll_fd >= 0) close(t->epoll_fd);
+        if (t->wake_fd >= 0) close(t->wake_fd);
+        failure = "epoll or eventfd failed";
         break;
       }
+      pthread_mutex_init(&t->incoming_lock, NULL);
       pthread_attr_t attr;
       pthread_attr_init(&attr);
       pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -383,6 +423,7 @@ static const char *start_pool(int count) {
       pthread_attr_destroy(&attr);
       if (started != 0) {
         close(t->epoll_fd);
+        close(t->wake_fd);
         failure = "pthread_create failed";
         break;
       }
@@ -510,34 +551,16 @@ static napi_value js_relay(napi_env env, napi_callback_info info) {
   state->conns = c;
   pthread_mutex_unlock(&state->lock);
 
-  // From here the relay thread may run it (and even finish it) at once: edge-triggered registration reports the
-  // sockets' current state, so bytes that arrived before are not missed. Nothing of c is touched after this but
-  // through the lock.
-  struct epoll_event event = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-  event.data.ptr = &c->a;
-  int added_a = epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_ADD, c->a.fd, &event);
-  event.data.ptr = &c->b;
-  int added_b = epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_ADD, c->b.fd, &event);
-  if (added_a != 0 && added_b != 0) {
-    // Never reached a relay thread: undo here.
-    int error = errno;
-    pthread_mutex_lock(&state->lock);
-    if (c->env_prev) c->env_prev->env_next = c->env_next;
-    else state->conns = c->env_next;
-    if (c->env_next) c->env_next->env_prev = c->env_prev;
-    pthread_mutex_unlock(&state->lock);
-    close(c->a.fd);
-    close(c->b.fd);
-    napi_delete_reference(env, c->on_done);
-    free(c);
-    env_unref(state);
-    return throw_error(env, error == ENOMEM || error == ENOSPC ? "relay: epoll is full" : "relay: epoll_ctl failed");
-  }
-  if (added_a != 0 || added_b != 0) {
-    // Half registered: cut it; the registered side's event ends it and reports.
-    shutdown(c->a.fd, SHUT_RDWR);
-    shutdown(c->b.fd, SHUT_RDWR);
-  }
+  // To its relay thread, which registers it and runs it from then on (and may finish it at once). Nothing of c is
+  // touched here after this but through the lock.
+  relay_thread *t = c->thread;
+  pthread_mutex_lock(&t->incoming_lock);
+  c->incoming_next = t->incoming;
+  t->incoming = c;
+  pthread_mutex_unlock(&t->incoming_lock);
+  uint64_t one_more = 1;
+  // Cannot fail but on a counter overflow (2^64 wakes); the thread reads it down at each wake.
+  (void)!write(t->wake_fd, &one_more, sizeof one_more);
   napi_value handle;
   napi_create_external(env, c, NULL, NULL, &handle);
   return handle;
