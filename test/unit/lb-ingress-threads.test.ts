@@ -99,6 +99,21 @@ function startThreads(threads: number, opened: string[], remotePort: number): In
   return set;
 }
 
+/**
+ * Two ingress threads publishing one port over local tasks that each answer their name and close; resolves once both
+ * threads listen (one stats entry per listening ingress), or the first would take every connection.
+ */
+async function twoThreadsOverTasks(names: string[]): Promise<{ published: number; set: IngressThreads }> {
+  const published = await freePort();
+  const set = startThreads(2, [], 1);
+  const endpoints = [];
+  for (const name of names)
+    endpoints.push({ taskId: name, nodeId: 'n1', peerId: 'p1', address: `127.0.0.1:${await backend(name)}` });
+  set.update(tableWith(published, endpoints));
+  await expect.poll(async () => (await set.stats()).length, { timeout: 10_000 }).toBe(2);
+  return { published, set };
+}
+
 describe('ingress threads', () => {
   it('serve local tasks directly and remote ones through tunnels the main thread relays', async () => {
     const published = await freePort();
@@ -134,14 +149,7 @@ describe('ingress threads', () => {
   });
 
   it('rotate round-robin as one over the threads: new connections go to each task in turn', async () => {
-    const published = await freePort();
-    const set = startThreads(2, [], 1);
-    const endpoints = [];
-    for (const name of ['a', 'b', 'c'])
-      endpoints.push({ taskId: name, nodeId: 'n1', peerId: 'p1', address: `127.0.0.1:${await backend(name)}` });
-    set.update(tableWith(published, endpoints));
-    // Both threads listening (one stats entry per listening ingress), or the first would take every connection.
-    await expect.poll(async () => (await set.stats()).length, { timeout: 10_000 }).toBe(2);
+    const { published, set } = await twoThreadsOverTasks(['a', 'b', 'c']);
     const answers = [];
     for (let i = 0; i < 12; i++) answers.push(await readAll(published));
     // Whichever thread took each connection (the kernel spreads them), the rotation is one.
@@ -155,13 +163,7 @@ describe('ingress threads', () => {
     // the next one accepted gets its descriptor numbers. The relay once registered the second socket from the
     // ingress thread after the first; when that failed on a descriptor already closed, it cut the first's number,
     // by then the next client's: about 1 connection in 600 ended with no answer.
-    const published = await freePort();
-    const set = startThreads(2, [], 1);
-    const endpoints = [];
-    for (const name of ['a', 'b', 'c'])
-      endpoints.push({ taskId: name, nodeId: 'n1', peerId: 'p1', address: `127.0.0.1:${await backend(name)}` });
-    set.update(tableWith(published, endpoints));
-    await expect.poll(async () => (await set.stats()).length, { timeout: 10_000 }).toBe(2);
+    const { published } = await twoThreadsOverTasks(['a', 'b', 'c']);
     const unanswered: string[] = [];
     for (let i = 0; i < 1000; i++) {
       const answer = await readAll(published);
