@@ -28,7 +28,26 @@ interface RelayAddon {
   ): object;
   cut(handle: object): void;
   bytes(handle: object, out: Float64Array): void;
+  dial(
+    fd: number,
+    identity: string,
+    key: Uint8Array,
+    header: Uint8Array,
+    onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
+    onDone: (aToB: number, bToA: number, errno: number) => void,
+  ): object;
+  accept(
+    fd: number,
+    onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
+    onDone: (aToB: number, bToA: number, errno: number) => void,
+  ): object;
+  join(handle: object, fd: number, status: number, lingerMs: number): void;
+  drop(handle: object, status: number): void;
+  addKey(identity: string, key: Uint8Array, ttlMs: number): void;
 }
+
+/** relay.c's SETUP_LEGACY: the first byte on the data path port was a TLS record, a legacy (HTTP/2) tunnel. */
+const SETUP_LEGACY = 256;
 
 /** A connection the relay holds. */
 export interface RelayedConnection {
@@ -45,11 +64,64 @@ export interface RelayEnd {
   error: string | undefined;
 }
 
+/**
+ * A connection between two nodes' data paths (data-path.ts) that the relay has set up: TLS done, the header sent
+ * (dialer) or received (server). It waits for JS to join it to a socket or drop it.
+ */
+export interface ParkedConnection {
+  /**
+   * Relays between `socket` (the client, or the task) and the other node; `status` (server: the status byte) is
+   * sent first, or nothing when undefined. Returns undefined, and leaves the socket alone, when it cannot be
+   * handed over (see handOver); the parked connection is then still waiting.
+   */
+  join(
+    socket: Socket,
+    status: number | undefined,
+    lingerMs: number,
+    onDone: (end: RelayEnd) => void,
+  ): RelayedConnection | undefined;
+  /** Ends it; `status` (server: a refusal) is sent first. */
+  drop(status?: number): void;
+}
+
+/** How a data path connection's set-up ended. */
+export type SetupOutcome =
+  /** Dialer: the server's status byte. Server: the remote header (without its length prefix), and the key used. */
+  | { kind: 'ready'; status: number; header: Buffer | undefined; identity: string }
+  /** Server: the connection is a legacy tunnel (HTTP/2 over TLS, tunnel.ts); the JS socket has all of its bytes. */
+  | { kind: 'legacy' }
+  | { kind: 'failed'; error: string };
+
+/** A data path connection being set up: cut() makes its set-up fail (a timeout, the client leaving). */
+export interface SettingUp {
+  cut(): void;
+}
+
 export interface NativeRelay {
   /** Relay threads running (shared by the whole process). */
   readonly threads: number;
   /** Takes over a and b, or returns undefined (and leaves them alone) when one of them cannot be handed over. */
   handOver(a: Socket, b: Socket, lingerMs: number, onDone: (end: RelayEnd) => void): RelayedConnection | undefined;
+  /** Whether the relay can carry the data path between nodes (TLS), else it is served in JS (tunnel.ts). */
+  readonly dataPath: boolean;
+  /** A data path ticket's key, good for handshakes with this process for ttlMs. */
+  addKey(identity: string, key: Uint8Array, ttlMs: number): void;
+  /**
+   * Sets up a connected socket to another node's data path with a ticket, sending `header`. The socket is the
+   * relay's from then on (closed here). onSetup: 'ready' with the status byte, or 'failed'.
+   */
+  dial(
+    socket: Socket,
+    ticket: { identity: string; key: Uint8Array },
+    header: Buffer,
+    onSetup: (outcome: SetupOutcome, parked: ParkedConnection | undefined) => void,
+  ): SettingUp;
+  /**
+   * Sets up a connection accepted on the data path port, which must be paused and unread. onSetup: 'ready' with
+   * the header, 'legacy' (the socket is left to JS, untouched), or 'failed'. On 'ready' and 'failed' the socket
+   * has been destroyed (the relay holds its own descriptor).
+   */
+  accept(socket: Socket, onSetup: (outcome: SetupOutcome, parked: ParkedConnection | undefined) => void): SettingUp;
 }
 
 /** Where `npm run build:native` puts the addon, and where the bundle (cli/build.ts) copies it: next to its modules. */
@@ -100,8 +172,107 @@ function load(): { relay: NativeRelay } | { failure: string } {
 
 function relayWith(addon: RelayAddon, threads: number): NativeRelay {
   const counts = new Float64Array(2);
+  /** A RelayedConnection over a handle the relay moves bytes for; `ended` tells whether its onDone has run. */
+  const relayedOver = (handle: object, moved: { aToB: number; bToA: number }, ended: () => boolean) => ({
+    bytes() {
+      if (!ended()) {
+        addon.bytes(handle, counts);
+        moved.aToB = counts[0]!;
+        moved.bToA = counts[1]!;
+      }
+      return moved;
+    },
+    cut() {
+      if (!ended()) addon.cut(handle);
+    },
+  });
+  /**
+   * The JS side of a data path connection: its set-up report, then join or drop, then its end. `release` runs
+   * once the set-up is reported (the JS socket's part is over, unless it is a legacy tunnel).
+   */
+  const dataPathConnection = (
+    start: (
+      onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
+      onDone: (aToB: number, bToA: number, errno: number) => void,
+    ) => object,
+    onSetup: (outcome: SetupOutcome, parked: ParkedConnection | undefined) => void,
+  ): SettingUp => {
+    let phase: 'setting-up' | 'parked' | 'joined' | 'ended' = 'setting-up';
+    let onEnd: ((end: RelayEnd) => void) | undefined;
+    const moved = { aToB: 0, bToA: 0 };
+    const handle: object = start(
+      (result, header, identity) => {
+        if (result === SETUP_LEGACY || result < 0) {
+          // Nothing to join: the relay lets go of its descriptor.
+          phase = 'ended';
+          addon.drop(handle, -1);
+          onSetup(
+            result === SETUP_LEGACY ? { kind: 'legacy' } : { kind: 'failed', error: errnoName(-result) },
+            undefined,
+          );
+          return;
+        }
+        phase = 'parked';
+        onSetup(
+          { kind: 'ready', status: result, header, identity },
+          {
+            join(socket, status, lingerMs, onDone) {
+              const fd = descriptorOf(socket);
+              if (phase !== 'parked' || fd === undefined || !quiet(socket)) return undefined;
+              addon.join(handle, fd, status ?? -1, lingerMs);
+              phase = 'joined';
+              onEnd = onDone;
+              socket.destroy();
+              return relayedOver(handle, moved, () => phase === 'ended');
+            },
+            drop(status) {
+              if (phase !== 'parked') return;
+              phase = 'ended';
+              addon.drop(handle, status ?? -1);
+            },
+          },
+        );
+      },
+      (aToB, bToA, errno) => {
+        phase = 'ended';
+        moved.aToB = aToB;
+        moved.bToA = bToA;
+        onEnd?.({ aToB, bToA, error: errno === 0 ? undefined : errnoName(errno) });
+      },
+    );
+    return {
+      cut() {
+        if (phase === 'setting-up') addon.cut(handle);
+      },
+    };
+  };
   return {
     threads,
+    dataPath: true,
+    addKey: (identity, key, ttlMs) => addon.addKey(identity, key, ttlMs),
+    dial(socket, ticket, header, onSetup) {
+      const fd = descriptorOf(socket);
+      if (fd === undefined) throw new Error('the data path socket has no descriptor');
+      const setup = dataPathConnection(
+        (setupDone, done) => addon.dial(fd, ticket.identity, ticket.key, header, setupDone, done),
+        onSetup,
+      );
+      // The relay has its own descriptor now.
+      socket.destroy();
+      return setup;
+    },
+    accept(socket, onSetup) {
+      const fd = descriptorOf(socket);
+      if (fd === undefined) throw new Error('the data path socket has no descriptor');
+      // Kept until the set-up says whose it is: a legacy tunnel is read from this socket by JS.
+      return dataPathConnection(
+        (setupDone, done) => addon.accept(fd, setupDone, done),
+        (outcome, parked) => {
+          if (outcome.kind !== 'legacy') socket.destroy();
+          onSetup(outcome, parked);
+        },
+      );
+    },
     handOver(a, b, lingerMs, onDone) {
       const fdA = descriptorOf(a);
       const fdB = descriptorOf(b);
@@ -117,19 +288,7 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
       // Their descriptors are duplicated: closing these leaves the connection to the relay.
       a.destroy();
       b.destroy();
-      return {
-        bytes() {
-          if (open) {
-            addon.bytes(handle, counts);
-            moved.aToB = counts[0]!;
-            moved.bToA = counts[1]!;
-          }
-          return moved;
-        },
-        cut() {
-          if (open) addon.cut(handle);
-        },
-      };
+      return relayedOver(handle, moved, () => !open);
     },
   };
 }

@@ -11,7 +11,7 @@
 //
 // Plain JavaScript, standard library only: it runs before anything else is set up.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, renameSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, realpathSync, renameSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -30,6 +30,29 @@ function headerDirs() {
   return candidates.filter((dir) => existsSync(join(dir, 'node_api.h')));
 }
 
+/**
+ * OpenSSL's headers, of the OpenSSL inside the Node that runs swarmd (node@24 ships them; relay.c's data path uses
+ * the OpenSSL the node binary exports, so no libssl is linked).
+ */
+function opensslDirs() {
+  const repo = resolve(HERE, '..', '..', '..');
+  const candidates = [
+    join(
+      repo,
+      '.node',
+      'node_modules',
+      'node',
+      'node_modules',
+      `node-${process.platform}-${process.arch}`,
+      'include',
+      'node',
+    ),
+    resolve(dirname(realpathSync(process.execPath)), '..', 'include', 'node'),
+    '/usr/include/node',
+  ];
+  return candidates.filter((dir) => existsSync(join(dir, 'openssl', 'ssl.h')));
+}
+
 function upToDate() {
   return existsSync(NATIVE_RELAY_ADDON) && statSync(NATIVE_RELAY_ADDON).mtimeMs >= statSync(SOURCE).mtimeMs;
 }
@@ -43,6 +66,8 @@ export function buildNativeRelay({ sanitize = false } = {}) {
   if (!sanitize && upToDate()) return undefined;
   const headers = headerDirs();
   if (headers.length === 0) return 'no Node-API headers (npm install puts them in node_modules/node-api-headers)';
+  const openssl = opensslDirs();
+  if (openssl.length === 0) return "no OpenSSL headers of Node's (node@24's package has them: npm run setup)";
   const compiler = process.env.CC || 'cc';
   mkdirSync(dirname(NATIVE_RELAY_ADDON), { recursive: true });
   // Written aside and renamed: a process loading the addon never sees half a file.
@@ -51,7 +76,7 @@ export function buildNativeRelay({ sanitize = false } = {}) {
     compiler,
     ['-std=gnu11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared', '-pthread']
       .concat(sanitize ? ['-O1', '-g', '-fsanitize=address,undefined', '-fno-omit-frame-pointer'] : ['-O2'])
-      .concat(`-I${headers[0]}`, '-o', partial, SOURCE),
+      .concat(`-I${headers[0]}`, `-I${openssl[0]}`, '-o', partial, SOURCE),
     { encoding: 'utf8' },
   );
   if (result.error) return `${compiler} not found (install a C compiler, e.g. apt-get install gcc)`;

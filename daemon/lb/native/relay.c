@@ -51,6 +51,8 @@
 #include <unistd.h>
 
 #include <node_api.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #define BUFFER_BYTES (16 * 1024)
 #define MAX_THREADS 64
@@ -65,13 +67,49 @@
 /** run_direction: the turn's reads are used up and more may be waiting. */
 #define MORE_TO_DO (-1)
 
+/** data-path.ts: a ticket's identity is 32 hex characters, its key 32 bytes. */
+#define IDENTITY_CHARS 32
+#define PSK_KEY_BYTES 32
+/** remote.ts's REMOTE_HEADER_MAX_BYTES, plus its u16 length prefix. */
+#define HEADER_MAX_BYTES (1024 + 2)
+
+/** Where a connection is: relaying, or setting up a TLS connection between two nodes' data paths. */
+enum {
+  PHASE_RELAY,
+  /** Server: waiting for the first bytes, to tell the native data path (MAGIC) from a legacy TLS tunnel. */
+  PHASE_CLASSIFY,
+  /** Dialer: sending MAGIC. */
+  PHASE_SEND_MAGIC,
+  PHASE_HANDSHAKE,
+  /** Dialer: sending the remote header (remote.ts). */
+  PHASE_SEND_HEADER,
+  /** Dialer: waiting for the status byte. */
+  PHASE_READ_STATUS,
+  /** Server: reading the remote header. */
+  PHASE_READ_HEADER,
+  /** Set up (or failed to) and reported: events are ignored until JS joins or drops it. */
+  PHASE_PARKED,
+};
+
+/** What the relay thread does with a connection JS queued. */
+enum { OP_RELAY, OP_SETUP, OP_JOIN, OP_DROP };
+
+enum { REPORT_SETUP = 1, REPORT_DONE };
+
+/** setup_result: the first byte was a TLS record, i.e. a legacy tunnel (HTTP/2 over TLS) that JS serves. */
+#define SETUP_LEGACY 256
+
 typedef struct env_state env_state;
 typedef struct relay_thread relay_thread;
 typedef struct conn conn;
 
-/** One side of a connection as epoll sees it: the descriptor, and the connection it belongs to. */
+/**
+ * One side of a connection as epoll sees it: the descriptor, its TLS session when it is another node's data path
+ * (side b only; see tls.c's part below), and the connection it belongs to.
+ */
 typedef struct {
   int fd;
+  SSL *ssl;
   conn *owner;
 } side;
 
@@ -113,6 +151,26 @@ struct conn {
   /** errno of the failure that ended it; 0 for a clean end. */
   int error;
   napi_ref on_done;
+  /** PHASE_RELAY for a plain relay; a data path connection goes through the set-up phases first. */
+  int phase;
+  int is_server;
+  /** What the relay thread does with it when it takes it from incoming (OP_*). */
+  int op;
+  /** JS (or its thread's going away) has queued the join or drop of this parked connection. Under env->lock. */
+  int claimed;
+  /** Which report is queued to JS: REPORT_SETUP or REPORT_DONE. */
+  int report;
+  /** The set-up's outcome: a status byte (dialer), 0 (server: the header is in setup), SETUP_LEGACY, or -errno. */
+  int setup_result;
+  /** Dialer: the header to send. Server: the header as it arrives (length prefix included). NULL once relaying. */
+  unsigned char *setup;
+  size_t setup_length, setup_done;
+  /** Dialer: the ticket's identity and key. Server: the identity the peer used. */
+  char identity[IDENTITY_CHARS + 1];
+  unsigned char key[PSK_KEY_BYTES];
+  napi_ref on_setup;
+  /** OP_JOIN: the status byte to send before relaying (server), or -1. */
+  int join_status;
 };
 
 struct relay_thread {
@@ -161,18 +219,78 @@ static void env_unref(env_state *env) {
 // ---------------------------------------------------------------------------------------------------------------
 // Relay threads
 
-static ssize_t send_some(int destination, const char *bytes, size_t length) {
-  return send(destination, bytes, length, MSG_NOSIGNAL | MSG_DONTWAIT);
+/**
+ * After a failed SSL call: 0 when it has to wait for its socket, -1 for the peer's close_notify (its EOF), else the
+ * errno that ends the connection. OpenSSL's error queue is per thread: cleared here so the next call starts clean.
+ */
+static int ssl_failure(SSL *ssl, int result) {
+  int saved = errno;
+  int kind = SSL_get_error(ssl, result);
+  ERR_clear_error();
+  switch (kind) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+      return 0;
+    case SSL_ERROR_ZERO_RETURN:
+      return -1;
+    case SSL_ERROR_SYSCALL:
+      // The socket failed, or (errno 0) it ended without a close_notify: a cut, not an EOF (it may be a truncation).
+      return saved != 0 ? saved : ECONNRESET;
+    default:
+      return EPROTO;
+  }
+}
+
+/** Reads what there is: the byte count, 0 at EOF, or -1 with errno set (EAGAIN: nothing now). */
+static ssize_t side_read(side *s, char *buffer, size_t length) {
+  if (s->ssl == NULL) return recv(s->fd, buffer, length, MSG_DONTWAIT);
+  size_t got;
+  errno = 0;
+  if (SSL_read_ex(s->ssl, buffer, length, &got)) return (ssize_t)got;
+  int failure = ssl_failure(s->ssl, 0);
+  if (failure < 0) return 0;
+  errno = failure == 0 ? EAGAIN : failure;
+  return -1;
+}
+
+/** Writes what fits: the byte count, or -1 with errno set (EAGAIN: nothing fits now). */
+static ssize_t side_write(side *s, const char *bytes, size_t length) {
+  if (s->ssl == NULL) return send(s->fd, bytes, length, MSG_NOSIGNAL | MSG_DONTWAIT);
+  // Partial writes are on (SSL_MODE_ENABLE_PARTIAL_WRITE): it returns once a record or more is out. After a
+  // would-block it must be called again with the same bytes, which is what the direction's pending buffer holds
+  // (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER: from another address).
+  size_t sent;
+  errno = 0;
+  if (SSL_write_ex(s->ssl, bytes, length, &sent)) return (ssize_t)sent;
+  int failure = ssl_failure(s->ssl, 0);
+  errno = failure == 0 ? EAGAIN : failure < 0 ? EPIPE : failure;
+  return -1;
+}
+
+/**
+ * Passes an EOF on to a side: shutdown(SHUT_WR), or a close_notify (TLS 1.3 closes one direction with it, so the
+ * other goes on). Returns 0 once done, or EAGAIN when the close_notify did not fit yet.
+ */
+static int side_end(side *s) {
+  if (s->ssl == NULL) {
+    // ENOTCONN: the destination is already gone; its own direction reports that.
+    shutdown(s->fd, SHUT_WR);
+    return 0;
+  }
+  int result = SSL_shutdown(s->ssl);
+  if (result >= 0) return 0;
+  // A failure other than waiting: the other direction sees it on its next read or write.
+  return ssl_failure(s->ssl, result) == 0 ? EAGAIN : 0;
 }
 
 /**
  * Moves what it can from source to destination, up to READS_PER_TURN reads. Returns 0 when it has to wait, the
  * errno that ends the connection, or MORE_TO_DO.
  */
-static int run_direction(direction *d, int source, int destination, char *scratch) {
+static int run_direction(direction *d, side *source, side *destination, char *scratch) {
   for (int reads = 0;; reads++) {
     if (d->pending != NULL) {
-      ssize_t n = send_some(destination, d->pending + d->start, d->end - d->start);
+      ssize_t n = side_write(destination, d->pending + d->start, d->end - d->start);
       if (n < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
       d->start += (size_t)n;
       atomic_fetch_add_explicit(&d->bytes, (uint64_t)n, memory_order_relaxed);
@@ -182,20 +300,19 @@ static int run_direction(direction *d, int source, int destination, char *scratc
     }
     if (d->source_ended) {
       if (!d->done) {
+        if (side_end(destination) == EAGAIN) return 0;
         d->done = 1;
-        // ENOTCONN: the destination is already gone; its own direction reports that.
-        shutdown(destination, SHUT_WR);
       }
       return 0;
     }
     if (reads == READS_PER_TURN) return MORE_TO_DO;
-    ssize_t got = recv(source, scratch, BUFFER_BYTES, MSG_DONTWAIT);
+    ssize_t got = side_read(source, scratch, BUFFER_BYTES);
     if (got < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
     if (got == 0) {
       d->source_ended = 1;
       continue;
     }
-    ssize_t sent = send_some(destination, scratch, (size_t)got);
+    ssize_t sent = side_write(destination, scratch, (size_t)got);
     if (sent < 0) {
       if (errno != EAGAIN && errno != EINTR) return errno;
       sent = 0;
@@ -256,13 +373,22 @@ static void finish(conn *c, int error) {
   else env->conns = c->env_next;
   if (c->env_next) c->env_next->env_prev = c->env_prev;
   pthread_mutex_unlock(&env->lock);
-  epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_DEL, c->a.fd, NULL);
+  // A data path connection has no side a until it is joined.
+  if (c->a.fd >= 0) {
+    epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_DEL, c->a.fd, NULL);
+    close(c->a.fd);
+  }
   epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_DEL, c->b.fd, NULL);
-  close(c->a.fd);
   close(c->b.fd);
+  // No close_notify here: SSL_free only frees. A clean end sent one already (side_end).
+  SSL_free(c->b.ssl);
+  c->b.ssl = NULL;
+  free(c->setup);
+  c->setup = NULL;
   free(c->a_to_b.pending);
   free(c->b_to_a.pending);
   c->a_to_b.pending = c->b_to_a.pending = NULL;
+  c->report = REPORT_DONE;
   c->linger_next = c->thread->finished;
   c->thread->finished = c;
 }
@@ -283,12 +409,18 @@ static void report_finished(relay_thread *t) {
   }
 }
 
+static void run_setup(conn *c);
+
 static void run_conn(conn *c) {
   if (c->finished) return;
+  if (c->phase != PHASE_RELAY) {
+    run_setup(c);
+    return;
+  }
   uint64_t moved_before = bytes_moved(c);
   char *scratch = c->thread->scratch;
-  int up = run_direction(&c->a_to_b, c->a.fd, c->b.fd, scratch);
-  int down = up > 0 ? 0 : run_direction(&c->b_to_a, c->b.fd, c->a.fd, scratch);
+  int up = run_direction(&c->a_to_b, &c->a, &c->b, scratch);
+  int down = up > 0 ? 0 : run_direction(&c->b_to_a, &c->b, &c->a, scratch);
   int error = up > 0 ? up : down > 0 ? down : 0;
   if (error != 0 || (c->a_to_b.done && c->b_to_a.done)) {
     finish(c, error);
@@ -340,6 +472,253 @@ static void check_lingerers(relay_thread *t) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The data path between two nodes (data-path.ts). A forwarded connection to a task on another node is one TCP
+// connection to that node's data path port, which this file sets up and then relays like any other, with TLS on
+// side b:
+//
+//   dialer -> server:  MAGIC (8 bytes, so the server tells it from a legacy tunnel, which starts with a TLS record),
+//                      then a TLS 1.3 handshake, the ticket's key as external PSK (psk_dhe_ke: ECDHE as well, so a
+//                      key that leaks later opens no recorded traffic), then the remote header (remote.ts)
+//   server -> dialer:  one status byte (remote.ts), then the task's bytes
+//
+// JS decides everything but the bytes: the dialer's JS connects the socket and hands it here with the header; the
+// server's JS accepts it and hands it here. Each side's set-up ends in a report to JS (the status byte, or the
+// header), with the connection parked: its events are ignored until JS joins it to the other socket (the client,
+// or the task JS connected to) or drops it, so what happens next is JS's choice, made without a race.
+
+#define MAGIC_BYTES 8
+static const char MAGIC[MAGIC_BYTES] = {'s', 'w', 'a', 'r', 'm', 'd', 'R', '1'};
+#define TLS_HANDSHAKE_RECORD 0x16
+/** The PSK suites are SHA-256 ones. AES-GCM where the CPU has AES instructions, ChaCha20 otherwise (data-path.ts). */
+#define CIPHER_SUITES "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256"
+/** Data path keys this process accepts at once (data-path.ts's MAX_OUTSTANDING_TICKETS). */
+#define PSK_SLOTS 1024
+
+typedef struct {
+  char identity[IDENTITY_CHARS + 1];
+  unsigned char key[PSK_KEY_BYTES];
+  int64_t expires_ms;
+} psk_entry;
+
+static pthread_mutex_t psk_lock = PTHREAD_MUTEX_INITIALIZER;
+static psk_entry psk_table[PSK_SLOTS];
+static SSL_CTX *dial_ctx, *serve_ctx;
+
+/** Adds a key for handshakes until ttl_ms from now: in place of the same identity, an expired one, or the oldest. */
+static void psk_add(const char *identity, const unsigned char *key, int64_t ttl_ms) {
+  int64_t now = now_ms();
+  pthread_mutex_lock(&psk_lock);
+  psk_entry *slot = &psk_table[0];
+  for (int i = 0; i < PSK_SLOTS; i++) {
+    psk_entry *e = &psk_table[i];
+    if (strcmp(e->identity, identity) == 0) {
+      slot = e;
+      break;
+    }
+    if (e->expires_ms < slot->expires_ms) slot = e;
+  }
+  memcpy(slot->identity, identity, IDENTITY_CHARS + 1);
+  memcpy(slot->key, key, PSK_KEY_BYTES);
+  slot->expires_ms = now + ttl_ms;
+  pthread_mutex_unlock(&psk_lock);
+}
+
+/** Copies the key of an identity that has not expired into key; 0 when there is none. */
+static int psk_find(const char *identity, unsigned char *key) {
+  int64_t now = now_ms();
+  int found = 0;
+  pthread_mutex_lock(&psk_lock);
+  for (int i = 0; i < PSK_SLOTS && !found; i++) {
+    psk_entry *e = &psk_table[i];
+    if (e->expires_ms > now && strcmp(e->identity, identity) == 0) {
+      memcpy(key, e->key, PSK_KEY_BYTES);
+      found = 1;
+    }
+  }
+  pthread_mutex_unlock(&psk_lock);
+  return found;
+}
+
+static unsigned int psk_dial(SSL *ssl, const char *hint, char *identity, unsigned int max_identity,
+                             unsigned char *psk, unsigned int max_psk) {
+  (void)hint;
+  conn *c = SSL_get_app_data(ssl);
+  if (c == NULL || max_identity < IDENTITY_CHARS + 1 || max_psk < PSK_KEY_BYTES) return 0;
+  memcpy(identity, c->identity, IDENTITY_CHARS + 1);
+  memcpy(psk, c->key, PSK_KEY_BYTES);
+  return PSK_KEY_BYTES;
+}
+
+static unsigned int psk_serve(SSL *ssl, const char *identity, unsigned char *psk, unsigned int max_psk) {
+  conn *c = SSL_get_app_data(ssl);
+  if (c == NULL || identity == NULL || max_psk < PSK_KEY_BYTES || strlen(identity) != IDENTITY_CHARS) return 0;
+  if (!psk_find(identity, psk)) return 0;
+  memcpy(c->identity, identity, IDENTITY_CHARS + 1);
+  return PSK_KEY_BYTES;
+}
+
+static SSL_CTX *new_tls_context(int server) {
+  SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+  if (ctx == NULL) return NULL;
+  int ok = SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) && SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) &&
+           SSL_CTX_set_ciphersuites(ctx, CIPHER_SUITES);
+  if (!ok) {
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return NULL;
+  }
+  // Partial writes with a moving buffer: side_write's contract. Buffers released while idle: an idle connection
+  // then holds no 16 KiB record buffers. Read-ahead: a record's header and body in one recv, not two.
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_read_ahead(ctx, 1);
+  // One handshake per connection, keyed by the ticket: no session to resume, so no tickets sent.
+  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  if (server) {
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_psk_server_callback(ctx, psk_serve);
+  } else {
+    SSL_CTX_set_psk_client_callback(ctx, psk_dial);
+  }
+  return ctx;
+}
+
+/** Queues an operation on a connection to its relay thread, and wakes it. */
+static void queue_op(conn *c, int op) {
+  relay_thread *t = c->thread;
+  c->op = op;
+  pthread_mutex_lock(&t->incoming_lock);
+  c->incoming_next = t->incoming;
+  t->incoming = c;
+  pthread_mutex_unlock(&t->incoming_lock);
+  uint64_t one = 1;
+  // Cannot fail but on a counter overflow (2^64 wakes); the thread reads it down at each wake.
+  (void)!write(t->wake_fd, &one, sizeof one);
+}
+
+/** Parks a connection whose set-up is over and reports the outcome to its JS thread, which joins or drops it. */
+static void park(conn *c, int result) {
+  env_state *env = c->env;
+  c->setup_result = result;
+  c->report = REPORT_SETUP;
+  OPENSSL_cleanse(c->key, sizeof c->key);
+  // Under the lock: env_cleanup drops the parked connections nobody will join once its JS thread goes.
+  pthread_mutex_lock(&env->lock);
+  c->phase = PHASE_PARKED;
+  int queued = !env->closing && napi_call_threadsafe_function(env->done_calls, c, napi_tsfn_nonblocking) == napi_ok;
+  if (!queued) c->claimed = 1;
+  pthread_mutex_unlock(&env->lock);
+  if (!queued) finish(c, ECANCELED);
+}
+
+/** One set-up step after another until one has to wait. Returns 0 (waiting, or parked) or the errno that failed it. */
+static int setup_steps(conn *c) {
+  SSL *ssl = c->b.ssl;
+  for (;;) {
+    size_t moved;
+    int ok;
+    switch (c->phase) {
+      case PHASE_CLASSIFY: {
+        char first[MAGIC_BYTES];
+        ssize_t got = recv(c->b.fd, first, MAGIC_BYTES, MSG_PEEK | MSG_DONTWAIT);
+        if (got < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
+        if (got == 0) return ECONNRESET;
+        if ((unsigned char)first[0] == TLS_HANDSHAKE_RECORD) {
+          // Nothing consumed: JS's TLS server reads it all from its own socket.
+          park(c, SETUP_LEGACY);
+          return 0;
+        }
+        if (memcmp(first, MAGIC, (size_t)got) != 0) return EPROTO;
+        // The rest of the magic comes with the next segment, which edge-triggered epoll reports as a new event.
+        if (got < MAGIC_BYTES) return 0;
+        if (recv(c->b.fd, first, MAGIC_BYTES, MSG_DONTWAIT) != MAGIC_BYTES) return EPROTO;
+        c->phase = PHASE_HANDSHAKE;
+        break;
+      }
+      case PHASE_SEND_MAGIC: {
+        ssize_t sent = send(c->b.fd, MAGIC + c->setup_done, MAGIC_BYTES - c->setup_done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (sent < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
+        c->setup_done += (size_t)sent;
+        if (c->setup_done < MAGIC_BYTES) return 0;
+        c->setup_done = 0;
+        c->phase = PHASE_HANDSHAKE;
+        break;
+      }
+      case PHASE_HANDSHAKE:
+        ok = SSL_do_handshake(ssl);
+        if (ok != 1) {
+          int failure = ssl_failure(ssl, ok);
+          return failure < 0 ? ECONNRESET : failure;
+        }
+        c->phase = c->is_server ? PHASE_READ_HEADER : PHASE_SEND_HEADER;
+        break;
+      case PHASE_SEND_HEADER:
+        if (!SSL_write_ex(ssl, c->setup + c->setup_done, c->setup_length - c->setup_done, &moved)) {
+          int failure = ssl_failure(ssl, 0);
+          return failure < 0 ? ECONNRESET : failure;
+        }
+        c->setup_done += moved;
+        if (c->setup_done == c->setup_length) c->phase = PHASE_READ_STATUS;
+        break;
+      case PHASE_READ_STATUS: {
+        // One byte only: the task's first bytes may be right behind it, and stay in the session for the relay.
+        unsigned char status;
+        if (!SSL_read_ex(ssl, &status, 1, &moved)) {
+          int failure = ssl_failure(ssl, 0);
+          return failure < 0 ? ECONNRESET : failure;
+        }
+        park(c, status);
+        return 0;
+      }
+      case PHASE_READ_HEADER: {
+        size_t want = 2;
+        if (c->setup_done >= 2) {
+          size_t length = ((size_t)c->setup[0] << 8) | c->setup[1];
+          if (length == 0 || 2 + length > HEADER_MAX_BYTES) return EMSGSIZE;
+          want += length;
+        }
+        if (c->setup_done == want) {
+          if (want > 2) {
+            c->setup_length = want;
+            park(c, 0);
+            return 0;
+          }
+          break;
+        }
+        if (!SSL_read_ex(ssl, c->setup + c->setup_done, want - c->setup_done, &moved)) {
+          int failure = ssl_failure(ssl, 0);
+          return failure < 0 ? ECONNRESET : failure;
+        }
+        c->setup_done += moved;
+        break;
+      }
+      default:
+        return 0;
+    }
+  }
+}
+
+static void run_setup(conn *c) {
+  if (c->phase == PHASE_PARKED) return;
+  int error = setup_steps(c);
+  if (error != 0) park(c, -error);
+}
+
+/** OP_DROP: the status byte if there is one and the session is up (a refusal), a close_notify, then the end. */
+static void drop(conn *c) {
+  SSL *ssl = c->b.ssl;
+  if (ssl != NULL && SSL_is_init_finished(ssl)) {
+    if (c->join_status >= 0) {
+      unsigned char status = (unsigned char)c->join_status;
+      size_t sent;
+      if (!SSL_write_ex(ssl, &status, 1, &sent)) ERR_clear_error();
+    }
+    if (SSL_shutdown(ssl) < 0) ERR_clear_error();
+  }
+  finish(c, 0);
+}
+
 /** Gives the connections whose last turn ended with bytes left their next turn. */
 static void run_again(relay_thread *t) {
   conn *c = t->again;
@@ -353,7 +732,31 @@ static void run_again(relay_thread *t) {
   }
 }
 
-/** Registers the connections JS has queued, and runs each once (what arrived before is waiting already). */
+/**
+ * OP_JOIN: a parked data path connection starts relaying with side a, its status byte (server) sent first. Returns
+ * 0, or -1 with errno set.
+ */
+static int join(conn *c) {
+  if (c->join_status >= 0) {
+    c->a_to_b.pending = malloc(1);
+    if (c->a_to_b.pending == NULL) {
+      errno = ENOMEM;
+      return -1;
+    }
+    c->a_to_b.pending[0] = (char)c->join_status;
+    c->a_to_b.start = 0;
+    c->a_to_b.end = 1;
+  }
+  free(c->setup);
+  c->setup = NULL;
+  c->phase = PHASE_RELAY;
+  return 0;
+}
+
+/**
+ * Takes what JS has queued: new relays and data path connections (registered, then run once: what arrived before
+ * is waiting already), and the joins and drops of parked ones.
+ */
 static void take_incoming(relay_thread *t) {
   uint64_t count;
   while (read(t->wake_fd, &count, sizeof count) > 0) {
@@ -364,14 +767,26 @@ static void take_incoming(relay_thread *t) {
   pthread_mutex_unlock(&t->incoming_lock);
   while (c) {
     conn *next = c->incoming_next;
-    struct epoll_event event = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-    event.data.ptr = &c->a;
-    int failed = epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->a.fd, &event);
-    event.data.ptr = &c->b;
-    if (failed == 0) failed = epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->b.fd, &event);
-    // finish() deletes both registrations (one may not exist) and reports the errno.
-    if (failed != 0) finish(c, errno);
-    else run_conn(c);
+    if (c->op == OP_DROP) {
+      drop(c);
+    } else {
+      struct epoll_event event = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+      int failed = 0;
+      if (c->op != OP_SETUP) {
+        event.data.ptr = &c->a;
+        failed = epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->a.fd, &event);
+      }
+      if (c->op != OP_JOIN && failed == 0) {
+        event.data.ptr = &c->b;
+        failed = epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->b.fd, &event);
+      }
+      if (c->op == OP_JOIN && failed == 0) failed = join(c);
+      // finish() deletes both registrations (one may not exist) and reports the errno. A set-up that cannot
+      // start is reported as a set-up first (JS then drops it).
+      if (failed != 0 && c->op == OP_SETUP) park(c, -errno);
+      else if (failed != 0) finish(c, errno);
+      else run_conn(c);
+    }
     c = next;
   }
 }
@@ -433,6 +848,9 @@ static const char *start_pool(int count) {
     }
     // Some threads started: use those.
     if (pool_size > 0) failure = NULL;
+    // Without them the data path is served in JS (data-path.ts asks tlsAvailable()).
+    dial_ctx = new_tls_context(0);
+    serve_ctx = new_tls_context(1);
   }
   pthread_mutex_unlock(&pool_lock);
   return failure;
@@ -441,11 +859,43 @@ static const char *start_pool(int count) {
 // ---------------------------------------------------------------------------------------------------------------
 // JS side
 
+/**
+ * A data path connection's set-up is over: onSetup(result, header, identity) on its JS thread, which then joins or
+ * drops it. result: the status byte (dialer), 0 (server: header holds the remote header, without its length
+ * prefix), SETUP_LEGACY (server: a legacy tunnel), or -errno. env is NULL when that thread is going away: the
+ * connection is dropped, as nobody will join it.
+ */
+static void call_setup(napi_env env, conn *c) {
+  if (env == NULL) {
+    pthread_mutex_lock(&c->env->lock);
+    int mine = !c->claimed;
+    c->claimed = 1;
+    pthread_mutex_unlock(&c->env->lock);
+    c->join_status = -1;
+    if (mine) queue_op(c, OP_DROP);
+    return;
+  }
+  napi_value on_setup, receiver, argv[3];
+  if (napi_get_reference_value(env, c->on_setup, &on_setup) != napi_ok || on_setup == NULL) return;
+  napi_get_undefined(env, &receiver);
+  napi_create_int32(env, c->setup_result, &argv[0]);
+  if (c->is_server && c->setup_result == 0)
+    napi_create_buffer_copy(env, c->setup_length - 2, c->setup + 2, NULL, &argv[1]);
+  else
+    napi_get_undefined(env, &argv[1]);
+  napi_create_string_utf8(env, c->identity, NAPI_AUTO_LENGTH, &argv[2]);
+  napi_call_function(env, receiver, on_setup, 3, argv, NULL);
+}
+
 /** Runs on the JS thread that started the connection: reports its result and frees it. env is NULL if that thread is gone. */
 static void call_done(napi_env env, napi_value unused, void *context, void *data) {
   (void)unused;
   (void)context;
   conn *c = data;
+  if (c->report == REPORT_SETUP) {
+    call_setup(env, c);
+    return;
+  }
   if (env != NULL) {
     napi_value on_done, receiver, argv[3];
     if (napi_get_reference_value(env, c->on_done, &on_done) == napi_ok && on_done != NULL) {
@@ -456,6 +906,7 @@ static void call_done(napi_env env, napi_value unused, void *context, void *data
       napi_call_function(env, receiver, on_done, 3, argv, NULL);
     }
     napi_delete_reference(env, c->on_done);
+    if (c->on_setup != NULL) napi_delete_reference(env, c->on_setup);
   }
   free(c);
 }
@@ -466,7 +917,14 @@ static void env_cleanup(void *arg) {
   pthread_mutex_lock(&env->lock);
   env->closing = 1;
   for (conn *c = env->conns; c != NULL; c = c->env_next) {
-    shutdown(c->a.fd, SHUT_RDWR);
+    if (c->phase == PHASE_PARKED && !c->claimed) {
+      // Parked, and JS will never join or drop it now: dropped (its set-up report, if queued, then does nothing).
+      c->claimed = 1;
+      c->join_status = -1;
+      queue_op(c, OP_DROP);
+      continue;
+    }
+    if (c->a.fd >= 0) shutdown(c->a.fd, SHUT_RDWR);
     shutdown(c->b.fd, SHUT_RDWR);
   }
   pthread_mutex_unlock(&env->lock);
@@ -474,6 +932,12 @@ static void env_cleanup(void *arg) {
 }
 
 static napi_value throw_error(napi_env env, const char *message) {
+  napi_throw_error(env, NULL, message);
+  return NULL;
+}
+
+/** throw_error for functions that return a pointer. */
+static void *fail(napi_env env, const char *message) {
   napi_throw_error(env, NULL, message);
   return NULL;
 }
@@ -507,42 +971,39 @@ static int dup_nonblocking(int fd) {
   return copy;
 }
 
-/** relay(fdA, fdB, lingerMs, onDone(bytesAtoB, bytesBtoA, errno)): returns a handle for bytes() and cut(). */
-static napi_value js_relay(napi_env env, napi_callback_info info) {
-  env_state *state;
-  size_t argc = 4;
-  napi_value argv[4];
-  int64_t fd_a, fd_b, linger_ms;
-  napi_valuetype callback_type;
-  if (napi_get_instance_data(env, (void **)&state) != napi_ok || state == NULL)
-    return throw_error(env, "relay: module not initialised for this thread");
-  if (pool_size == 0) return throw_error(env, "relay: start() was not called");
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4 || !get_int(env, argv[0], &fd_a) ||
-      !get_int(env, argv[1], &fd_b) || !get_int(env, argv[2], &linger_ms) ||
-      napi_typeof(env, argv[3], &callback_type) != napi_ok || callback_type != napi_function)
-    return throw_error(env, "relay(fdA, fdB, lingerMs, onDone) needs two descriptors, a number and a function");
-  if (fd_a < 0 || fd_b < 0 || fd_a > INT32_MAX || fd_b > INT32_MAX) return throw_error(env, "relay: bad descriptor");
+/** Sets TCP_NODELAY: each chunk goes out as it comes, as the JS path does (noDelay). */
+static void no_delay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
 
+/**
+ * A new connection of this JS thread, side b a duplicate of fd_b, on the next relay thread; NULL with a JS error
+ * thrown when it cannot be made.
+ */
+static conn *new_conn(napi_env env, env_state *state, int64_t fd_b, napi_value on_done) {
+  if (pool_size == 0) return fail(env, "relay: start() was not called");
+  if (fd_b < 0 || fd_b > INT32_MAX) return fail(env, "relay: bad descriptor");
   conn *c = calloc(1, sizeof *c);
-  if (c == NULL) return throw_error(env, "relay: out of memory");
-  c->a.fd = dup_nonblocking((int)fd_a);
-  c->b.fd = c->a.fd < 0 ? -1 : dup_nonblocking((int)fd_b);
+  if (c == NULL) return fail(env, "relay: out of memory");
+  c->a.fd = -1;
+  c->b.fd = dup_nonblocking((int)fd_b);
   if (c->b.fd < 0) {
     int error = errno;
-    if (c->a.fd >= 0) close(c->a.fd);
     free(c);
-    return throw_error(env, error == EMFILE ? "relay: too many open files" : "relay: cannot take the descriptors");
+    return fail(env, error == EMFILE ? "relay: too many open files" : "relay: cannot take the descriptor");
   }
-  // Each chunk goes out as it comes, as the JS path does (noDelay).
-  int one = 1;
-  setsockopt(c->a.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  setsockopt(c->b.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  no_delay(c->b.fd);
   c->a.owner = c->b.owner = c;
-  c->linger_ms = linger_ms < 0 ? 0 : linger_ms;
   c->env = state;
+  c->join_status = -1;
   c->thread = &pool[atomic_fetch_add(&next_thread, 1) % (unsigned)pool_size];
-  napi_create_reference(env, argv[3], 1, &c->on_done);
+  napi_create_reference(env, on_done, 1, &c->on_done);
+  return c;
+}
 
+/** Enters a new connection in its JS thread's list and queues it to its relay thread; returns its handle. */
+static napi_value adopt(napi_env env, env_state *state, conn *c, int op) {
   atomic_fetch_add(&state->refs, 1);
   pthread_mutex_lock(&state->lock);
   c->open = 1;
@@ -550,20 +1011,156 @@ static napi_value js_relay(napi_env env, napi_callback_info info) {
   if (c->env_next) c->env_next->env_prev = c;
   state->conns = c;
   pthread_mutex_unlock(&state->lock);
-
   // To its relay thread, which registers it and runs it from then on (and may finish it at once). Nothing of c is
   // touched here after this but through the lock.
-  relay_thread *t = c->thread;
-  pthread_mutex_lock(&t->incoming_lock);
-  c->incoming_next = t->incoming;
-  t->incoming = c;
-  pthread_mutex_unlock(&t->incoming_lock);
-  uint64_t one_more = 1;
-  // Cannot fail but on a counter overflow (2^64 wakes); the thread reads it down at each wake.
-  (void)!write(t->wake_fd, &one_more, sizeof one_more);
+  queue_op(c, op);
   napi_value handle;
   napi_create_external(env, c, NULL, NULL, &handle);
   return handle;
+}
+
+static env_state *state_of(napi_env env) {
+  env_state *state;
+  if (napi_get_instance_data(env, (void **)&state) != napi_ok || state == NULL) {
+    throw_error(env, "relay: module not initialised for this thread");
+    return NULL;
+  }
+  return state;
+}
+
+static int is_function(napi_env env, napi_value value) {
+  napi_valuetype type;
+  return napi_typeof(env, value, &type) == napi_ok && type == napi_function;
+}
+
+/** relay(fdA, fdB, lingerMs, onDone(bytesAtoB, bytesBtoA, errno)): returns a handle for bytes() and cut(). */
+static napi_value js_relay(napi_env env, napi_callback_info info) {
+  env_state *state = state_of(env);
+  size_t argc = 4;
+  napi_value argv[4];
+  int64_t fd_a, fd_b, linger_ms;
+  if (state == NULL) return NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4 || !get_int(env, argv[0], &fd_a) ||
+      !get_int(env, argv[1], &fd_b) || !get_int(env, argv[2], &linger_ms) || !is_function(env, argv[3]))
+    return throw_error(env, "relay(fdA, fdB, lingerMs, onDone) needs two descriptors, a number and a function");
+  if (fd_a < 0 || fd_a > INT32_MAX) return throw_error(env, "relay: bad descriptor");
+  conn *c = new_conn(env, state, fd_b, argv[3]);
+  if (c == NULL) return NULL;
+  c->a.fd = dup_nonblocking((int)fd_a);
+  if (c->a.fd < 0) {
+    int error = errno;
+    close(c->b.fd);
+    napi_delete_reference(env, c->on_done);
+    free(c);
+    return throw_error(env, error == EMFILE ? "relay: too many open files" : "relay: cannot take the descriptors");
+  }
+  no_delay(c->a.fd);
+  c->linger_ms = linger_ms < 0 ? 0 : linger_ms;
+  return adopt(env, state, c, OP_RELAY);
+}
+
+/** A data path connection on fd: its set-up state, TLS session and set-up buffer; NULL with a JS error thrown. */
+static conn *new_data_path_conn(napi_env env, env_state *state, int64_t fd, int server, napi_value on_setup,
+                                napi_value on_done) {
+  SSL_CTX *ctx = server ? serve_ctx : dial_ctx;
+  if (ctx == NULL) return fail(env, "relay: TLS is not available in this process");
+  conn *c = new_conn(env, state, fd, on_done);
+  if (c == NULL) return NULL;
+  c->is_server = server;
+  c->phase = server ? PHASE_CLASSIFY : PHASE_SEND_MAGIC;
+  c->setup = malloc(HEADER_MAX_BYTES);
+  c->b.ssl = SSL_new(ctx);
+  if (c->setup == NULL || c->b.ssl == NULL || !SSL_set_fd(c->b.ssl, c->b.fd)) {
+    ERR_clear_error();
+    SSL_free(c->b.ssl);
+    free(c->setup);
+    close(c->b.fd);
+    napi_delete_reference(env, c->on_done);
+    free(c);
+    return fail(env, "relay: cannot make a TLS session");
+  }
+  SSL_set_app_data(c->b.ssl, c);
+  if (server) SSL_set_accept_state(c->b.ssl);
+  else SSL_set_connect_state(c->b.ssl);
+  napi_create_reference(env, on_setup, 1, &c->on_setup);
+  return c;
+}
+
+/** Copies a Buffer or Uint8Array argument; its length, or -1 when it is not one. */
+static int64_t get_bytes(napi_env env, napi_value value, void *out, size_t max) {
+  void *data;
+  size_t length;
+  bool is_buffer;
+  if (napi_is_buffer(env, value, &is_buffer) != napi_ok || !is_buffer ||
+      napi_get_buffer_info(env, value, &data, &length) != napi_ok || length > max)
+    return -1;
+  memcpy(out, data, length);
+  return (int64_t)length;
+}
+
+/**
+ * dial(fd, identity, key, header, onSetup, onDone): sets up a connected socket to another node's data path with a
+ * ticket (identity: 32 hex characters, key: 32 bytes) and sends header (encodeRemoteHeader's bytes); onSetup gets
+ * the status byte. Returns the handle for join(), drop(), cut() and bytes().
+ */
+static napi_value js_dial(napi_env env, napi_callback_info info) {
+  env_state *state = state_of(env);
+  size_t argc = 6;
+  napi_value argv[6];
+  int64_t fd;
+  char identity[IDENTITY_CHARS + 2];
+  size_t identity_length;
+  unsigned char key[PSK_KEY_BYTES];
+  unsigned char header[HEADER_MAX_BYTES];
+  if (state == NULL) return NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 6 || !get_int(env, argv[0], &fd) ||
+      napi_get_value_string_utf8(env, argv[1], identity, sizeof identity, &identity_length) != napi_ok ||
+      identity_length != IDENTITY_CHARS || get_bytes(env, argv[2], key, sizeof key) != PSK_KEY_BYTES ||
+      !is_function(env, argv[4]) || !is_function(env, argv[5]))
+    return throw_error(env, "dial(fd, identity, key, header, onSetup, onDone): bad arguments");
+  int64_t header_length = get_bytes(env, argv[3], header, sizeof header);
+  if (header_length < 3) return throw_error(env, "dial: the header must be 3 to 1026 bytes");
+  conn *c = new_data_path_conn(env, state, fd, 0, argv[4], argv[5]);
+  if (c == NULL) return NULL;
+  memcpy(c->identity, identity, IDENTITY_CHARS + 1);
+  memcpy(c->key, key, PSK_KEY_BYTES);
+  OPENSSL_cleanse(key, sizeof key);
+  memcpy(c->setup, header, (size_t)header_length);
+  c->setup_length = (size_t)header_length;
+  return adopt(env, state, c, OP_SETUP);
+}
+
+/** accept(fd, onSetup, onDone): sets up a connection accepted on the data path port; onSetup gets the header. */
+static napi_value js_accept(napi_env env, napi_callback_info info) {
+  env_state *state = state_of(env);
+  size_t argc = 3;
+  napi_value argv[3];
+  int64_t fd;
+  if (state == NULL) return NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 || !get_int(env, argv[0], &fd) ||
+      !is_function(env, argv[1]) || !is_function(env, argv[2]))
+    return throw_error(env, "accept(fd, onSetup, onDone): bad arguments");
+  conn *c = new_data_path_conn(env, state, fd, 1, argv[1], argv[2]);
+  if (c == NULL) return NULL;
+  return adopt(env, state, c, OP_SETUP);
+}
+
+/** addKey(identity, key, ttlMs): a ticket's key, good for handshakes on this process's data path for ttlMs. */
+static napi_value js_add_key(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  char identity[IDENTITY_CHARS + 2];
+  size_t identity_length;
+  unsigned char key[PSK_KEY_BYTES];
+  int64_t ttl_ms;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_get_value_string_utf8(env, argv[0], identity, sizeof identity, &identity_length) != napi_ok ||
+      identity_length != IDENTITY_CHARS || get_bytes(env, argv[1], key, sizeof key) != PSK_KEY_BYTES ||
+      !get_int(env, argv[2], &ttl_ms))
+    return throw_error(env, "addKey(identity, key, ttlMs) needs 32 hex characters, 32 bytes and a number");
+  psk_add(identity, key, ttl_ms);
+  OPENSSL_cleanse(key, sizeof key);
+  return NULL;
 }
 
 /**
@@ -585,10 +1182,63 @@ static napi_value js_cut(napi_env env, napi_callback_info info) {
     return throw_error(env, "cut(handle) needs a handle");
   pthread_mutex_lock(&c->env->lock);
   if (c->open) {
-    shutdown(c->a.fd, SHUT_RDWR);
+    if (c->a.fd >= 0) shutdown(c->a.fd, SHUT_RDWR);
     shutdown(c->b.fd, SHUT_RDWR);
   }
   pthread_mutex_unlock(&c->env->lock);
+  return NULL;
+}
+
+/** A parked connection of this thread that JS has not joined or dropped yet; NULL with a JS error thrown. */
+static conn *claim_parked(napi_env env, napi_value handle) {
+  conn *c = conn_of(env, handle);
+  if (c == NULL) return fail(env, "needs a handle");
+  pthread_mutex_lock(&c->env->lock);
+  int ok = c->phase == PHASE_PARKED && !c->claimed;
+  if (ok) c->claimed = 1;
+  pthread_mutex_unlock(&c->env->lock);
+  return ok ? c : fail(env, "the connection is not waiting to be joined or dropped");
+}
+
+/**
+ * join(handle, fd, status, lingerMs): a parked data path connection relays between fd (side a: the client, or the
+ * task) and its node; status (0-255) is sent to the dialer first, -1 sends none. onDone follows at the end.
+ */
+static napi_value js_join(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  int64_t fd, status, linger_ms;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4 || !get_int(env, argv[1], &fd) ||
+      !get_int(env, argv[2], &status) || !get_int(env, argv[3], &linger_ms) || fd < 0 || fd > INT32_MAX ||
+      status < -1 || status > 255)
+    return throw_error(env, "join(handle, fd, status, lingerMs): bad arguments");
+  int copy = dup_nonblocking((int)fd);
+  if (copy < 0) return throw_error(env, errno == EMFILE ? "join: too many open files" : "join: cannot take the descriptor");
+  conn *c = claim_parked(env, argv[0]);
+  if (c == NULL) {
+    close(copy);
+    return NULL;
+  }
+  no_delay(copy);
+  c->a.fd = copy;
+  c->join_status = (int)status;
+  c->linger_ms = linger_ms < 0 ? 0 : linger_ms;
+  queue_op(c, OP_JOIN);
+  return NULL;
+}
+
+/** drop(handle, status): ends a parked connection, status (0-255) sent first where the session is up; -1: none. */
+static napi_value js_drop(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int64_t status;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || !get_int(env, argv[1], &status) ||
+      status < -1 || status > 255)
+    return throw_error(env, "drop(handle, status): bad arguments");
+  conn *c = claim_parked(env, argv[0]);
+  if (c == NULL) return NULL;
+  c->join_status = (int)status;
+  queue_op(c, OP_DROP);
   return NULL;
 }
 
@@ -636,5 +1286,10 @@ NAPI_MODULE_INIT() {
   export_function(env, exports, "relay", js_relay);
   export_function(env, exports, "cut", js_cut);
   export_function(env, exports, "bytes", js_bytes);
+  export_function(env, exports, "dial", js_dial);
+  export_function(env, exports, "accept", js_accept);
+  export_function(env, exports, "join", js_join);
+  export_function(env, exports, "drop", js_drop);
+  export_function(env, exports, "addKey", js_add_key);
   return exports;
 }
