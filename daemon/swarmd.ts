@@ -10,13 +10,14 @@ import type { Task } from './api/services.ts';
 import type { HostPortInUse, NodeDescription, NodeRole, SwarmInfo } from './api/types.ts';
 import { SWARMD_VERSION } from './api/version.ts';
 import { EventLoopDelay } from './event-loop-delay.ts';
-import { DataPathServer, directFirst, type TunnelPathCounts } from './lb/data-path.ts';
+import { DataPathServer, directFirst, noTunnels, type TunnelPathCounts } from './lb/data-path.ts';
 import { meshTicketFetcher, serveDataPathTickets } from './lb/data-path-tickets.ts';
 import { IngressSet, type PublishedPorts } from './lb/ingress-set.ts';
 import { defaultLbThreads, IngressThreads, MAX_LB_THREADS } from './lb/ingress-threads.ts';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './lb/metrics.ts';
-import { chooseRelayMode, type RelayMode } from './lb/native-relay.ts';
-import { serveRemote } from './lb/remote.ts';
+import { nativeHopDialer } from './lb/native-hop.ts';
+import { chooseRelayMode, nativeRelay, type ParkedConnection, type RelayMode } from './lb/native-relay.ts';
+import { serveNativeHop, serveRemote } from './lb/remote.ts';
 import { newMeshHopCounters } from './lb/stats.ts';
 import { validateTable } from './lb/table.ts';
 import { type OpenTunnel, TunnelDialer, TunnelServer } from './lb/tunnel.ts';
@@ -147,7 +148,10 @@ export class Swarmd {
   private tunnels: TunnelDialer | undefined;
   private tunnelServer: TunnelServer | undefined;
   /** Tunnels this node opened to others, by path: counted where they are dialled (main thread or threads). */
-  private outTunnels: () => TunnelPathCounts = () => ({ direct: 0, mesh: 0 });
+  private outTunnels: () => TunnelPathCounts = noTunnels;
+  /** Native hops other nodes opened to tasks of this node, relaying now. */
+  private nativeHopsIn = 0;
+  private nativeHopsServed = 0;
   private dataPath: DataPathServer | undefined;
   private readonly meshHopCounters = newMeshHopCounters();
   private readonly eventLoopDelay = new EventLoopDelay();
@@ -661,13 +665,16 @@ export class Swarmd {
       this.outTunnels = () => ingresses.tunnelCounts();
     } else {
       const paths = directFirst(fetchTicket, openTunnel, lbLog);
-      this.outTunnels = paths.counts;
       const tunnels = new TunnelDialer(paths.open, lbLog);
       this.tunnels = tunnels;
+      const native = relay === 'native' && fetchTicket !== undefined ? nativeRelay() : undefined;
+      const hops = typeof native === 'object' ? nativeHopDialer(native, fetchTicket!, lbLog) : undefined;
+      this.outTunnels = () => ({ ...paths.counts(), native: hops?.open() ?? 0 });
       this.ingresses = new IngressSet({
         ...where,
         relay,
         dialPeer: (peerId, header, signal) => tunnels.dial(peerId, header, signal),
+        ...(hops === undefined ? {} : { dialNative: hops.dial }),
       });
     }
     const tunnelServer = new TunnelServer(
@@ -685,10 +692,29 @@ export class Swarmd {
       maxInboundStreams: LB_TUNNELS,
     });
     if (dataPathPort !== 'off') {
+      const native = relay === 'native' ? nativeRelay() : undefined;
       const dataPath = new DataPathServer({
         host: this.state.listen.host,
         port: dataPathPort,
         onTunnel: (socket) => tunnelServer.serve(socket, 'direct'),
+        ...(typeof native === 'object'
+          ? {
+              native: {
+                relay: native,
+                onNativeHop: (parked: ParkedConnection, header: Buffer) =>
+                  void serveNativeHop(parked, header, (taskId) => this.runner.localAddress(taskId), {
+                    log: lbLog,
+                    drains: this.ingresses.meshStreams,
+                    onEnd: () => this.nativeHopsIn--,
+                  }).then((result) => {
+                    this.meshHopCounters[result]++;
+                    if (result !== 'served') return;
+                    this.nativeHopsIn++;
+                    this.nativeHopsServed++;
+                  }),
+              },
+            }
+          : {}),
         log: lbLog,
       });
       try {
@@ -699,7 +725,11 @@ export class Swarmd {
         );
       }
       this.dataPath = dataPath;
-      this.log('info', `lb: data path on ${this.state.listen.host}:${dataPath.port} (TLS 1.3, keys over the mesh)`);
+      const hops = native === undefined ? '' : ', native hops in the relay';
+      this.log(
+        'info',
+        `lb: data path on ${this.state.listen.host}:${dataPath.port} (TLS 1.3, keys over the mesh${hops})`,
+      );
     }
     await serveDataPathTickets(this.host, this.dataPath);
   }
@@ -822,7 +852,11 @@ export class Swarmd {
         text:
           renderMetrics(await this.ingresses.stats(), {
             streams: this.meshHopCounters,
-            tunnels: { in: this.tunnelServer?.counts() ?? { direct: 0, mesh: 0 }, out: this.outTunnels() },
+            tunnels: {
+              in: { ...(this.tunnelServer?.counts() ?? noTunnels()), native: this.nativeHopsIn },
+              out: this.outTunnels(),
+            },
+            nativeHopsServed: this.nativeHopsServed,
           }) + this.eventLoopDelay.render(),
         contentType: METRICS_CONTENT_TYPE,
       }),

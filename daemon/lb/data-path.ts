@@ -20,9 +20,10 @@
 // merely silent (a firewall that drops) would hold the first tunnel for the whole handshake timeout: after
 // HEAD_START_MS the mesh is tried beside it, and whichever opens first carries the tunnel.
 import { randomBytes } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { connect, createServer, type Server, type TLSSocket, type TlsOptions } from 'node:tls';
+import type { NativeRelay, ParkedConnection } from './native-relay.ts';
 import type { OpenTunnel } from './tunnel.ts';
 
 export const TICKET_KEY_BYTES = 32;
@@ -30,6 +31,11 @@ export const TICKET_KEY_BYTES = 32;
 const IDENTITY_BYTES = 16;
 /** A ticket not used within this long is forgotten. */
 const TICKET_TTL_MS = 30_000;
+/**
+ * How long a dialer reuses a ticket for native hops (native-hop.ts): well inside TICKET_TTL_MS, so a handshake
+ * started near the end still finds its key.
+ */
+export const TICKET_REUSE_MS = 20_000;
 /** Tickets issued and not used yet, at most: a member asking in a loop cannot grow the table. */
 const MAX_OUTSTANDING_TICKETS = 1024;
 /** For the TCP connect and the TLS handshake together, either side. */
@@ -55,10 +61,15 @@ export interface DataPathTicket {
   port: number;
   identity: string;
   key: Uint8Array;
+  /** The peer's native relay serves its data path: the key is good for native hops until it expires. */
+  relay?: true;
 }
 
-/** The ticket as it goes over the mesh: the dialer knows the host already (it is the peer's mesh address). */
-export type TicketReply = { port: number; identity: string; key: Uint8Array } | { off: true };
+/**
+ * The ticket as it goes over the mesh: the dialer knows the host already (it is the peer's mesh address). A daemon
+ * that predates `relay` ignores it, and uses the ticket once for a tunnel.
+ */
+export type TicketReply = { port: number; identity: string; key: Uint8Array; relay?: true } | { off: true };
 
 /** Gets a ticket for a peer's data path, or undefined when the peer has none (or is reached through a relay). */
 export type FetchTicket = (peerId: string, signal: AbortSignal) => Promise<DataPathTicket | undefined>;
@@ -75,7 +86,7 @@ export function parseTicketReply(value: unknown): TicketReply {
     throw new Error('data path ticket: identity must be 32 hex characters');
   if (!(key instanceof Uint8Array) || key.length !== TICKET_KEY_BYTES)
     throw new Error(`data path ticket: key must be ${TICKET_KEY_BYTES} bytes`);
-  return { port, identity, key };
+  return reply.relay === true ? { port, identity, key, relay: true } : { port, identity, key };
 }
 
 interface IssuedTicket {
@@ -90,21 +101,33 @@ export interface DataPathServerOptions {
   port: number;
   /** A tunnel from `peerId` is up (the handshake proved it holds the key issued to that peer). */
   onTunnel: (socket: TLSSocket, peerId: string) => void;
+  /**
+   * Where the native relay is built: it serves native hops (native-hop.ts) on this port too, and tickets say so.
+   * Each set-up hop goes to onNativeHop with its remote header (remote.ts's serveNativeHop).
+   */
+  native?: { relay: NativeRelay; onNativeHop: (parked: ParkedConnection, header: Buffer) => void };
   log: (message: string) => void;
 }
 
-/** The accepting side: a TLS listener that admits one handshake per ticket it issued. */
+/**
+ * The accepting side: a TCP listener whose connections are either native hops, set up by the relay, or tunnels:
+ * TLS connections (Node's TLS server) that admit one handshake per ticket issued.
+ */
 export class DataPathServer {
   private readonly opts: DataPathServerOptions;
-  private readonly server: Server;
+  private readonly server: NetServer;
+  private readonly tls: Server;
   /** By identity; a Map keeps issue order, so the oldest is first to go when full. */
   private readonly tickets = new Map<string, IssuedTicket>();
-  private readonly sockets = new Set<TLSSocket>();
+  private readonly sockets = new Set<Socket>();
   private boundPort = 0;
 
   constructor(opts: DataPathServerOptions) {
     this.opts = opts;
-    this.server = createServer({
+    // Paused: the relay looks at the first bytes without reading them, then a tunnel is read by Node's TLS.
+    this.server = createNetServer({ pauseOnConnect: true, noDelay: true }, (socket) => this.onConnection(socket));
+    this.server.on('error', (err) => this.opts.log(`lb: data path listener: ${err.message}`));
+    this.tls = createServer({
       ...TLS_OPTIONS,
       handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
       pskCallback: (socket, identity) => {
@@ -114,7 +137,7 @@ export class DataPathServer {
         return ticket.key;
       },
     });
-    this.server.on('secureConnection', (socket: TLSSocket) => {
+    this.tls.on('secureConnection', (socket: TLSSocket) => {
       const peerId = peerOf.get(socket);
       if (peerId === undefined) {
         socket.destroy();
@@ -127,8 +150,28 @@ export class DataPathServer {
     });
     // Failed handshakes (no ticket, a wrong key, garbage) are what a scanner or a stale peer produces: not logged
     // one by one, the socket is simply gone.
-    this.server.on('tlsClientError', (_err, socket) => socket.destroy());
-    this.server.on('error', (err) => this.opts.log(`lb: data path listener: ${err.message}`));
+    this.tls.on('tlsClientError', (_err, socket) => socket.destroy());
+  }
+
+  private onConnection(socket: Socket): void {
+    socket.on('error', () => {});
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
+    const native = this.opts.native;
+    if (native === undefined) {
+      this.tls.emit('connection', socket);
+      return;
+    }
+    // The same bound as a tunnel's handshake: a peer that connects and says nothing is cut.
+    const timer = setTimeout(() => setup.cut(), HANDSHAKE_TIMEOUT_MS);
+    const setup = native.relay.accept(socket, (outcome, parked) => {
+      clearTimeout(timer);
+      if (outcome.kind === 'legacy') this.tls.emit('connection', socket);
+      else if (outcome.kind === 'ready' && parked !== undefined && outcome.header !== undefined)
+        native.onNativeHop(parked, outcome.header);
+      // A failed set-up (a wrong or expired key, garbage, a timeout) is what a scanner or a stale peer produces: not
+      // logged one by one, as for tunnels.
+    });
   }
 
   /** Binds; resolves with the port (the one asked for, or the free one picked). */
@@ -148,13 +191,15 @@ export class DataPathServer {
   }
 
   /** A ticket for one handshake by `peerId`, to send it over the mesh. */
-  issue(peerId: string, now = Date.now()): { port: number; identity: string; key: Uint8Array } {
+  issue(peerId: string, now = Date.now()): { port: number; identity: string; key: Uint8Array; relay?: true } {
     this.sweep(now);
     while (this.tickets.size >= MAX_OUTSTANDING_TICKETS) this.tickets.delete(this.tickets.keys().next().value!);
     const identity = randomBytes(IDENTITY_BYTES).toString('hex');
     const key = randomBytes(TICKET_KEY_BYTES);
     this.tickets.set(identity, { key, peerId, expires: now + TICKET_TTL_MS });
-    return { port: this.boundPort, identity, key };
+    if (this.opts.native === undefined) return { port: this.boundPort, identity, key };
+    this.opts.native.relay.addKey(identity, key, TICKET_TTL_MS);
+    return { port: this.boundPort, identity, key, relay: true };
   }
 
   /** Tickets issued and not used yet (for tests). */
@@ -227,8 +272,12 @@ export function dialDataPath(ticket: DataPathTicket, signal: AbortSignal): Promi
 
 export type TunnelPath = 'direct' | 'mesh';
 
-/** Tunnels through each path, open now. */
-export type TunnelPathCounts = Record<TunnelPath, number>;
+/** Tunnels through each path open now, and native hops (native-hop.ts: one per forwarded connection). */
+export type TunnelPathCounts = Record<TunnelPath | 'native', number>;
+
+export function noTunnels(): TunnelPathCounts {
+  return { direct: 0, mesh: 0, native: 0 };
+}
 
 export interface DirectFirst {
   open: OpenTunnel;
@@ -246,7 +295,7 @@ export function directFirst(
   now: () => number = Date.now,
 ): DirectFirst {
   const meshOnlyUntil = new Map<string, number>();
-  const counts: TunnelPathCounts = { direct: 0, mesh: 0 };
+  const counts = noTunnels();
   const track = (path: TunnelPath, transport: Duplex): Duplex => {
     counts[path]++;
     transport.once('close', () => counts[path]--);

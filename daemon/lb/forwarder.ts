@@ -8,19 +8,21 @@
 // detection. Once bytes flow, a failure ends the connection: it cannot be replayed.
 //
 // Moving the bytes: once a local task is connected, both sockets go to the native relay (native-relay.ts), whose
-// threads move the bytes from then on; where it is not built, or for the mesh hop (a stream, not a socket), pump.ts
-// does it in this thread.
+// threads move the bytes from then on. A task on another node is reached with the relay too where that node's
+// relay serves its data path (native-hop.ts): the client's socket is joined to the hop the relay set up. Where the
+// relay is not built, or through the HTTP/2 tunnel (a stream, not a socket), pump.ts does it in this thread.
 //
 // Nothing here reads the store: `services()` gives the current endpoint table for the port each time a connection
 // arrives, so an update by the control plane applies to the next connection.
 import { type AddressInfo, createServer, isIP, type Server, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
+import type { NativeHop } from './native-hop.ts';
 import { type NativeRelay, nativeRelay, type RelayedConnection, type RelayMode } from './native-relay.ts';
 import { PortIngress, type PortIngressOptions } from './port-ingress.ts';
 import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
 import { LINGER_MS, pump } from './pump.ts';
-import { connectTask, encodeRemoteHeader, openTaskStream, TaskDrainingError } from './remote.ts';
+import { connectTask, encodeRemoteHeader, openTaskStream, REMOTE_STATUS, TaskDrainingError } from './remote.ts';
 import type { ServiceStats, TaskCounters } from './stats.ts';
 
 export { type DialRemote, serveRemote } from './remote.ts';
@@ -178,7 +180,61 @@ export class Ingress extends PortIngress {
       ...(proxyProtocol ? { client: clientAddresses(conn.client) } : {}),
     });
     conn.abort = new AbortController();
-    openTaskStream(dialRemote, endpoint, header, this.connectTimeoutMs, conn.abort, onResult);
+    const dialNative = this.relay === undefined ? undefined : this.options.dialNative;
+    if (dialNative === undefined) {
+      openTaskStream(dialRemote, endpoint, header, this.connectTimeoutMs, conn.abort, onResult);
+      return;
+    }
+    const abort = conn.abort;
+    const timer = setTimeout(
+      () => abort.abort(new Error(`native hop to task ${endpoint.taskId} timed out`)),
+      this.connectTimeoutMs,
+    );
+    dialNative(endpoint, header, abort.signal).then(
+      (hop) => {
+        clearTimeout(timer);
+        // This peer is reached through the tunnel (native-hop.ts says when).
+        if (hop === undefined) openTaskStream(dialRemote, endpoint, header, this.connectTimeoutMs, abort, onResult);
+        else this.onNativeHop(conn, endpoint, hop, onResult);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        onResult(err instanceof Error ? err : new Error(String(err)), undefined);
+      },
+    );
+  }
+
+  /** A native hop is set up: its status byte says whether the task's node connected to the task. */
+  private onNativeHop(
+    conn: Conn,
+    endpoint: Endpoint,
+    hop: NativeHop,
+    onResult: (err: Error | undefined, backend: Duplex | undefined) => void,
+  ): void {
+    if (conn.state !== 'connecting' || hop.status !== REMOTE_STATUS.ok) {
+      hop.parked.drop();
+      // onResult does nothing for a connection that is gone.
+      const refused =
+        hop.status === REMOTE_STATUS.draining
+          ? new TaskDrainingError(endpoint)
+          : new Error(`node ${endpoint.nodeId} refused task ${endpoint.taskId} (status ${hop.status})`);
+      onResult(refused, undefined);
+      return;
+    }
+    conn.pending = undefined;
+    conn.abort = undefined;
+    this.outliers.recordSuccess(endpoint.taskId);
+    if (this.drains.isDraining(endpoint.taskId)) {
+      hop.parked.drop();
+      this.attempt(conn);
+      return;
+    }
+    this.countForwarding(conn, endpoint.taskId);
+    conn.relayed = hop.parked.join(conn.client, undefined, LINGER_MS, () => this.onRelayEnd(conn));
+    if (conn.relayed !== undefined) return;
+    // The client's socket cannot be handed over (it closed meanwhile): nothing was sent either way.
+    hop.parked.drop();
+    this.destroyConn(conn);
   }
 
   private onConnectFailure(conn: Conn, service: ServiceEndpoints, endpoint: Endpoint, err: Error | undefined): void {
@@ -195,14 +251,19 @@ export class Ingress extends PortIngress {
     this.attempt(conn);
   }
 
-  private startForwarding(conn: Conn, taskId: TaskId, backend: Duplex, early: Buffer | undefined): void {
+  /** The connection forwards to the task from now on: counted, and drained with it. */
+  private countForwarding(conn: Conn, taskId: TaskId): void {
     conn.state = 'forwarding';
-    conn.pending = backend;
     const task = this.counters.task(taskId);
     conn.task = task;
     task.connectionsTotal++;
     task.connectionsActive++;
     conn.release = this.drains.opened(taskId, () => this.destroyConn(conn));
+  }
+
+  private startForwarding(conn: Conn, taskId: TaskId, backend: Duplex, early: Buffer | undefined): void {
+    conn.pending = backend;
+    this.countForwarding(conn, taskId);
     if (early !== undefined) conn.client.write(early);
     // A local task's socket: the native relay takes both (unless a write, the PROXY header, is still queued).
     if (this.relay !== undefined && backend instanceof Socket) {

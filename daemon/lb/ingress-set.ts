@@ -8,6 +8,7 @@ import { sharedCursor } from './balancer.ts';
 import { DrainTracker } from './drain-tracker.ts';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
 import { Ingress } from './forwarder.ts';
+import type { DialNative, DialNativePeer } from './native-hop.ts';
 import type { RelayMode } from './native-relay.ts';
 import { OutlierDetector } from './outliers.ts';
 import type { PortIngress } from './port-ingress.ts';
@@ -34,6 +35,8 @@ export interface IngressSetOptions {
   onListeningChange?: () => void;
   /** How TCP connections to local tasks move their bytes (forwarder.ts); default native where built. */
   relay?: RelayMode;
+  /** Native hops to other nodes' data paths (native-hop.ts), tried before dialPeer's tunnel. */
+  dialNative?: DialNativePeer;
 }
 
 /** What the daemon needs of its published ports, served in its own thread (IngressSet) or others (IngressThreads). */
@@ -155,6 +158,15 @@ export class IngressSet implements PublishedPorts {
     await Promise.all(all.map((p) => p.ready.then(() => p.ingress.close())));
   }
 
+  /** dialNative by node ID. */
+  private dialNative(dial: DialNativePeer): DialNative {
+    return (endpoint, header, signal) => {
+      const peerId = this.peers.get(endpoint.nodeId);
+      if (peerId === undefined) return Promise.reject(new Error(`no PeerId known for node ${endpoint.nodeId}`));
+      return dial(peerId, header, signal);
+    };
+  }
+
   private start(label: string, { published, protocol }: TablePort): void {
     const options = {
       nodeId: this.opts.nodeId,
@@ -166,6 +178,7 @@ export class IngressSet implements PublishedPorts {
         if (peerId === undefined) return Promise.reject(new Error(`no PeerId known for node ${endpoint.nodeId}`));
         return this.opts.dialPeer(peerId, header, signal);
       },
+      ...(this.opts.dialNative === undefined ? {} : { dialNative: this.dialNative(this.opts.dialNative) }),
       outliers: this.outliers,
       ...(this.opts.relay === undefined ? {} : { relay: this.opts.relay }),
       ...(this.opts.reusePort ? { reusePort: true } : {}),

@@ -6,6 +6,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { type DataPathTicket, directFirst, type FetchTicket } from './data-path.ts';
 import { IngressSet } from './ingress-set.ts';
 import type { FromIngressThread, IngressThreadData, ToIngressThread } from './ingress-threads.ts';
+import { nativeHopDialer } from './native-hop.ts';
+import { nativeRelay } from './native-relay.ts';
 import { relayedTunnels } from './thread-relay.ts';
 import { TunnelDialer } from './tunnel.ts';
 
@@ -36,10 +38,15 @@ const fetchTicketFromMain: FetchTicket = (peerId, signal) =>
 const paths = directFirst(data.dataPath ? fetchTicketFromMain : undefined, relayedTunnels(data.relayPath), logWarn);
 const tunnels = new TunnelDialer(paths.open, logWarn);
 
+// Native hops (native-hop.ts) where this thread relays natively and the data path is on, with the same tickets.
+const relay = data.relay === 'native' && data.dataPath ? nativeRelay() : undefined;
+const hops = typeof relay === 'object' ? nativeHopDialer(relay, fetchTicketFromMain, logWarn) : undefined;
+
 const set = new IngressSet({
   nodeId: data.nodeId,
   ...(data.host === undefined ? {} : { host: data.host }),
   dialPeer: (peerId, header, signal) => tunnels.dial(peerId, header, signal),
+  ...(hops === undefined ? {} : { dialNative: hops.dial }),
   reusePort: true,
   roundRobinSlots: new Int32Array(data.roundRobinSlots),
   // The threads listen on the same ports: one of them says so.
@@ -58,7 +65,12 @@ main.on('message', (message: ToIngressThread) => {
       void set.drain(message.taskId, message.graceMs).then(() => post({ type: 'done', id: message.id }));
       return;
     case 'stats':
-      post({ type: 'done', id: message.id, stats: set.stats(), tunnels: paths.counts() });
+      post({
+        type: 'done',
+        id: message.id,
+        stats: set.stats(),
+        tunnels: { ...paths.counts(), native: hops?.open() ?? 0 },
+      });
       return;
     case 'ticket': {
       const answer = ticketRequests.get(message.id);

@@ -21,7 +21,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { DataPathTicket, FetchTicket, TunnelPathCounts } from './data-path.ts';
+import { type DataPathTicket, type FetchTicket, noTunnels, type TunnelPathCounts } from './data-path.ts';
 import { DrainTracker } from './drain-tracker.ts';
 import type { TaskId } from './endpoints.ts';
 import type { PublishedPorts } from './ingress-set.ts';
@@ -165,10 +165,11 @@ export class IngressThreads implements PublishedPorts {
 
   /** The threads' tunnels to other nodes by path, as of the last stats(). */
   tunnelCounts(): TunnelPathCounts {
-    const counts: TunnelPathCounts = { direct: 0, mesh: 0 };
+    const counts = noTunnels();
     for (const thread of this.threads) {
       counts.direct += thread.tunnels.direct;
       counts.mesh += thread.tunnels.mesh;
+      counts.native += thread.tunnels.native;
     }
     return counts;
   }
@@ -231,7 +232,7 @@ export class IngressThreads implements PublishedPorts {
       listening: [],
       exited: false,
       pending: new Map(),
-      tunnels: { direct: 0, mesh: 0 },
+      tunnels: noTunnels(),
     };
     worker.on('message', (message: FromIngressThread) => this.onMessage(thread, message));
     worker.on('error', (err) => this.opts.log('warn', `lb: ingress thread ${index} failed: ${err.message}`));

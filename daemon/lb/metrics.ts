@@ -108,6 +108,8 @@ const TASK_METRICS: MetricDef<TaskCounters>[] = [
 export interface MeshHopStats {
   streams: MeshHopCounters;
   tunnels: TunnelCounts;
+  /** Of the served streams, those that came as native hops (native-hop.ts) rather than through a tunnel. */
+  nativeHopsServed?: number;
 }
 
 /**
@@ -164,14 +166,21 @@ function renderMeshHop(lines: string[], meshHop: MeshHopStats): void {
     help: 'Connections other nodes forwarded to tasks of this node, by outcome (served, draining, unknown-task, ...).',
   });
   for (const [result, count] of Object.entries(meshHop.streams)) lines.push(`${streams}{result="${result}"} ${count}`);
+  const native = 'swarmd_lb_native_hops_served_total';
+  header(lines, {
+    name: native,
+    type: 'counter',
+    help: 'Of the served connections other nodes forwarded here, those that came as native hops (one TLS connection each, relayed natively).',
+  });
+  lines.push(`${native} ${meshHop.nativeHopsServed ?? 0}`);
   const tunnels = 'swarmd_lb_tunnels';
   header(lines, {
     name: tunnels,
     type: 'gauge',
-    help: 'Load balancer tunnels open now: to other nodes (out) and from them (in), over the data path or the mesh.',
+    help: 'Load balancer tunnels open now, to other nodes (out) and from them (in): over the data path (direct) or the mesh; native: native hops, one per forwarded connection.',
   });
   for (const direction of ['in', 'out'] as const)
-    for (const path of ['direct', 'mesh'] as const)
+    for (const path of ['direct', 'mesh', 'native'] as const)
       lines.push(`${tunnels}{direction="${direction}",path="${path}"} ${meshHop.tunnels[direction][path]}`);
 }
 

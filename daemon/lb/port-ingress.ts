@@ -2,6 +2,7 @@
 // choice of task (picker.ts), the drains and counters it reads, and how an ingress set drives them.
 import { DrainTracker } from './drain-tracker.ts';
 import type { Endpoint, ServiceEndpoints, TaskId } from './endpoints.ts';
+import type { DialNative } from './native-hop.ts';
 import { OutlierDetector } from './outliers.ts';
 import { TaskPicker, type TaskPickerOptions } from './picker.ts';
 import type { DialRemote } from './remote.ts';
@@ -16,6 +17,8 @@ export interface PortIngressOptions extends TaskPickerOptions {
   host?: string;
   /** How to reach tasks on other nodes; without it, remote endpoints count as failed. */
   dialRemote?: DialRemote;
+  /** Native hops to other nodes (native-hop.ts), tried before dialRemote where the TCP ingress relays natively. */
+  dialNative?: DialNative;
   /** Shared by the ingresses of a node, or one each; default a new one with default settings. */
   outliers?: OutlierDetector;
   /** Tasks tried per client connection (UDP: flow) before it is given up. Default 3. */

@@ -19,8 +19,9 @@ import type { Duplex } from 'node:stream';
 import { Packr } from 'msgpackr';
 import type { DrainTracker } from './drain-tracker.ts';
 import { type Endpoint, parseAddress, type TaskId } from './endpoints.ts';
+import type { ParkedConnection, RelayedConnection } from './native-relay.ts';
 import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
-import { connectDirect, pump } from './pump.ts';
+import { connectDirect, LINGER_MS, pump } from './pump.ts';
 import { closeQuietly, connectUdpTask, relayFlow } from './udp-relay.ts';
 
 export const REMOTE_HEADER_MAX_BYTES = 1024;
@@ -128,6 +129,8 @@ export interface ServeRemoteOptions {
    * table tells them it drains, which is what makes this side's check necessary.
    */
   drains?: DrainTracker;
+  /** serveNativeHop: a hop it served (resolved 'served') has ended. */
+  onEnd?: () => void;
 }
 
 /** The task's side of a served stream, TCP or UDP alike: connected, not yet moving bytes. */
@@ -197,31 +200,16 @@ export function serveRemote(
       // Paused before the listener goes: bytes after the header (sent early) must wait for the backend.
       stream.pause();
       stream.off('data', onData);
-      let header: RemoteHeader;
-      try {
-        header = decodeRemoteHeader(buffered.subarray(2, 2 + length));
-      } catch (err) {
-        refuse(REMOTE_STATUS.badHeader, 'bad-header', (err as Error).message);
+      const admitted = admit(buffered.subarray(2, 2 + length), resolveAddress, options);
+      if ('refuse' in admitted) {
+        refuse(admitted.refuse, admitted.result, admitted.why);
         return;
       }
+      const { header, address } = admitted;
       const early = buffered.length > 2 + length ? buffered.subarray(2 + length) : undefined;
       buffered = undefined;
-      let address: string | undefined;
-      try {
-        address = resolveAddress(header.taskId);
-      } catch (err) {
-        log(`lb: resolving task ${header.taskId} failed: ${(err as Error).message}`);
-      }
-      if (address === undefined) {
-        refuse(REMOTE_STATUS.unknownTask, 'unknown-task', `no local task ${header.taskId}`);
-        return;
-      }
       const drains = options.drains;
       const refuseDraining = () => refuse(REMOTE_STATUS.draining, 'draining', `task ${header.taskId} is draining`);
-      if (drains?.isDraining(header.taskId)) {
-        refuseDraining();
-        return;
-      }
       const onBackend = (err: Error | undefined, backend: TaskBackend | undefined) => {
         if (settled) {
           backend?.destroy();
@@ -275,6 +263,98 @@ export function serveRemote(
       );
     };
     stream.on('data', onData);
+  });
+}
+
+/** What the task's node does with a header: refuse it (the status, and why), or connect to the task's address. */
+type Admission =
+  | { refuse: RemoteStatus; result: ServeRemoteResult; why: string }
+  | { header: RemoteHeader; address: string };
+
+function admit(
+  payload: Uint8Array,
+  resolveAddress: (taskId: TaskId) => string | undefined,
+  options: ServeRemoteOptions,
+): Admission {
+  let header: RemoteHeader;
+  try {
+    header = decodeRemoteHeader(payload);
+  } catch (err) {
+    return { refuse: REMOTE_STATUS.badHeader, result: 'bad-header', why: (err as Error).message };
+  }
+  let address: string | undefined;
+  try {
+    address = resolveAddress(header.taskId);
+  } catch (err) {
+    options.log?.(`lb: resolving task ${header.taskId} failed: ${(err as Error).message}`);
+  }
+  if (address === undefined)
+    return { refuse: REMOTE_STATUS.unknownTask, result: 'unknown-task', why: `no local task ${header.taskId}` };
+  if (options.drains?.isDraining(header.taskId))
+    return { refuse: REMOTE_STATUS.draining, result: 'draining', why: `task ${header.taskId} is draining` };
+  return { header, address };
+}
+
+/**
+ * Serves a native hop (native-hop.ts) on the task's node: the relay has set it up and read its header; this
+ * connects to the task and joins the two, the status byte first, or drops it with the refusal's status. The same
+ * decisions as serveRemote, for the same results; a UDP flow never comes this way (it takes the tunnel).
+ */
+export function serveNativeHop(
+  parked: ParkedConnection,
+  payload: Buffer,
+  resolveAddress: (taskId: TaskId) => string | undefined,
+  options: ServeRemoteOptions = {},
+): Promise<ServeRemoteResult> {
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const log = options.log ?? (() => {});
+  const drains = options.drains;
+  return new Promise((resolve) => {
+    const refuse = (status: RemoteStatus, result: ServeRemoteResult, why: string) => {
+      if (status !== REMOTE_STATUS.draining) log(`lb: refused natively forwarded connection: ${why}`);
+      parked.drop(status);
+      resolve(result);
+    };
+    const admitted = admit(payload, resolveAddress, options);
+    if ('refuse' in admitted) {
+      refuse(admitted.refuse, admitted.result, admitted.why);
+      return;
+    }
+    const { header, address } = admitted;
+    if (header.udp) {
+      refuse(REMOTE_STATUS.badHeader, 'bad-header', 'a UDP flow takes the tunnel, not a native hop');
+      return;
+    }
+    connectTask(address, timeoutMs, (err, socket) => {
+      if (err !== undefined || socket === undefined) {
+        refuse(REMOTE_STATUS.connectFailed, 'connect-failed', `task ${header.taskId}: ${err?.message}`);
+        return;
+      }
+      const join = () => {
+        // The drain began while connecting (or the PROXY header was being written): nothing was sent yet.
+        if (drains?.isDraining(header.taskId)) {
+          socket.destroy();
+          refuse(REMOTE_STATUS.draining, 'draining', `task ${header.taskId} is draining`);
+          return;
+        }
+        let relayed: RelayedConnection | undefined;
+        const release = drains?.opened(header.taskId, () => relayed?.cut());
+        relayed = parked.join(socket, REMOTE_STATUS.ok, LINGER_MS, () => {
+          release?.();
+          options.onEnd?.();
+        });
+        if (relayed === undefined) {
+          release?.();
+          socket.destroy();
+          refuse(REMOTE_STATUS.connectFailed, 'connect-failed', `task ${header.taskId}: its socket closed`);
+          return;
+        }
+        resolve('served');
+      };
+      // Written before the hand-over, which takes a socket with nothing queued.
+      if (header.client !== undefined) socket.write(encodeProxyV2(header.client), () => join());
+      else join();
+    });
   });
 }
 

@@ -22,7 +22,7 @@ import {
   type Settings,
 } from 'node:http2';
 import type { Duplex } from 'node:stream';
-import type { TunnelPath, TunnelPathCounts } from './data-path.ts';
+import { noTunnels, type TunnelPath, type TunnelPathCounts } from './data-path.ts';
 
 /**
  * Per-stream window: what one connection may have in flight towards a slow reader. HTTP/2's default (64 KiB) would
@@ -264,7 +264,7 @@ export class TunnelServer {
 
   /** Tunnels being served now, by path. */
   counts(): TunnelPathCounts {
-    const counts: TunnelPathCounts = { direct: 0, mesh: 0 };
+    const counts = noTunnels();
     for (const path of this.transports.values()) counts[path]++;
     return counts;
   }

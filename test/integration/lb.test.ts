@@ -225,9 +225,8 @@ describe('load balancer', () => {
     expect(text.status).toBe(200);
     expect(text.type).toMatch(/^text\/plain; version=0.0.4/);
     expect(text.body).toMatch(/swarmd_lb_service_connections_total\{[^}]*web[^}]*\} [1-9]/);
-    // m1 runs no task: everything it accepted went through its tunnels to the workers, which served it: to w1 over
-    // the data path, to w2 (data path off) through the mesh.
-    expect(text.body).toMatch(/^swarmd_lb_tunnels\{direction="out",path="direct"\} [1-9]/m);
+    // m1 runs no task: everything it accepted went to the workers, which served it: to w1 in native hops (both
+    // relay natively), to w2 (data path off) through a tunnel over the mesh.
     expect(text.body).toMatch(/^swarmd_lb_tunnels\{direction="out",path="mesh"\} [1-9]/m);
     // The main thread's event-loop delay since the previous scrape: a number of seconds, well under one on this run.
     const delay = /^swarmd_event_loop_delay_seconds\{quantile="0\.99"\} (\S+)$/m.exec(text.body)?.[1];
@@ -236,7 +235,8 @@ describe('load balancer', () => {
     const [atW1, atW2] = await Promise.all([w1, w2].map(metricsOf));
     for (const worker of [atW1!, atW2!])
       expect(worker.body).toMatch(/^swarmd_lb_mesh_streams_total\{result="served"\} [1-9]/m);
-    expect(atW1!.body).toMatch(/^swarmd_lb_tunnels\{direction="in",path="direct"\} [1-9]/m);
+    expect(atW1!.body).toMatch(/^swarmd_lb_native_hops_served_total [1-9]/m);
+    expect(atW2!.body).toMatch(/^swarmd_lb_native_hops_served_total 0$/m);
     expect(atW2!.body).toMatch(/^swarmd_lb_tunnels\{direction="in",path="direct"\} 0$/m);
     expect(atW2!.body).toMatch(/^swarmd_lb_tunnels\{direction="in",path="mesh"\} [1-9]/m);
     // With its data path off, w2 also opens its own tunnels (to w1) through the mesh.

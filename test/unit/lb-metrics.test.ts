@@ -98,7 +98,8 @@ describe('renderMetrics', () => {
     const streams = { ...newMeshHopCounters(), served: 7, draining: 2 };
     const text = renderMetrics([stats()], {
       streams,
-      tunnels: { in: { direct: 1, mesh: 0 }, out: { direct: 2, mesh: 3 } },
+      tunnels: { in: { direct: 1, mesh: 0, native: 4 }, out: { direct: 2, mesh: 3, native: 5 } },
+      nativeHopsServed: 6,
     });
     const s = samples(text);
     expect(s.get('swarmd_lb_mesh_streams_total{result="served"}')).toBe(7);
@@ -108,6 +109,9 @@ describe('renderMetrics', () => {
     expect(s.get('swarmd_lb_tunnels{direction="in",path="mesh"}')).toBe(0);
     expect(s.get('swarmd_lb_tunnels{direction="out",path="direct"}')).toBe(2);
     expect(s.get('swarmd_lb_tunnels{direction="out",path="mesh"}')).toBe(3);
+    expect(s.get('swarmd_lb_tunnels{direction="in",path="native"}')).toBe(4);
+    expect(s.get('swarmd_lb_tunnels{direction="out",path="native"}')).toBe(5);
+    expect(s.get('swarmd_lb_native_hops_served_total')).toBe(6);
     expect(text).toContain('# TYPE swarmd_lb_tunnels gauge\n');
     expect(renderMetrics([stats()])).not.toContain('swarmd_lb_tunnels');
   });
