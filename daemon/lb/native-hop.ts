@@ -10,7 +10,7 @@
 // relay not built there) gets the tunnel, as does one whose data path cannot be reached (NAT, a firewall): the
 // tunnel then goes through the mesh (data-path.ts's directFirst).
 import { connect, type Socket } from 'node:net';
-import { type DataPathTicket, FALLBACK_MS, type FetchTicket, TICKET_REUSE_MS } from './data-path.ts';
+import { type DataPathTicket, FALLBACK_MS, type FetchTicket, HEAD_START_MS, TICKET_REUSE_MS } from './data-path.ts';
 import type { Endpoint } from './endpoints.ts';
 import type { NativeRelay, ParkedConnection } from './native-relay.ts';
 
@@ -133,23 +133,30 @@ export function nativeHopDialer(
 /** The ticket fetch (a mesh round trip) gets this long. */
 const FETCH_TIMEOUT_MS = 5000;
 
-/** A TCP connection to the ticket's data path, or the error (a refused port, the abort). */
+/**
+ * A TCP connection to the ticket's data path, or the error: a refused port, the abort, or no answer within
+ * HEAD_START_MS (a firewall that drops: the peer then gets the tunnel, whose own dial goes to the mesh).
+ */
 function connectTo(ticket: DataPathTicket, signal: AbortSignal): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host: ticket.host, port: ticket.port, noDelay: true });
-    const onAbort = () => {
-      socket.destroy();
-      reject(signal.reason);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-    socket.once('error', (err) => {
+    const settle = (err: Error | undefined) => {
+      clearTimeout(timer);
       signal.removeEventListener('abort', onAbort);
+      if (err === undefined) {
+        resolve(socket);
+        return;
+      }
       socket.destroy();
       reject(err);
-    });
-    socket.once('connect', () => {
-      signal.removeEventListener('abort', onAbort);
-      resolve(socket);
-    });
+    };
+    const onAbort = () => settle(signal.reason as Error);
+    const timer = setTimeout(
+      () => settle(new Error(`${ticket.host}:${ticket.port} did not answer in ${HEAD_START_MS} ms`)),
+      HEAD_START_MS,
+    );
+    signal.addEventListener('abort', onAbort, { once: true });
+    socket.once('error', (err) => settle(err));
+    socket.once('connect', () => settle(undefined));
   });
 }
