@@ -668,7 +668,8 @@ export class Swarmd {
       const tunnels = new TunnelDialer(paths.open, lbLog);
       this.tunnels = tunnels;
       const native = relay === 'native' && fetchTicket !== undefined ? nativeRelay() : undefined;
-      const hops = typeof native === 'object' ? nativeHopDialer(native, fetchTicket!, lbLog) : undefined;
+      const hops =
+        typeof native === 'object' && native.dataPath ? nativeHopDialer(native, fetchTicket!, lbLog) : undefined;
       this.outTunnels = () => ({ ...paths.counts(), native: hops?.open() ?? 0 });
       this.ingresses = new IngressSet({
         ...where,
@@ -697,7 +698,7 @@ export class Swarmd {
         host: this.state.listen.host,
         port: dataPathPort,
         onTunnel: (socket) => tunnelServer.serve(socket, 'direct'),
-        ...(typeof native === 'object'
+        ...(typeof native === 'object' && native.dataPath
           ? {
               native: {
                 relay: native,
@@ -725,7 +726,7 @@ export class Swarmd {
         );
       }
       this.dataPath = dataPath;
-      const hops = native === undefined ? '' : ', native hops in the relay';
+      const hops = typeof native === 'object' && native.dataPath ? ', native hops in the relay' : '';
       this.log(
         'info',
         `lb: data path on ${this.state.listen.host}:${dataPath.port} (TLS 1.3, keys over the mesh${hops})`,

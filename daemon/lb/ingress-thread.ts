@@ -40,7 +40,8 @@ const tunnels = new TunnelDialer(paths.open, logWarn);
 
 // Native hops (native-hop.ts) where this thread relays natively and the data path is on, with the same tickets.
 const relay = data.relay === 'native' && data.dataPath ? nativeRelay() : undefined;
-const hops = typeof relay === 'object' ? nativeHopDialer(relay, fetchTicketFromMain, logWarn) : undefined;
+const hops =
+  typeof relay === 'object' && relay.dataPath ? nativeHopDialer(relay, fetchTicketFromMain, logWarn) : undefined;
 
 const set = new IngressSet({
   nodeId: data.nodeId,

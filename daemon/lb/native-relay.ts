@@ -44,6 +44,7 @@ interface RelayAddon {
   join(handle: object, fd: number, status: number, lingerMs: number): void;
   drop(handle: object, status: number): void;
   addKey(identity: string, key: Uint8Array, ttlMs: number): void;
+  dataPath(): boolean;
 }
 
 /** relay.c's SETUP_LEGACY: the first byte on the data path port was a TLS record, a legacy (HTTP/2) tunnel. */
@@ -248,7 +249,7 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
   };
   return {
     threads,
-    dataPath: true,
+    dataPath: addon.dataPath(),
     addKey: (identity, key, ttlMs) => addon.addKey(identity, key, ttlMs),
     dial(socket, ticket, header, onSetup) {
       const fd = descriptorOf(socket);

@@ -4,9 +4,9 @@
 // task) and the bytes move between them through two relays and one TLS connection, as between two daemons.
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket, connect as tlsConnect } from 'node:tls';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   type NativeRelay,
   nativeRelay,
@@ -16,45 +16,12 @@ import {
 } from '../../daemon/lb/native-relay.ts';
 import { LINGER_MS } from '../../daemon/lb/pump.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
+import { loopbackSockets, receiveAll } from '../helpers/loopback-sockets.ts';
 
 const RELAY = nativeRelay();
 if (typeof RELAY === 'string' && process.env.CI) throw new Error(`CI needs the native relay: ${RELAY}`);
 
-const servers: Server[] = [];
-const sockets: Socket[] = [];
-
-afterEach(() => {
-  for (const socket of sockets.splice(0)) socket.destroy();
-  for (const server of servers.splice(0)) server.close();
-});
-
-async function listen(onConnection: (socket: Socket) => void, paused = false): Promise<number> {
-  const server = createServer({ pauseOnConnect: paused, allowHalfOpen: true }, (socket) => {
-    sockets.push(socket);
-    socket.on('error', () => {});
-    onConnection(socket);
-  });
-  servers.push(server);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  return (server.address() as { port: number }).port;
-}
-
-function connectTo(port: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: '127.0.0.1', port, allowHalfOpen: true }, () => resolve(socket));
-    sockets.push(socket);
-    socket.on('error', reject);
-  });
-}
-
-function readAll(socket: Socket): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.once('end', () => resolve(Buffer.concat(chunks)));
-    socket.once('error', reject);
-  });
-}
+const { servers, sockets, listen, connectTo } = loopbackSockets();
 
 function ticket(relay: NativeRelay, ttlMs = 30_000): { identity: string; key: Uint8Array } {
   const identity = randomBytes(16).toString('hex');
@@ -138,8 +105,8 @@ describe.skipIf(typeof RELAY === 'string')('native data path (relay.c, TLS 1.3 w
     expect(served.header).toEqual(HEADER.subarray(2));
     const up = randomBytes(8 * 1024 * 1024);
     const down = randomBytes(8 * 1024 * 1024);
-    const atTask = readAll(task);
-    const atClient = readAll(client);
+    const atTask = receiveAll(task);
+    const atClient = receiveAll(client);
     client.end(up);
     task.end(down);
     expect((await atTask).equals(up)).toBe(true);
@@ -152,10 +119,10 @@ describe.skipIf(typeof RELAY === 'string')('native data path (relay.c, TLS 1.3 w
 
   it('passes a half-close through: the client ends, then still gets the answer', async () => {
     const { client, task } = await hop(relay);
-    const request = readAll(task);
+    const request = receiveAll(task);
     client.end('question');
     expect((await request).toString()).toBe('question');
-    const answer = readAll(client);
+    const answer = receiveAll(client);
     task.end('answer');
     expect((await answer).toString()).toBe('answer');
   });
@@ -215,7 +182,7 @@ describe.skipIf(typeof RELAY === 'string')('native data path (relay.c, TLS 1.3 w
       checkServerIdentity: () => undefined,
     });
     sockets.push(legacy);
-    expect((await readAll(legacy)).toString()).toBe('legacy ok');
+    expect((await receiveAll(legacy)).toString()).toBe('legacy ok');
     expect(outcomes).toEqual([{ kind: 'legacy' }]);
   });
 

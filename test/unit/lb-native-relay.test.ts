@@ -4,41 +4,17 @@
 // elsewhere the suite is skipped with the reason.
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { Worker } from 'node:worker_threads';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { type NativeRelay, nativeRelay, type RelayEnd, type RelayedConnection } from '../../daemon/lb/native-relay.ts';
 import { LINGER_MS } from '../../daemon/lb/pump.ts';
+import { loopbackSockets, receiveAll } from '../helpers/loopback-sockets.ts';
 
 const RELAY = nativeRelay();
 if (typeof RELAY === 'string' && process.env.CI) throw new Error(`CI needs the native relay: ${RELAY}`);
 
-const servers: Server[] = [];
-const sockets: Socket[] = [];
-
-afterEach(() => {
-  for (const socket of sockets.splice(0)) socket.destroy();
-  for (const server of servers.splice(0)) server.close();
-});
-
-async function listen(onConnection: (socket: Socket) => void, paused = false): Promise<number> {
-  const server = createServer({ pauseOnConnect: paused, allowHalfOpen: true }, (socket) => {
-    sockets.push(socket);
-    socket.on('error', () => {});
-    onConnection(socket);
-  });
-  servers.push(server);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  return (server.address() as { port: number }).port;
-}
-
-function connectTo(port: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: '127.0.0.1', port, allowHalfOpen: true }, () => resolve(socket));
-    sockets.push(socket);
-    socket.once('error', reject);
-  });
-}
+const { servers, sockets, listen, connectTo } = loopbackSockets();
 
 interface Relayed {
   /** The client's socket (before the relay). */
@@ -69,15 +45,6 @@ async function relayedConnection(relay: NativeRelay, lingerMs = LINGER_MS): Prom
   return { client, task: await taskAccepted, relayed, ended };
 }
 
-function readAll(socket: Socket): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.once('end', () => resolve(Buffer.concat(chunks)));
-    socket.once('error', reject);
-  });
-}
-
 const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
 describe.skipIf(typeof RELAY === 'string')('native relay', () => {
@@ -91,8 +58,8 @@ describe.skipIf(typeof RELAY === 'string')('native relay', () => {
     const { client, task, relayed, ended } = await relayedConnection(relay);
     const up = randomBytes(8 * 1024 * 1024);
     const down = randomBytes(8 * 1024 * 1024);
-    const atTask = readAll(task);
-    const atClient = readAll(client);
+    const atTask = receiveAll(task);
+    const atClient = receiveAll(client);
     client.end(up);
     task.end(down);
     expect(sha(await atTask)).toBe(sha(up));
@@ -114,7 +81,7 @@ describe.skipIf(typeof RELAY === 'string')('native relay', () => {
         resolve(whole);
       });
     });
-    const answer = readAll(client);
+    const answer = receiveAll(client);
     client.end('the whole request');
     expect((await request).toString()).toBe('the whole request');
     expect((await answer).toString()).toBe('got 17 bytes');
@@ -192,7 +159,7 @@ describe.skipIf(typeof RELAY === 'string')('native relay', () => {
     client.end('request');
     await new Promise((resolve) => setTimeout(resolve, 700));
     expect(over).toBe(false);
-    const answer = readAll(client);
+    const answer = receiveAll(client);
     task.end('late answer');
     expect((await answer).toString()).toBe('late answer');
     expect((await ended).error).toBeUndefined();
@@ -210,7 +177,7 @@ describe.skipIf(typeof RELAY === 'string')('native relay', () => {
       Array.from({ length: 200 }, async () => {
         const payload = randomBytes(64 * 1024);
         const client = await connectTo(ingressPort);
-        const echoed = readAll(client);
+        const echoed = receiveAll(client);
         client.end(payload);
         return sha(await echoed) === sha(payload);
       }),

@@ -850,7 +850,7 @@ static const char *start_pool(int count) {
     }
     // Some threads started: use those.
     if (pool_size > 0) failure = NULL;
-    // Without them the data path is served in JS (data-path.ts asks tlsAvailable()).
+    // Without them native hops are off and the data path serves tunnels only (native-relay.ts asks dataPath()).
     dial_ctx = new_tls_context(0);
     serve_ctx = new_tls_context(1);
   }
@@ -1147,6 +1147,14 @@ static napi_value js_accept(napi_env env, napi_callback_info info) {
   return adopt(env, state, c, OP_SETUP);
 }
 
+/** dataPath(): whether this process can set up native hops (its TLS contexts were made). */
+static napi_value js_data_path(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  napi_get_boolean(env, dial_ctx != NULL && serve_ctx != NULL, &result);
+  return result;
+}
+
 /** addKey(identity, key, ttlMs): a ticket's key, good for handshakes on this process's data path for ttlMs. */
 static napi_value js_add_key(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -1293,5 +1301,6 @@ NAPI_MODULE_INIT() {
   export_function(env, exports, "join", js_join);
   export_function(env, exports, "drop", js_drop);
   export_function(env, exports, "addKey", js_add_key);
+  export_function(env, exports, "dataPath", js_data_path);
   return exports;
 }
