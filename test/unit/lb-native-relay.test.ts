@@ -9,7 +9,7 @@ import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { type NativeRelay, nativeRelay, type RelayEnd, type RelayedConnection } from '../../daemon/lb/native-relay.ts';
 import { LINGER_MS } from '../../daemon/lb/pump.ts';
-import { loopbackSockets, receiveAll } from '../helpers/loopback-sockets.ts';
+import { echoInTurns, loopbackSockets, receiveAll } from '../helpers/loopback-sockets.ts';
 
 const RELAY = nativeRelay();
 if (typeof RELAY === 'string' && process.env.CI) throw new Error(`CI needs the native relay: ${RELAY}`);
@@ -67,6 +67,14 @@ describe.skipIf(typeof RELAY === 'string')('native relay', () => {
     const end = await ended;
     expect(end).toEqual({ aToB: up.length, bToA: down.length, error: undefined });
     expect(relayed.bytes()).toEqual({ aToB: up.length, bToA: down.length });
+  });
+
+  it('answers 1,000 requests in turn on one connection, each echo whole (no read skipped after a short one)', async () => {
+    const { client, task, ended } = await relayedConnection(relay);
+    const echoed = await echoInTurns(client, task, 1000);
+    client.end();
+    task.end();
+    expect(await ended).toEqual({ aToB: echoed, bToA: echoed, error: undefined });
   });
 
   it('passes a half-close on: the task reads to the end, then still answers', async () => {

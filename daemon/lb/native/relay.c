@@ -111,6 +111,17 @@ typedef struct {
   int fd;
   SSL *ssl;
   conn *owner;
+  /**
+   * Whether a read may find something. Cleared when a read proves the socket empty: an EAGAIN, or a short read
+   * (fewer bytes than asked for, so the receive queue was drained), as nginx does with epoll. Edge-triggered epoll
+   * reports every later arrival as a new event, which sets it again. Without it every event of a connection read
+   * both sides until EAGAIN: two reads that could only fail per request and relay, more through TLS.
+   */
+  int readable;
+  /** epoll reported the peer's FIN (EPOLLRDHUP) or an error: no event will follow, so read on until EOF or EAGAIN. */
+  int ending;
+  /** TLS side: its last recv(2) came back short or empty (bio_watch), so OpenSSL's next one would find nothing. */
+  int drained;
 } side;
 
 /** One direction: bytes read from one side, not yet written to the other. */
@@ -241,14 +252,26 @@ static int ssl_failure(SSL *ssl, int result) {
   }
 }
 
-/** Reads what there is: the byte count, 0 at EOF, or -1 with errno set (EAGAIN: nothing now). */
+/**
+ * Reads what there is: the byte count, 0 at EOF, or -1 with errno set (EAGAIN: nothing now). Keeps s->readable:
+ * cleared once the read shows the socket has nothing more (see side), unless epoll reported an ending.
+ */
 static ssize_t side_read(side *s, char *buffer, size_t length) {
-  if (s->ssl == NULL) return recv(s->fd, buffer, length, MSG_DONTWAIT);
+  if (s->ssl == NULL) {
+    ssize_t got = recv(s->fd, buffer, length, MSG_DONTWAIT);
+    if ((got > 0 && (size_t)got < length && !s->ending) || (got < 0 && errno == EAGAIN)) s->readable = 0;
+    return got;
+  }
   size_t got;
   errno = 0;
-  if (SSL_read_ex(s->ssl, buffer, length, &got)) return (ssize_t)got;
+  if (SSL_read_ex(s->ssl, buffer, length, &got)) {
+    // OpenSSL may hold more records than it returned (read-ahead): only with none left is the socket the limit.
+    if (s->drained && !s->ending && !SSL_has_pending(s->ssl)) s->readable = 0;
+    return (ssize_t)got;
+  }
   int failure = ssl_failure(s->ssl, 0);
   if (failure < 0) return 0;
+  if (failure == 0) s->readable = 0;
   errno = failure == 0 ? EAGAIN : failure;
   return -1;
 }
@@ -305,6 +328,7 @@ static int run_direction(direction *d, side *source, side *destination, char *sc
       }
       return 0;
     }
+    if (!source->readable) return 0;
     if (reads == READS_PER_TURN) return MORE_TO_DO;
     ssize_t got = side_read(source, scratch, BUFFER_BYTES);
     if (got < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
@@ -751,6 +775,9 @@ static int join(conn *c) {
   }
   free(c->setup);
   c->setup = NULL;
+  // Events that came while it was parked were ignored: read both sides until they prove empty.
+  c->a.readable = c->b.readable = 1;
+  c->b.drained = 0;
   c->phase = PHASE_RELAY;
   return 0;
 }
@@ -801,8 +828,18 @@ static void *relay_thread_main(void *arg) {
     int n = epoll_wait(t->epoll_fd, events, EVENTS_PER_WAIT, timeout);
     for (int i = 0; i < n; i++) {
       side *s = events[i].data.ptr;
-      if (s == NULL) take_incoming(t);
-      else run_conn(s->owner);
+      if (s == NULL) {
+        take_incoming(t);
+        continue;
+      }
+      uint32_t what = events[i].events;
+      if (what & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        s->readable = 1;
+        // Bytes came after OpenSSL's last recv: a read served from its buffer must not count that recv as the last.
+        s->drained = 0;
+      }
+      if (what & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) s->ending = 1;
+      run_conn(s->owner);
     }
     if (t->lingering) check_lingerers(t);
     // After every way a connection can finish in this round, and before they are reported (and freed by JS): what
@@ -997,6 +1034,8 @@ static conn *new_conn(napi_env env, env_state *state, int64_t fd_b, napi_value o
   }
   no_delay(c->b.fd);
   c->a.owner = c->b.owner = c;
+  // Registered, then run once (take_incoming): what came before registration gives no event.
+  c->a.readable = c->b.readable = 1;
   c->env = state;
   c->join_status = -1;
   c->thread = &pool[atomic_fetch_add(&next_thread, 1) % (unsigned)pool_size];
@@ -1062,6 +1101,20 @@ static napi_value js_relay(napi_env env, napi_callback_info info) {
 }
 
 /** A data path connection on fd: its set-up state, TLS session and set-up buffer; NULL with a JS error thrown. */
+/**
+ * Called by OpenSSL around each read of a TLS side's socket BIO: notes whether the recv(2) came back short or
+ * empty (side->drained), which only the socket knows.
+ */
+static long bio_watch(BIO *bio, int operation, const char *data, size_t length, int argi, long argl, int result,
+                      size_t *processed) {
+  (void)data, (void)argi, (void)argl;
+  if (operation == (BIO_CB_READ | BIO_CB_RETURN)) {
+    side *s = (side *)BIO_get_callback_arg(bio);
+    s->drained = result <= 0 || (processed != NULL && *processed < length);
+  }
+  return result;
+}
+
 static conn *new_data_path_conn(napi_env env, env_state *state, int64_t fd, int server, napi_value on_setup,
                                 napi_value on_done) {
   SSL_CTX *ctx = server ? serve_ctx : dial_ctx;
@@ -1082,6 +1135,9 @@ static conn *new_data_path_conn(napi_env env, env_state *state, int64_t fd, int 
     return fail(env, "relay: cannot make a TLS session");
   }
   SSL_set_app_data(c->b.ssl, c);
+  BIO *socket_bio = SSL_get_rbio(c->b.ssl);
+  BIO_set_callback_ex(socket_bio, bio_watch);
+  BIO_set_callback_arg(socket_bio, (char *)&c->b);
   if (server) SSL_set_accept_state(c->b.ssl);
   else SSL_set_connect_state(c->b.ssl);
   napi_create_reference(env, on_setup, 1, &c->on_setup);
