@@ -15,9 +15,9 @@
 //   daemon-local   the real thing: a 2-node swarm of swarmd processes (manager + worker), a service of 3 tasks on
 //                  the worker (nginx as process-runtime tasks listening on $PORT), wrk -> the worker's published port
 //   daemon-mesh    the same service, wrk -> the manager's published port: every connection crosses to the worker
-//                  (an HTTP/2 tunnel over the data path: a TLS 1.3 connection keyed over the mesh), which connects
-//                  to the task
-//   daemon-mesh-nodp  the same with --data-path-port off: the tunnel is a libp2p mesh stream (Noise, yamux)
+//                  (a native hop: a TLS 1.3 connection of its own to the worker's data path port, keyed over the
+//                  mesh and relayed by relay.c at both ends), which connects to the task
+//   daemon-mesh-nodp  the same with --data-path-port off: the hop is an HTTP/2 tunnel in a libp2p mesh stream (Noise, yamux)
 //   *-t0           the same two in a second swarm whose daemons serve published ports in their main thread
 //                  (--lb-threads 0) rather than in ingress threads (the default with 2 CPUs or more)
 // For the daemon targets the p99 of the daemons' main event-loop delay during the run is reported too (from their
@@ -457,7 +457,7 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
         note:
           variant.suffix === '-nodp'
             ? `swarmd daemon (manager) -> HTTP/2 tunnel in a libp2p mesh stream (Noise, yamux) -> worker -> task, ${variant.how}`
-            : `swarmd daemon (manager) -> HTTP/2 tunnel over the data path (TLS 1.3, keyed over the mesh) -> worker -> task, ${variant.how}`,
+            : `swarmd daemon (manager) -> native hop over the data path (TLS 1.3, keyed over the mesh) -> worker -> task, ${variant.how}`,
       });
     }
 

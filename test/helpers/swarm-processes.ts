@@ -23,6 +23,33 @@ export interface NodeHost {
   netns?: string;
 }
 
+/** Which suite owns which band of node ports (suitePorts). */
+export const PORT_BANDS = {
+  swarm: 0,
+  swarmTls: 1,
+  forceNewCluster: 2,
+  services: 3,
+  servicesDocker: 4,
+  updatesDocker: 5,
+  gpus: 6,
+  lb: 7,
+  lbNetns: 8,
+  benchUpdate: 9,
+  benchFootprint: 10,
+  benchDeploy: 11,
+  benchLb: 12,
+} as const;
+
+/**
+ * A base port for a suite's nodes (5 each): its band of 1,000 ports from 10,000, at a random multiple of 5 in it,
+ * so suites running at once do not meet. All below the kernel's ephemeral range (from 32768 by default), which
+ * outgoing connections take their ports from: a bench's thousands of connections once held a node's port between
+ * the pick and the listen (EADDRINUSE).
+ */
+export function suitePorts(band: number): number {
+  return 10_000 + band * 1_000 + Math.floor(Math.random() * 199) * 5;
+}
+
 export class SwarmProcesses {
   readonly root = mkdtempSync(join(tmpdir(), 'swarmd-it-'));
   readonly nodes = new Map<string, NodeProcess>();

@@ -13,7 +13,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Task } from '../../daemon/api/services.ts';
 import type { SwarmNode } from '../../daemon/api/types.ts';
 import { NVIDIA_SMI_ARGS } from '../../daemon/worker/accelerators/nvidia.ts';
-import { type NodeProcess, SwarmProcesses, swarm, swarmdCli, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
+import {
+  type NodeProcess,
+  PORT_BANDS,
+  SwarmProcesses,
+  suitePorts,
+  swarm,
+  swarmdCli,
+  swarmJson,
+  waitFor,
+} from '../helpers/swarm-processes.ts';
 
 const RECORDED = readFileSync(resolve(import.meta.dirname, '../fixtures/nvidia-smi/h100.csv'), 'utf8');
 const UUID = RECORDED.split(',')[0]!.trim();
@@ -22,7 +31,7 @@ describe('GPUs (stand-in nvidia-smi with recorded H100 output)', () => {
   const bin = mkdtempSync(join(tmpdir(), 'swarmd-fake-gpu-'));
   const out = mkdtempSync(join(tmpdir(), 'swarmd-gpu-out-'));
   chmodSync(out, 0o777); // tasks run as nobody and write here
-  const cluster = new SwarmProcesses(44000 + Math.floor(Math.random() * 400) * 5);
+  const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.gpus));
   const savedPath = process.env.PATH;
   let m1: NodeProcess;
 

@@ -28,10 +28,18 @@ import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { TunnelDialer } from '../../daemon/lb/tunnel.ts';
 import { createMeshHost } from '../../daemon/mesh/host.ts';
 import { PROTOCOLS } from '../../daemon/mesh/protocols.ts';
-import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
+import {
+  type NodeProcess,
+  PORT_BANDS,
+  SwarmProcesses,
+  suitePorts,
+  swarm,
+  swarmJson,
+  waitFor,
+} from '../helpers/swarm-processes.ts';
 import { askUdp } from '../helpers/udp-ask.ts';
 
-const BASE = 47000 + Math.floor(Math.random() * 400) * 5;
+const BASE = suitePorts(PORT_BANDS.lb);
 const PUBLISHED = BASE + 3;
 const UDP_PUBLISHED = BASE + 4;
 const DIST = mkdtempSync(join(tmpdir(), 'swarmd-lb-dist-'));

@@ -4,9 +4,17 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Task } from '../../daemon/api/services.ts';
-import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
+import {
+  type NodeProcess,
+  PORT_BANDS,
+  SwarmProcesses,
+  suitePorts,
+  swarm,
+  swarmJson,
+  waitFor,
+} from '../helpers/swarm-processes.ts';
 
-const cluster = new SwarmProcesses(38000 + Math.floor(Math.random() * 400) * 5);
+const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.services));
 let m1: NodeProcess;
 const MARK = `swarmd-it-${process.pid}`;
 
