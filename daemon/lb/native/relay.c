@@ -18,7 +18,9 @@
 // straight out; only what the destination does not take is copied into a buffer of the direction's own, which
 // stops reading from that source until it is flushed. So an idle connection holds no buffer (about 200 bytes in
 // all), and a busy one at most 16 KiB per blocked direction. epoll is edge-triggered: each wakeup runs both
-// directions until they block again. An EOF from one side is passed on as shutdown(SHUT_WR) to the other once its
+// directions until they block again, reading only a side that may hold bytes (side.readable: a short read or an
+// EAGAIN shows it empty until its next event), so a request costs one read per side, not a read that fails too.
+// An EOF from one side is passed on as shutdown(SHUT_WR) to the other once its
 // bytes are flushed (half-close, as pump.ts). The connection ends when both directions have, or at the first error.
 //
 // Ownership: relay() dups the two descriptors, so JS closes its own sockets at once and the relay owns the
