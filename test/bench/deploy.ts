@@ -10,7 +10,7 @@ import { ApiClient } from '../../daemon/api/client.ts';
 import type { ServiceSpec } from '../../daemon/api/services.ts';
 import { ensureTestImage, probeDocker, removeTaskContainers, TEST_IMAGE } from '../helpers/docker.ts';
 import { serviceSpec, taskTemplate } from '../helpers/fixtures.ts';
-import { PORT_BANDS, SwarmProcesses, suitePorts } from '../helpers/swarm-processes.ts';
+import { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { inDockerSwarm } from './lib/docker-swarm.ts';
 import { round } from './lib/http-load.ts';
 import { until } from './lib/poll.ts';
@@ -27,7 +27,7 @@ export async function containersOf(docker: Docker, label: string): Promise<numbe
 
 async function measureSwarmd(docker: Docker, host: string): Promise<Steps> {
   process.env.DOCKER_HOST = host;
-  const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.benchDeploy));
+  const cluster = new SwarmProcesses('benchDeploy');
   try {
     const node = await cluster.init('m1');
     const api = new ApiClient(node.socket);

@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildBundle } from '../../cli/build.ts';
-import { PORT_BANDS, SwarmProcesses, suitePorts, swarm } from '../helpers/swarm-processes.ts';
+import { SwarmProcesses, swarm } from '../helpers/swarm-processes.ts';
 import { round } from './lib/http-load.ts';
 import { killHard, sleep, startProcess } from './lib/processes.ts';
 
@@ -53,7 +53,7 @@ async function etcdIdleRss(): Promise<number | null> {
 
 /** A 3-manager swarm with one worker, idle for IDLE_SECONDS; the RSS of each process. */
 async function measureSwarm(label: string, swarmdArgs?: string[]) {
-  const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.benchFootprint), swarmdArgs ? { swarmdArgs } : {});
+  const cluster = new SwarmProcesses('benchFootprint', swarmdArgs ? { swarmdArgs } : {});
   try {
     const m1 = await cluster.init('m1');
     const managerToken = swarm(m1, 'join-token', '-q', 'manager').stdout.trim();

@@ -11,7 +11,7 @@ import { ApiClient } from '../../daemon/api/client.ts';
 import type { Task } from '../../daemon/api/services.ts';
 import { ensureTestImage, probeDocker, removeTaskContainers, TEST_IMAGE } from '../helpers/docker.ts';
 import { serviceSpec, taskTemplate } from '../helpers/fixtures.ts';
-import { PORT_BANDS, SwarmProcesses, suitePorts } from '../helpers/swarm-processes.ts';
+import { SwarmProcesses } from '../helpers/swarm-processes.ts';
 import { containersOf } from './deploy.ts';
 import { inDockerSwarm } from './lib/docker-swarm.ts';
 import { round } from './lib/http-load.ts';
@@ -39,7 +39,7 @@ async function breakHealth(docker: Docker, containerId: string): Promise<void> {
 
 async function measureSwarmd(docker: Docker, host: string): Promise<Steps> {
   process.env.DOCKER_HOST = host;
-  const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.benchUpdate));
+  const cluster = new SwarmProcesses('benchUpdate');
   try {
     const node = await cluster.init('m1');
     const api = new ApiClient(node.socket);

@@ -23,8 +23,8 @@ export interface NodeHost {
   netns?: string;
 }
 
-/** Which suite owns which band of node ports (suitePorts). */
-export const PORT_BANDS = {
+/** Which suite owns which band of node ports (SwarmProcesses.basePortFor). */
+const PORT_BANDS = {
   swarm: 0,
   swarmTls: 1,
   forceNewCluster: 2,
@@ -40,28 +40,32 @@ export const PORT_BANDS = {
   benchLb: 12,
 } as const;
 
-/**
- * A base port for a suite's nodes (5 each): its band of 1,000 ports from 10,000, at a random multiple of 5 in it,
- * so suites running at once do not meet. All below the kernel's ephemeral range (from 32768 by default), which
- * outgoing connections take their ports from: a bench's thousands of connections once held a node's port between
- * the pick and the listen (EADDRINUSE).
- */
-export function suitePorts(band: number): number {
-  return 10_000 + band * 1_000 + Math.floor(Math.random() * 199) * 5;
-}
+export type PortSuite = keyof typeof PORT_BANDS;
 
 export class SwarmProcesses {
   readonly root = mkdtempSync(join(tmpdir(), 'swarmd-it-'));
   readonly nodes = new Map<string, NodeProcess>();
-  private readonly basePort: number;
+  /** Its nodes listen from here, 5 ports per cluster. */
+  readonly basePort: number;
   private nextPort = 0;
   /** Node arguments that run swarmd: the TypeScript entry point by default, or a bundle with V8 flags. */
   private readonly swarmdArgs: string[];
   /** Nodes (by name) that run in a network namespace; the others run on 127.0.0.1. */
   private readonly hosts: Record<string, NodeHost>;
 
-  constructor(basePort: number, opts: { swarmdArgs?: string[]; hosts?: Record<string, NodeHost> } = {}) {
-    this.basePort = basePort;
+  /**
+   * A base port for a suite's nodes: its band of 1,000 ports from 10,000, at a random multiple of 5 in it, so
+   * suites running at once do not meet. All below the kernel's ephemeral range (from 32768 by default), which
+   * outgoing connections take their ports from: a bench's thousands of connections once held a node's port between
+   * the pick and the listen (EADDRINUSE).
+   */
+  static basePortFor(suite: PortSuite): number {
+    return 10_000 + PORT_BANDS[suite] * 1_000 + Math.floor(Math.random() * 199) * 5;
+  }
+
+  /** ports: the suite whose band to pick from, or a base port from basePortFor. */
+  constructor(ports: PortSuite | number, opts: { swarmdArgs?: string[]; hosts?: Record<string, NodeHost> } = {}) {
+    this.basePort = typeof ports === 'number' ? ports : SwarmProcesses.basePortFor(ports);
     this.swarmdArgs = opts.swarmdArgs ?? [SWARMD];
     this.hosts = opts.hosts ?? {};
   }

@@ -9,17 +9,9 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Service } from '../../daemon/api/services.ts';
 import type { SwarmNode } from '../../daemon/api/types.ts';
-import {
-  PORT_BANDS,
-  SwarmProcesses,
-  suitePorts,
-  swarm,
-  swarmdCli,
-  swarmJson,
-  waitFor,
-} from '../helpers/swarm-processes.ts';
+import { SwarmProcesses, swarm, swarmdCli, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
 
-const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.forceNewCluster));
+const cluster = new SwarmProcesses('forceNewCluster');
 
 afterAll(async () => {
   const m1 = cluster.nodes.get('m1');

@@ -13,16 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Task } from '../../daemon/api/services.ts';
 import type { SwarmNode } from '../../daemon/api/types.ts';
 import { NVIDIA_SMI_ARGS } from '../../daemon/worker/accelerators/nvidia.ts';
-import {
-  type NodeProcess,
-  PORT_BANDS,
-  SwarmProcesses,
-  suitePorts,
-  swarm,
-  swarmdCli,
-  swarmJson,
-  waitFor,
-} from '../helpers/swarm-processes.ts';
+import { type NodeProcess, SwarmProcesses, swarm, swarmdCli, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
 
 const RECORDED = readFileSync(resolve(import.meta.dirname, '../fixtures/nvidia-smi/h100.csv'), 'utf8');
 const UUID = RECORDED.split(',')[0]!.trim();
@@ -31,7 +22,7 @@ describe('GPUs (stand-in nvidia-smi with recorded H100 output)', () => {
   const bin = mkdtempSync(join(tmpdir(), 'swarmd-fake-gpu-'));
   const out = mkdtempSync(join(tmpdir(), 'swarmd-gpu-out-'));
   chmodSync(out, 0o777); // tasks run as nobody and write here
-  const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.gpus));
+  const cluster = new SwarmProcesses('gpus');
   const savedPath = process.env.PATH;
   let m1: NodeProcess;
 

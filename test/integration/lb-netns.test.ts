@@ -11,19 +11,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiClient } from '../../daemon/api/client.ts';
 import type { Task } from '../../daemon/api/services.ts';
 import { NamespaceHost } from '../helpers/netns.ts';
-import {
-  type NodeProcess,
-  PORT_BANDS,
-  SwarmProcesses,
-  suitePorts,
-  swarm,
-  swarmJson,
-  waitFor,
-} from '../helpers/swarm-processes.ts';
+import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
 import { askUdp } from '../helpers/udp-ask.ts';
 
 const mustRun = process.getuid?.() === 0 || process.env.CI !== undefined;
-const BASE = suitePorts(PORT_BANDS.lbNetns);
+const BASE = SwarmProcesses.basePortFor('lbNetns');
 const PUBLISHED = BASE + 3;
 const DATA_PATH_PORT = 4790;
 // The tasks answer "PORT PID" over HTTP and to every datagram, both on $PORT: the service publishes one number over

@@ -28,22 +28,14 @@ import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { TunnelDialer } from '../../daemon/lb/tunnel.ts';
 import { createMeshHost } from '../../daemon/mesh/host.ts';
 import { PROTOCOLS } from '../../daemon/mesh/protocols.ts';
-import {
-  type NodeProcess,
-  PORT_BANDS,
-  SwarmProcesses,
-  suitePorts,
-  swarm,
-  swarmJson,
-  waitFor,
-} from '../helpers/swarm-processes.ts';
+import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
 import { askUdp } from '../helpers/udp-ask.ts';
 
-const BASE = suitePorts(PORT_BANDS.lb);
+const DIST = mkdtempSync(join(tmpdir(), 'swarmd-lb-dist-'));
+const cluster = new SwarmProcesses('lb', { swarmdArgs: [join(DIST, 'swarmd.mjs')] });
+const BASE = cluster.basePort;
 const PUBLISHED = BASE + 3;
 const UDP_PUBLISHED = BASE + 4;
-const DIST = mkdtempSync(join(tmpdir(), 'swarmd-lb-dist-'));
-const cluster = new SwarmProcesses(BASE, { swarmdArgs: [join(DIST, 'swarmd.mjs')] });
 const HOSTS = { m1: '127.0.0.1', w1: '127.0.0.2', w2: '127.0.0.3' } as const;
 let m1: NodeProcess;
 let w1: NodeProcess;
@@ -381,8 +373,10 @@ describe('load balancer', () => {
 
   it('refuses a port a host program holds, naming node and program; host mode avoids such nodes', async () => {
     // A program of w1's host listens on w1's ingress address, on two ports below the kernel's ephemeral range
-    // (nodes do not report ports in that range; this suite's BASE is in it).
-    const held = [21000 + ((BASE - 47000) / 5) * 2, 21001 + ((BASE - 47000) / 5) * 2];
+    // (nodes do not report ports in that range) and below every suite's node ports (from 10,000), two per slot of
+    // this suite's band, so runs at once do not meet.
+    const slot = (BASE % 1000) / 5;
+    const held = [9000 + slot * 2, 9001 + slot * 2];
     const servers = await Promise.all(
       held.map(
         (port) =>

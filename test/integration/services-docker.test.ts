@@ -9,22 +9,14 @@ import {
   removeTaskContainers,
   TEST_IMAGE,
 } from '../helpers/docker.ts';
-import {
-  type NodeProcess,
-  PORT_BANDS,
-  SwarmProcesses,
-  suitePorts,
-  swarm,
-  swarmJson,
-  waitFor,
-} from '../helpers/swarm-processes.ts';
+import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
 
 const probe = await probeDocker();
 // The swarmd processes find the engine through DOCKER_HOST, as they would on a real node.
 if (probe.ok) process.env.DOCKER_HOST = probe.host;
 
 describeWithDocker('services on the docker runtime', probe, (docker) => {
-  const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.servicesDocker));
+  const cluster = new SwarmProcesses('servicesDocker');
   let m1: NodeProcess;
   const names: string[] = [];
 

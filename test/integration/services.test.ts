@@ -4,17 +4,9 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Task } from '../../daemon/api/services.ts';
-import {
-  type NodeProcess,
-  PORT_BANDS,
-  SwarmProcesses,
-  suitePorts,
-  swarm,
-  swarmJson,
-  waitFor,
-} from '../helpers/swarm-processes.ts';
+import { type NodeProcess, SwarmProcesses, swarm, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
 
-const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.services));
+const cluster = new SwarmProcesses('services');
 let m1: NodeProcess;
 const MARK = `swarmd-it-${process.pid}`;
 

@@ -3,18 +3,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SwarmNode } from '../../daemon/api/types.ts';
-import {
-  type NodeProcess,
-  PORT_BANDS,
-  SwarmProcesses,
-  suitePorts,
-  swarm,
-  swarmdCli,
-  swarmJson,
-  waitFor,
-} from '../helpers/swarm-processes.ts';
+import { type NodeProcess, SwarmProcesses, swarm, swarmdCli, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
 
-const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.swarmTls));
+const cluster = new SwarmProcesses('swarmTls');
 let manager: NodeProcess;
 let worker: NodeProcess;
 

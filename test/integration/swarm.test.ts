@@ -9,18 +9,9 @@ import type { SwarmNode } from '../../daemon/api/types.ts';
 import { createMeshHost, type MeshHost } from '../../daemon/mesh/host.ts';
 import { loadOrCreateNodeKey } from '../../daemon/mesh/node-key.ts';
 import { PROTOCOLS } from '../../daemon/mesh/protocols.ts';
-import {
-  type NodeProcess,
-  PORT_BANDS,
-  SwarmProcesses,
-  suitePorts,
-  swarm,
-  swarmdCli,
-  swarmJson,
-  waitFor,
-} from '../helpers/swarm-processes.ts';
+import { type NodeProcess, SwarmProcesses, swarm, swarmdCli, swarmJson, waitFor } from '../helpers/swarm-processes.ts';
 
-const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.swarm));
+const cluster = new SwarmProcesses('swarm');
 let m1: NodeProcess;
 let workerToken: string;
 let managerToken: string;

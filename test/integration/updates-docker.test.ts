@@ -13,7 +13,7 @@ import {
   removeTaskContainers,
   TEST_IMAGE,
 } from '../helpers/docker.ts';
-import { type NodeProcess, PORT_BANDS, SwarmProcesses, suitePorts, swarm } from '../helpers/swarm-processes.ts';
+import { type NodeProcess, SwarmProcesses, swarm } from '../helpers/swarm-processes.ts';
 
 const probe = await probeDocker();
 if (probe.ok) process.env.DOCKER_HOST = probe.host;
@@ -27,7 +27,7 @@ const live = (tasks: Task[]) =>
 const onSpec = (service: Service) => (t: Task) => isDeepStrictEqual(t.template, service.spec.task);
 
 describeWithDocker('rolling updates on the docker runtime', probe, (docker) => {
-  const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.updatesDocker));
+  const cluster = new SwarmProcesses('updatesDocker');
   const managers: NodeProcess[] = [];
   let api: ApiClient;
   let via: NodeProcess;

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ApiClient } from '../../../daemon/api/client.ts';
 import { freePort } from '../../helpers/loopback-tcp.ts';
-import { PORT_BANDS, SwarmProcesses, suitePorts } from '../../helpers/swarm-processes.ts';
+import { SwarmProcesses } from '../../helpers/swarm-processes.ts';
 
 const SWARM_CLI = join(fileURLToPath(import.meta.url), '../../../../cli/swarm.ts');
 
@@ -32,7 +32,7 @@ export async function startBenchSwarm(
   variant: SwarmVariant,
   service: BenchService,
 ): Promise<{ cluster: SwarmProcesses; port: number }> {
-  const cluster = new SwarmProcesses(suitePorts(PORT_BANDS.benchLb));
+  const cluster = new SwarmProcesses('benchLb');
   const m1 = await cluster.init('m1', ['--ingress-host', '127.0.0.1', ...variant.flags]);
   const workerToken = (await new ApiClient(m1.socket).joinTokens()).worker;
   await cluster.join('w1', workerToken, m1, ['--ingress-host', '127.0.0.2', ...variant.flags]);
