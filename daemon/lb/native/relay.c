@@ -20,8 +20,8 @@
 // all), and a busy one at most 16 KiB per blocked direction. epoll is edge-triggered: each wakeup runs both
 // directions until they block again, reading only a side that may hold bytes (side.readable: a short read or an
 // EAGAIN shows it empty until its next event), so a request costs one read per side, not a read that fails too.
-// An EOF from one side is passed on as shutdown(SHUT_WR) to the other once its
-// bytes are flushed (half-close, as pump.ts). The connection ends when both directions have, or at the first error.
+// An EOF from one side is passed on as shutdown(SHUT_WR) to the other once its bytes are flushed (half-close, as
+// pump.ts). The connection ends when both directions have, or at the first error.
 //
 // Ownership: relay() dups the two descriptors, so JS closes its own sockets at once and the relay owns the
 // connection. When it ends, the relay thread closes its descriptors and queues the result to the JS thread that
@@ -1102,7 +1102,6 @@ static napi_value js_relay(napi_env env, napi_callback_info info) {
   return adopt(env, state, c, OP_RELAY);
 }
 
-/** A data path connection on fd: its set-up state, TLS session and set-up buffer; NULL with a JS error thrown. */
 /**
  * Called by OpenSSL around each read of a TLS side's socket BIO: notes whether the recv(2) came back short or
  * empty (side->drained), which only the socket knows.
@@ -1117,6 +1116,7 @@ static long bio_watch(BIO *bio, int operation, const char *data, size_t length, 
   return result;
 }
 
+/** A data path connection on fd: its set-up state, TLS session and set-up buffer; NULL with a JS error thrown. */
 static conn *new_data_path_conn(napi_env env, env_state *state, int64_t fd, int server, napi_value on_setup,
                                 napi_value on_done) {
   SSL_CTX *ctx = server ? serve_ctx : dial_ctx;
