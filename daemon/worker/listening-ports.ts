@@ -45,27 +45,47 @@ export function parseProcNetUdp(text: string, into: ListeningSocket[] = []): Lis
 }
 
 function parseProcNet(text: string, state: string, into: ListeningSocket[]): ListeningSocket[] {
-  const sockets = into;
+  parseLines(text, state, into);
+  return into;
+}
+
+/** Adds the sockets in `state` found in whole lines of `text`; returns whether a line in another state was seen. */
+function parseLines(text: string, state: string, into: ListeningSocket[]): boolean {
+  let sawOtherState = false;
   for (const line of text.split('\n')) {
     // Only the state column can read " 0A " or " 07 ": the others are hex without spaces or decimal numbers.
-    if (!line.includes(` ${state} `)) continue;
+    if (!line.includes(` ${state} `)) {
+      // Every socket line starts with its slot number and a colon; the header and blank lines do not.
+      if (/^\s*\d+:/.test(line)) sawOtherState = true;
+      continue;
+    }
     const fields = line.trim().split(/\s+/);
-    if (fields.length < 10 || fields[3] !== state) continue;
+    if (fields.length < 10 || fields[3] !== state) {
+      sawOtherState = true;
+      continue;
+    }
     const [hexAddress = '', hexPort = ''] = fields[1]!.split(':');
     const port = Number.parseInt(hexPort, 16);
     const inode = Number(fields[9]);
     if (!Number.isInteger(port) || port <= 0 || port > 65535 || !Number.isInteger(inode)) continue;
-    sockets.push({ address: decodeAddress(hexAddress), port, inode });
+    into.push({ address: decodeAddress(hexAddress), port, inode });
   }
-  return sockets;
+  return sawOtherState;
 }
 
 /**
  * The listening sockets of one of those files, read in chunks: a node with many connections has megabytes of
  * lines there, which parsed at once would hold the event loop for tens of milliseconds.
+ *
+ * TCP: the kernel prints every listening socket first (its seq_file walks the listening hash, then the established
+ * one: tcp_seq_start and tcp_seq_next in net/ipv4/tcp_ipv4.c), so reading stops at the first socket in another
+ * state. A busy ingress has hundreds of thousands of connections and TIME_WAIT sockets there (67,000 lines, 10 MB,
+ * in a run of the lb-close bench); walking them every SCAN_MS cost the kernel and this event loop for nothing.
+ * UDP has no such order (one table for every socket) and is read whole.
  */
 export async function readListeningSockets(path: string, protocol: 'tcp' | 'udp' = 'tcp'): Promise<ListeningSocket[]> {
-  const parse = protocol === 'udp' ? parseProcNetUdp : parseProcNetTcp;
+  const state = protocol === 'udp' ? UDP_BOUND_STATE : LISTEN_STATE;
+  const stopAtOtherState = protocol === 'tcp';
   const sockets: ListeningSocket[] = [];
   let partial = '';
   try {
@@ -73,12 +93,14 @@ export async function readListeningSockets(path: string, protocol: 'tcp' | 'udp'
       const text = partial + (chunk as string);
       const end = text.lastIndexOf('\n');
       partial = text.slice(end + 1);
-      parse(text.slice(0, end + 1), sockets);
+      // Leaving the loop closes the file: the kernel walks no further.
+      if (parseLines(text.slice(0, end + 1), state, sockets) && stopAtOtherState) return sockets;
     }
   } catch {
     return sockets; // unreadable (no /proc, no IPv6): what was read so far
   }
-  return parse(partial, sockets);
+  parseLines(partial, state, sockets);
+  return sockets;
 }
 
 /** The kernel prints an IPv4 address as one little-endian 32-bit word in hex, an IPv6 one as four of them. */

@@ -69,11 +69,12 @@ describe('parsing /proc/net/tcp', () => {
 
   it('reads a large file in chunks, finding every listener whatever chunk boundary it straddles', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'swarmd-proc-big-'));
-    // 40,000 established connections (about 6 MB, ~90 chunks) with a listener every 997 lines.
+    // As the kernel prints it: the listeners first (3,000, about 450 KB, several chunks), then 40,000 established
+    // connections (about 6 MB).
     let text = HEADER;
     const expected: number[] = [];
-    for (let i = 0; i < 40_000; i++) {
-      const listening = i % 997 === 0;
+    for (let i = 0; i < 43_000; i++) {
+      const listening = i < 3000;
       const port = 1000 + i;
       if (listening) expected.push(port);
       text += line(i, `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`, listening ? '0A' : '01', i);
@@ -82,6 +83,23 @@ describe('parsing /proc/net/tcp', () => {
     const found = await readListeningSockets(join(dir, 'tcp'));
     expect(found.map((s) => s.port)).toEqual(expected);
     expect(await readListeningSockets(join(dir, 'missing'))).toEqual([]);
+  });
+
+  it('stops reading TCP at the first socket that does not listen (the kernel lists listeners first); UDP is read whole', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'swarmd-proc-order-'));
+    // Two listeners, 20,000 established connections (3 MB, many chunks), then one more listening line, which the
+    // kernel never prints there: not reaching it shows the rest of the file was not read.
+    let text = HEADER + line(0, '00000000:1F90', '0A', 1) + line(1, '0100007F:1538', '0A', 2);
+    for (let i = 2; i < 20_002; i++) text += line(i, '0100007F:1F90', '01', i + 1);
+    text += line(20_002, '0100007F:2382', '0A', 99_999);
+    writeFileSync(join(dir, 'tcp'), text);
+    expect((await readListeningSockets(join(dir, 'tcp'))).map((s) => s.port)).toEqual([8080, 5432]);
+    // UDP: bound sockets anywhere in the file are found.
+    let udp = HEADER;
+    for (let i = 0; i < 20_000; i++) udp += line(i, '0100007F:1388', '01', i + 1);
+    udp += line(20_000, '00000000:0035', '07', 99_999);
+    writeFileSync(join(dir, 'udp'), udp);
+    expect((await readListeningSockets(join(dir, 'udp'), 'udp')).map((s) => s.port)).toEqual([53]);
   });
 
   it('reads the ephemeral range, with Linux default when it is unreadable or nonsense', () => {
