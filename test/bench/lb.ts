@@ -208,11 +208,22 @@ function toMs(text: string): number {
   return m[2] === 'us' ? v / 1000 : m[2] === 's' ? v * 1000 : v;
 }
 
-function runWrk(port: number, seconds: number, pids: number[], host = '127.0.0.1'): WrkResult {
+/** How wrk's connections carry requests: many over one (keep-alive), or one each (`Connection: close`). */
+export type LbBenchMode = 'keep-alive' | 'close';
+
+function runWrk(mode: LbBenchMode, port: number, seconds: number, pids: number[], host = '127.0.0.1'): WrkResult {
   const cpu0 = pids.map(cpuSeconds);
+  const closeEach = mode === 'close' ? ['-H', 'Connection: close'] : [];
   const out = spawnSync(
     'wrk',
-    [`-t${THREADS}`, `-c${CONNECTIONS}`, `-d${seconds}s`, '--latency', `http://${host}:${port}/index.html`],
+    [
+      `-t${THREADS}`,
+      `-c${CONNECTIONS}`,
+      `-d${seconds}s`,
+      '--latency',
+      ...closeEach,
+      `http://${host}:${port}/index.html`,
+    ],
     { encoding: 'utf8', timeout: (seconds + 30) * 1000 },
   );
   const cpu1 = pids.map(cpuSeconds);
@@ -296,7 +307,7 @@ function httpService(dir: string, useNginx: boolean): BenchService {
   return { publish: 'PORT:80', command: useNginx ? nginx : node, ready: (port, host) => httpReady(port, host) };
 }
 
-export async function benchLb(): Promise<Record<string, unknown>> {
+export async function benchLb(mode: LbBenchMode = 'keep-alive'): Promise<Record<string, unknown>> {
   const missing = ['wrk', 'haproxy', 'nginx'].filter((tool) => !have(tool));
   if (missing.length > 0) {
     say(`lb bench: not installed: ${missing.join(', ')} (Debian: apt-get install -y wrk haproxy nginx)`);
@@ -315,7 +326,7 @@ export async function benchLb(): Promise<Record<string, unknown>> {
   try {
     say(
       `lb bench: ${availableParallelism()} CPUs, Node ${process.version}, wrk -t${THREADS} -c${CONNECTIONS} ` +
-        `-d${SECONDS}s, ${ROUNDS} interleaved rounds, no CPU pinning; backends: ${useNginx ? 'nginx (1 worker each)' : 'Node HTTP (own processes)'}`,
+        `-d${SECONDS}s, ${mode === 'close' ? 'a new connection per request (Connection: close)' : 'keep-alive'}, ${ROUNDS} interleaved rounds, no CPU pinning; backends: ${useNginx ? 'nginx (1 worker each)' : 'Node HTTP (own processes)'}`,
     );
     const backendPorts = [await freePort(), await freePort(), await freePort()];
     const backendAddresses = backendPorts.map((p) => `127.0.0.1:${p}`);
@@ -472,7 +483,7 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
       say(`  ${t.name.padEnd(12)} ${(await Promise.all([0, 1, 2].map(() => get(t.port, t.host)))).join(' | ')}`);
 
     say(`warm-up ${WARMUP_SECONDS} s each`);
-    for (const t of targets) runWrk(t.port, WARMUP_SECONDS, [], t.host);
+    for (const t of targets) runWrk(mode, t.port, WARMUP_SECONDS, [], t.host);
 
     const samples = new Map<string, WrkResult[]>(targets.map((t) => [t.name, []]));
     const loopDelays = new Map<string, number[]>(targets.map((t) => [t.name, []]));
@@ -481,7 +492,7 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
         const daemons = t.daemons ?? [];
         // Scraping resets the daemons' interval: the one after wrk covers exactly the run.
         await Promise.all(daemons.map(loopDelayP99Ms));
-        const result = runWrk(t.port, SECONDS, t.pids, t.host);
+        const result = runWrk(mode, t.port, SECONDS, t.pids, t.host);
         const loopMs = daemons.length === 0 ? undefined : Math.max(...(await Promise.all(daemons.map(loopDelayP99Ms))));
         samples.get(t.name)!.push(result);
         if (loopMs !== undefined) loopDelays.get(t.name)!.push(loopMs);
@@ -570,10 +581,11 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
     if (goals !== null) say(`goals: ${JSON.stringify(goals)}`);
 
     return {
-      bench: 'lb',
+      bench: mode === 'close' ? 'lb-close' : 'lb',
+      mode,
       seconds: SECONDS,
       rounds: ROUNDS,
-      wrk: `-t${THREADS} -c${CONNECTIONS} --latency`,
+      wrk: `-t${THREADS} -c${CONNECTIONS} --latency${mode === 'close' ? " -H 'Connection: close'" : ''}`,
       cpus: availableParallelism(),
       backends: useNginx ? 'nginx' : 'node',
       missing,

@@ -8,6 +8,7 @@ const benches: Record<string, () => Promise<Record<string, unknown>>> = {
   scheduler: async () => (await import('./scheduler.ts')).benchScheduler(),
   deploy: async () => (await import('./deploy.ts')).benchDeploy(),
   lb: async () => (await import('./lb.ts')).benchLb(),
+  'lb-close': async () => (await import('./lb.ts')).benchLb('close'),
   'lb-udp': async () => (await import('./lb-udp.ts')).benchLbUdp(),
   update: async () => (await import('./update.ts')).benchUpdate(),
 };
