@@ -157,7 +157,7 @@ export function nativeHopDialer(
 }
 
 /** New native hops a peer gets per second, on average (see the top of this file). */
-export const NATIVE_HOPS_PER_SECOND = 100;
+export const NATIVE_HOPS_PER_SECOND = 50;
 /** How many a peer may get at once: a client's connection pool opened in one go. */
 export const NATIVE_HOP_BURST = 200;
 /** How often the log may say that a peer's connections overflow to the tunnel. */
