@@ -1,6 +1,8 @@
 // npm run bench -- lb
 // The load balancer's data plane against HAProxy, on loopback, the way shared/anchors/baselines.md measured HAProxy
 // (section 2): wrk -t2 -c64 --latency against 3 backends serving a 128-byte file over keep-alive connections.
+// npm run bench -- lb-close: the same with a new connection per request (wrk -H 'Connection: close'), where what
+// counts is each proxy's cost to accept, pick, connect and close rather than to move bytes.
 //
 // Targets, each in its own processes:
 //   direct         wrk -> backend 1
