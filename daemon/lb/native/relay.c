@@ -777,9 +777,10 @@ static int join(conn *c) {
   }
   free(c->setup);
   c->setup = NULL;
-  // Events that came while it was parked were ignored: read both sides until they prove empty.
+  // The set-up phases read without keeping `readable`: the relay starts by reading both sides until they prove
+  // empty. `drained` needs no reset: bio_watch kept it through the set-up, and any bytes that came after its last
+  // recv raised an event while the connection was parked, which cleared it (relay_thread_main).
   c->a.readable = c->b.readable = 1;
-  c->b.drained = 0;
   c->phase = PHASE_RELAY;
   return 0;
 }
