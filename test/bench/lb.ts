@@ -547,17 +547,17 @@ ${backendAddresses.map((a, i) => `  server b${i + 1} ${a}`).join('\n')}
     ]) {
       ratios[name] = { rpsVsHaproxy: ratio(name, 'rps'), p99VsHaproxy: ratio(name, 'p99Ms') };
     }
-    const best = ['swarmd', 'swarmd-2acc'].reduce((a, b) =>
-      ((results[b]?.rps as number) ?? 0) > ((results[a]?.rps as number) ?? 0) ? b : a,
-    );
+    // #8's targets are for what users run: the daemon's published port with its default settings, its tasks local
+    // (daemon-local) or on another node (daemon-mesh). The Ingress rows above measure parts of it on their own. The
+    // targets are set for keep-alive connections; lb-close has none.
     const goals =
-      hap === undefined
+      hap === undefined || mode === 'close'
         ? null
         : {
-            localRpsAtLeastHaproxy: (ratio(best, 'rps') ?? 0) >= 1,
-            localP99AtMost1_2xHaproxy: (ratio(best, 'p99Ms') ?? Number.POSITIVE_INFINITY) <= 1.2,
+            localRpsAtLeastHaproxy: (ratio('daemon-local', 'rps') ?? 0) >= 1,
+            localP99AtMost1_2xHaproxy: (ratio('daemon-local', 'p99Ms') ?? Number.POSITIVE_INFINITY) <= 1.2,
             meshHopAtLeast60PctHaproxy: (ratio('daemon-mesh', 'rps') ?? 0) >= 0.6,
-            bestLocalVariant: best,
+            judged: { local: 'daemon-local', hop: 'daemon-mesh' },
           };
 
     say('');
