@@ -155,7 +155,8 @@ export class Ingress extends PortIngress {
       this.startForwarding(conn, endpoint.taskId, backend, early);
     };
     if (endpoint.nodeId === this.nodeId) {
-      conn.pending = connectTask(endpoint.address, this.connectTimeoutMs, (err, socket) => {
+      const readBy = this.relay === undefined ? 'js' : 'relay';
+      conn.pending = connectTask(endpoint.address, this.connectTimeoutMs, readBy, (err, socket) => {
         if (socket !== undefined && service.proxyProtocol) socket.write(encodeProxyV2(clientAddresses(conn.client)));
         onResult(err, socket);
       });

@@ -75,6 +75,18 @@ export function connectDirect(options: TcpNetConnectOpts): Socket {
   return socket;
 }
 
+/**
+ * net.connect for a socket whose descriptor the native relay will take: paused before it connects, so Node never
+ * starts reading it (net starts the first read on connect only when the socket is not paused). Whatever the task
+ * sends first stays in the kernel for the relay, and no read buffer is allocated for a socket JS will not read. If
+ * the relay cannot take it after all, pump() resumes it like any other duplex.
+ */
+export function connectUnread(options: TcpNetConnectOpts): Socket {
+  const socket = connect(options);
+  socket.pause();
+  return socket;
+}
+
 /** Whether a socket from connectDirect has read bytes that no pump() has forwarded yet (they are kept in JS). */
 export function hasUnforwardedReads(socket: Duplex): boolean {
   return (directReaders.get(socket)?.early?.length ?? 0) > 0;

@@ -21,7 +21,7 @@ import type { DrainTracker } from './drain-tracker.ts';
 import { type Endpoint, parseAddress, type TaskId } from './endpoints.ts';
 import type { ParkedConnection, RelayedConnection } from './native-relay.ts';
 import { encodeProxyV2, type ProxyAddresses } from './proxy-protocol.ts';
-import { connectDirect, LINGER_MS, pump } from './pump.ts';
+import { connectDirect, connectUnread, LINGER_MS, pump } from './pump.ts';
 import { closeQuietly, connectUdpTask, relayFlow } from './udp-relay.ts';
 
 export const REMOTE_HEADER_MAX_BYTES = 1024;
@@ -248,7 +248,7 @@ export function serveRemote(
         );
         return;
       }
-      connectTask(address, timeoutMs, (err, socket) =>
+      connectTask(address, timeoutMs, 'js', (err, socket) =>
         onBackend(
           err,
           socket && {
@@ -325,7 +325,7 @@ export function serveNativeHop(
       refuse(REMOTE_STATUS.badHeader, 'bad-header', 'a UDP flow takes the tunnel, not a native hop');
       return;
     }
-    connectTask(address, timeoutMs, (err, socket) => {
+    connectTask(address, timeoutMs, 'relay', (err, socket) => {
       if (err !== undefined || socket === undefined) {
         refuse(REMOTE_STATUS.connectFailed, 'connect-failed', `task ${header.taskId}: ${err?.message}`);
         return;
@@ -360,11 +360,13 @@ export function serveNativeHop(
 
 /**
  * Connects to host:port with TCP_NODELAY, half-open allowed, and a connect timeout. Calls back once, with the
- * connected socket or the error (the socket is then destroyed).
+ * connected socket or the error (the socket is then destroyed). `readBy`: who will move the socket's bytes, pump()
+ * in this thread ('js') or the native relay ('relay', which then finds everything the task sent still unread).
  */
 export function connectTask(
   address: string,
   timeoutMs: number,
+  readBy: 'js' | 'relay',
   callback: (err: Error | undefined, socket: Socket | undefined) => void,
 ): Socket | undefined {
   let target: { host: string; port: number };
@@ -374,7 +376,8 @@ export function connectTask(
     callback(err as Error, undefined);
     return undefined;
   }
-  const socket = connectDirect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
+  const options = { host: target.host, port: target.port, allowHalfOpen: true, noDelay: true };
+  const socket = readBy === 'relay' ? connectUnread(options) : connectDirect(options);
   let done = false;
   const timer = setTimeout(() => fail(new Error(`connect to ${address} timed out`)), timeoutMs);
   const fail = (err: Error) => {
