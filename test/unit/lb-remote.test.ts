@@ -5,7 +5,9 @@ import { type Duplex, duplexPair } from 'node:stream';
 import { Packr } from 'msgpackr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DrainTracker } from '../../daemon/lb/drain-tracker.ts';
+import { hasUnforwardedReads } from '../../daemon/lb/pump.ts';
 import {
+  connectTask,
   decodeRemoteHeader,
   encodeRemoteHeader,
   REMOTE_STATUS,
@@ -208,5 +210,63 @@ describe('serveRemote', () => {
     await received;
     expect(node.destroyed).toBe(true);
     expect(drains.openCount('t1')).toBe(0);
+  });
+});
+
+describe('connectTask', () => {
+  /** A task that speaks first: it sends a banner as soon as a connection is accepted. */
+  async function bannerTask(): Promise<{ server: Server; port: number }> {
+    const server = createServer((s) => {
+      s.on('error', () => {});
+      s.end('220 banner\r\n');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    return { server, port: (server.address() as { port: number }).port };
+  }
+
+  function connected(port: number, readBy: 'js' | 'relay'): Promise<Socket> {
+    return new Promise((resolve, reject) =>
+      connectTask(`127.0.0.1:${port}`, 5000, readBy, (err, socket) => (err ? reject(err) : resolve(socket!))),
+    );
+  }
+
+  it("leaves a socket for the relay unread: a task's first bytes stay in the kernel, JS keeps none", async () => {
+    const task = await bannerTask();
+    try {
+      const socket = await connected(task.port, 'relay');
+      // Long enough for the banner to arrive and for Node to read it, were it reading.
+      await new Promise((r) => setTimeout(r, 100));
+      expect(socket.bytesRead).toBe(0);
+      expect(socket.readableLength).toBe(0);
+      expect(hasUnforwardedReads(socket)).toBe(false);
+      // Resumed (as pump() does when the relay cannot take it), the banner is all there.
+      expect(`${await collect(socket.resume())}`).toBe('220 banner\r\n');
+    } finally {
+      task.server.close();
+    }
+  });
+
+  it('reads a socket pump() will move into its own buffer, keeping what came before pump() started', async () => {
+    const task = await bannerTask();
+    try {
+      const socket = await connected(task.port, 'js');
+      await new Promise((r) => setTimeout(r, 100));
+      expect(socket.bytesRead).toBe('220 banner\r\n'.length);
+      expect(hasUnforwardedReads(socket)).toBe(true);
+      socket.destroy();
+    } finally {
+      task.server.close();
+    }
+  });
+
+  it('calls back with the error when nothing listens, and with a parse error for a bad address', async () => {
+    const closed = await bannerTask();
+    await new Promise<void>((r) => closed.server.close(() => r()));
+    await expect(connected(closed.port, 'relay')).rejects.toThrow(/ECONNREFUSED/);
+    await expect(
+      new Promise((resolve, reject) =>
+        connectTask('not an address', 5000, 'relay', (err, socket) => (err ? reject(err) : resolve(socket))),
+      ),
+    ).rejects.toThrow();
   });
 });
