@@ -395,7 +395,6 @@ export function connectTask(
     if (done) return;
     done = true;
     clearTimeout(timer);
-    socket.setKeepAlive(true, 60_000);
     callback(undefined, socket);
   });
   return socket;
