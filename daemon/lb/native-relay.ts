@@ -41,6 +41,23 @@ interface RelayAddon {
     onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
     onDone: (aToB: number, bToA: number, errno: number) => void,
   ): object;
+  dialMux(
+    fd: number,
+    identity: string,
+    key: Uint8Array,
+    thread: number,
+    onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
+    onDone: (aToB: number, bToA: number, errno: number) => void,
+  ): object;
+  openStream(
+    mux: object,
+    header: Uint8Array,
+    onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
+    onDone: (aToB: number, bToA: number, errno: number) => void,
+  ): object;
+  serveStreams(
+    onStream: (handle: object, header: Buffer, identity: string) => (aToB: number, bToA: number, errno: number) => void,
+  ): void;
   join(handle: object, fd: number, status: number, lingerMs: number): void;
   drop(handle: object, status: number): void;
   addKey(identity: string, key: Uint8Array, ttlMs: number): void;
@@ -49,6 +66,8 @@ interface RelayAddon {
 
 /** relay.c's SETUP_LEGACY: the first byte on the data path port was a TLS record, a legacy (HTTP/2) tunnel. */
 const SETUP_LEGACY = 256;
+/** relay.h's SETUP_MUX: a mux (mux.c) is up. */
+const SETUP_MUX = 257;
 
 /** A connection the relay holds. */
 export interface RelayedConnection {
@@ -91,12 +110,28 @@ export type SetupOutcome =
   | { kind: 'ready'; status: number; header: Buffer | undefined; identity: string }
   /** Server: the connection is a legacy tunnel (HTTP/2 over TLS, tunnel.ts); the JS socket has all of its bytes. */
   | { kind: 'legacy' }
+  /** Server: the connection is a mux; its streams go to serveStreams's function. */
+  | { kind: 'mux' }
   | { kind: 'failed'; error: string };
 
 /** A data path connection being set up: cut() makes its set-up fail (a timeout, the client leaving). */
 export interface SettingUp {
   cut(): void;
 }
+
+/**
+ * A mux to another node's data path (native/mux.c): one TLS connection that carries many forwarded connections,
+ * each opened with a frame instead of a TCP connection and a handshake of its own.
+ */
+export interface Mux {
+  /** As dial(), over this mux. Only while it has not ended. */
+  open(header: Buffer, onSetup: (outcome: SetupOutcome, parked: ParkedConnection | undefined) => void): SettingUp;
+  /** Ends it, and every stream on it. */
+  cut(): void;
+  readonly ended: boolean;
+}
+
+export type MuxOutcome = { kind: 'up'; mux: Mux } | { kind: 'failed'; error: string };
 
 export interface NativeRelay {
   /** Relay threads running (shared by the whole process). */
@@ -123,6 +158,23 @@ export interface NativeRelay {
    * has been destroyed (the relay holds its own descriptor).
    */
   accept(socket: Socket, onSetup: (outcome: SetupOutcome, parked: ParkedConnection | undefined) => void): SettingUp;
+  /**
+   * Sets up a mux on a connected socket to another node's data path, on relay thread `thread` (modulo their
+   * number), where all its streams run. The socket is the relay's from then on. onUp: once, 'up' or 'failed';
+   * onEnd: when a mux that was up ends (why, when not cleanly).
+   */
+  dialMux(
+    socket: Socket,
+    ticket: { identity: string; key: Uint8Array },
+    thread: number,
+    onUp: (outcome: MuxOutcome) => void,
+    onEnd: (error: string | undefined) => void,
+  ): SettingUp;
+  /**
+   * Where the streams peers open on the muxes this thread accepted go: each set up, with its remote header, to be
+   * joined to the task or dropped with a refusal, as a native hop.
+   */
+  serveStreams(onStream: (parked: ParkedConnection, header: Buffer, identity: string) => void): void;
 }
 
 /** Where `npm run build:native` puts the addon, and where the bundle (cli/build.ts) copies it: next to its modules. */
@@ -188,8 +240,48 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
     },
   });
   /**
-   * The JS side of a data path connection: its set-up report, then join or drop, then its end. `release` runs
-   * once the set-up is reported (the JS socket's part is over, unless it is a legacy tunnel).
+   * What JS does with a relay handle once its set-up is reported: join or drop it (ParkedConnection), then learn
+   * its end. `phase` is the handle's state as JS knows it.
+   */
+  const handleLife = (handle: () => object) => {
+    let phase: 'setting-up' | 'parked' | 'joined' | 'ended' = 'setting-up';
+    let onEnd: ((end: RelayEnd) => void) | undefined;
+    const moved = { aToB: 0, bToA: 0 };
+    return {
+      phase: () => phase,
+      end() {
+        phase = 'ended';
+      },
+      parked(): ParkedConnection {
+        phase = 'parked';
+        return {
+          join(socket, status, lingerMs, onDone) {
+            const fd = descriptorOf(socket);
+            if (phase !== 'parked' || fd === undefined || !quiet(socket)) return undefined;
+            addon.join(handle(), fd, status ?? -1, lingerMs);
+            phase = 'joined';
+            onEnd = onDone;
+            socket.destroy();
+            return relayedOver(handle(), moved, () => phase === 'ended');
+          },
+          drop(status) {
+            if (phase !== 'parked') return;
+            phase = 'ended';
+            addon.drop(handle(), status ?? -1);
+          },
+        };
+      },
+      done(aToB: number, bToA: number, errno: number) {
+        phase = 'ended';
+        moved.aToB = aToB;
+        moved.bToA = bToA;
+        onEnd?.({ aToB, bToA, error: errno === 0 ? undefined : errnoName(errno) });
+      },
+    };
+  };
+  /**
+   * The JS side of a data path connection (or a stream JS opens on a mux): its set-up report, then join or drop,
+   * then its end.
    */
   const dataPathConnection = (
     start: (
@@ -198,14 +290,18 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
     ) => object,
     onSetup: (outcome: SetupOutcome, parked: ParkedConnection | undefined) => void,
   ): SettingUp => {
-    let phase: 'setting-up' | 'parked' | 'joined' | 'ended' = 'setting-up';
-    let onEnd: ((end: RelayEnd) => void) | undefined;
-    const moved = { aToB: 0, bToA: 0 };
+    const life = handleLife(() => handle);
     const handle: object = start(
       (result, header, identity) => {
+        if (result === SETUP_MUX) {
+          // A mux the server side accepted: nothing to join, its streams come through serveStreams.
+          life.end();
+          onSetup({ kind: 'mux' }, undefined);
+          return;
+        }
         if (result === SETUP_LEGACY || result < 0) {
           // Nothing to join: the relay lets go of its descriptor.
-          phase = 'ended';
+          life.end();
           addon.drop(handle, -1);
           onSetup(
             result === SETUP_LEGACY ? { kind: 'legacy' } : { kind: 'failed', error: errnoName(-result) },
@@ -213,37 +309,13 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
           );
           return;
         }
-        phase = 'parked';
-        onSetup(
-          { kind: 'ready', status: result, header, identity },
-          {
-            join(socket, status, lingerMs, onDone) {
-              const fd = descriptorOf(socket);
-              if (phase !== 'parked' || fd === undefined || !quiet(socket)) return undefined;
-              addon.join(handle, fd, status ?? -1, lingerMs);
-              phase = 'joined';
-              onEnd = onDone;
-              socket.destroy();
-              return relayedOver(handle, moved, () => phase === 'ended');
-            },
-            drop(status) {
-              if (phase !== 'parked') return;
-              phase = 'ended';
-              addon.drop(handle, status ?? -1);
-            },
-          },
-        );
+        onSetup({ kind: 'ready', status: result, header, identity }, life.parked());
       },
-      (aToB, bToA, errno) => {
-        phase = 'ended';
-        moved.aToB = aToB;
-        moved.bToA = bToA;
-        onEnd?.({ aToB, bToA, error: errno === 0 ? undefined : errnoName(errno) });
-      },
+      (aToB, bToA, errno) => life.done(aToB, bToA, errno),
     );
     return {
       cut() {
-        if (phase === 'setting-up') addon.cut(handle);
+        if (life.phase() === 'setting-up') addon.cut(handle);
       },
     };
   };
@@ -273,6 +345,58 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
           onSetup(outcome, parked);
         },
       );
+    },
+    dialMux(socket, ticket, thread, onUp, onEnd) {
+      const fd = descriptorOf(socket);
+      if (fd === undefined) throw new Error('the data path socket has no descriptor');
+      let state: 'setting-up' | 'up' | 'ended' = 'setting-up';
+      const mux: Mux = {
+        open(header, onSetup) {
+          if (state !== 'up') throw new Error('the mux is not up');
+          return dataPathConnection((setupDone, done) => addon.openStream(handle, header, setupDone, done), onSetup);
+        },
+        cut() {
+          if (state !== 'ended') addon.cut(handle);
+        },
+        get ended() {
+          return state === 'ended';
+        },
+      };
+      const handle = addon.dialMux(
+        fd,
+        ticket.identity,
+        ticket.key,
+        thread,
+        (result) => {
+          if (result === SETUP_MUX) {
+            state = 'up';
+            onUp({ kind: 'up', mux });
+            return;
+          }
+          state = 'ended';
+          addon.drop(handle, -1);
+          onUp({ kind: 'failed', error: errnoName(-result) });
+        },
+        (_aToB, _bToA, errno) => {
+          const wasUp = state === 'up';
+          state = 'ended';
+          if (wasUp) onEnd(errno === 0 ? undefined : errnoName(errno));
+        },
+      );
+      // The relay has its own descriptor now.
+      socket.destroy();
+      return {
+        cut() {
+          if (state === 'setting-up') addon.cut(handle);
+        },
+      };
+    },
+    serveStreams(onStream) {
+      addon.serveStreams((handle, header, identity) => {
+        const life = handleLife(() => handle);
+        onStream(life.parked(), header, identity);
+        return (aToB, bToA, errno) => life.done(aToB, bToA, errno);
+      });
     },
     handOver(a, b, lingerMs, onDone) {
       const fdA = descriptorOf(a);

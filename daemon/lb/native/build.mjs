@@ -1,8 +1,8 @@
-// Builds the native relay (relay.c) into build/relay.node with the system's C compiler. No node-gyp: one C file
+// Builds the native relay (relay.c, mux.c) into build/relay.node with the system's C compiler. No node-gyp: two C files
 // against Node-API's headers (the node-api-headers package, from the Node project), whose ABI is stable across
 // Node versions, so the addon built under one Node runs under any later one.
 //
-// cli/launch.mjs calls buildNativeRelay() before every npm script, which rebuilds only when relay.c is newer than
+// cli/launch.mjs calls buildNativeRelay() before every npm script, which rebuilds only when a source is newer than
 // the addon; without a compiler the load balancer relays in JavaScript instead (native-relay.ts says so at start).
 // Run directly (`npm run build:native`), it rebuilds if needed and fails when it cannot build: CI does that.
 // `--sanitize` builds it (always) with AddressSanitizer and UndefinedBehaviorSanitizer, to run the relay's tests
@@ -16,7 +16,9 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const SOURCE = join(HERE, 'relay.c');
+/** relay.c includes relay.h; mux.c is the multiplexed data path. */
+const SOURCES = ['relay.c', 'mux.c'].map((name) => join(HERE, name));
+const INPUTS = [...SOURCES, join(HERE, 'relay.h')];
 export const NATIVE_RELAY_ADDON = join(HERE, 'build', 'relay.node');
 
 /** Node-API headers: the node-api-headers package, else those installed with Node itself. */
@@ -54,7 +56,9 @@ function opensslDirs() {
 }
 
 function upToDate() {
-  return existsSync(NATIVE_RELAY_ADDON) && statSync(NATIVE_RELAY_ADDON).mtimeMs >= statSync(SOURCE).mtimeMs;
+  if (!existsSync(NATIVE_RELAY_ADDON)) return false;
+  const built = statSync(NATIVE_RELAY_ADDON).mtimeMs;
+  return INPUTS.every((input) => built >= statSync(input).mtimeMs);
 }
 
 /**
@@ -76,7 +80,7 @@ export function buildNativeRelay({ sanitize = false } = {}) {
     compiler,
     ['-std=gnu11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared', '-pthread']
       .concat(sanitize ? ['-O1', '-g', '-fsanitize=address,undefined', '-fno-omit-frame-pointer'] : ['-O2'])
-      .concat(`-I${headers[0]}`, `-I${openssl[0]}`, '-o', partial, SOURCE),
+      .concat(`-I${headers[0]}`, `-I${openssl[0]}`, '-o', partial, ...SOURCES),
     { encoding: 'utf8' },
   );
   if (result.error) return `${compiler} not found (install a C compiler, e.g. apt-get install gcc)`;

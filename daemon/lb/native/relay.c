@@ -34,190 +34,14 @@
 // LINGER_MS, HAProxy's client-fin/server-fin). A half-open connection that merely waits for an answer is not.
 //
 // Linux only (epoll); native-relay.ts falls back to pump.ts where this is not built.
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#include <linux/sockios.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-
-#include <node_api.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-
-#define BUFFER_BYTES (16 * 1024)
-#define MAX_THREADS 64
-#define EVENTS_PER_WAIT 256
-/** How often a relay thread with lingering connections wakes to check their deadlines. */
-#define LINGER_CHECK_MS 250
-/**
- * Reads per direction in one turn (256 KiB): a connection whose source and destination both keep up could
- * otherwise keep its relay thread to itself; past this it waits for the thread's next turn behind the others.
- */
-#define READS_PER_TURN 16
-/** run_direction: the turn's reads are used up and more may be waiting. */
-#define MORE_TO_DO (-1)
-
-/** data-path.ts: a ticket's identity is 32 hex characters, its key 32 bytes. */
-#define IDENTITY_CHARS 32
-#define PSK_KEY_BYTES 32
-/** remote.ts's REMOTE_HEADER_MAX_BYTES, plus its u16 length prefix. */
-#define HEADER_MAX_BYTES (1024 + 2)
-
-/** Where a connection is: relaying, or setting up a TLS connection between two nodes' data paths. */
-enum {
-  PHASE_RELAY,
-  /** Server: waiting for the first bytes, to tell the native data path (MAGIC) from a legacy TLS tunnel. */
-  PHASE_CLASSIFY,
-  /** Dialer: sending MAGIC. */
-  PHASE_SEND_MAGIC,
-  PHASE_HANDSHAKE,
-  /** Dialer: sending the remote header (remote.ts). */
-  PHASE_SEND_HEADER,
-  /** Dialer: waiting for the status byte. */
-  PHASE_READ_STATUS,
-  /** Server: reading the remote header. */
-  PHASE_READ_HEADER,
-  /** Set up (or failed to) and reported: events are ignored until JS joins or drops it. */
-  PHASE_PARKED,
-};
-
-/** What the relay thread does with a connection JS queued. */
-enum { OP_RELAY, OP_SETUP, OP_JOIN, OP_DROP };
-
-enum { REPORT_SETUP = 1, REPORT_DONE };
-
-/** setup_result: the first byte was a TLS record, i.e. a legacy tunnel (HTTP/2 over TLS) that JS serves. */
-#define SETUP_LEGACY 256
-
-typedef struct env_state env_state;
-typedef struct relay_thread relay_thread;
-typedef struct conn conn;
-
-/**
- * One side of a connection as epoll sees it: the descriptor, its TLS session when it is another node's data path
- * (side b only; see tls.c's part below), and the connection it belongs to.
- */
-typedef struct {
-  int fd;
-  SSL *ssl;
-  conn *owner;
-  /**
-   * Whether a read may find something. Cleared when a read proves the socket empty: an EAGAIN, or a short read
-   * (fewer bytes than asked for, so the receive queue was drained), as nginx does with epoll. Edge-triggered epoll
-   * reports every later arrival as a new event, which sets it again. Without it every event of a connection read
-   * both sides until EAGAIN: two reads that could only fail per request and relay, more through TLS.
-   */
-  int readable;
-  /** epoll reported the peer's FIN (EPOLLRDHUP) or an error: no event will follow, so read on until EOF or EAGAIN. */
-  int ending;
-  /** TLS side: its last recv(2) came back short or empty (bio_watch), so OpenSSL's next one would find nothing. */
-  int drained;
-} side;
-
-/** One direction: bytes read from one side, not yet written to the other. */
-typedef struct {
-  /** What the destination did not take yet (malloc'd, NULL when all is written), from start to end. */
-  char *pending;
-  size_t start, end;
-  /** The source side sent EOF. */
-  int source_ended;
-  /** EOF passed on: the destination was shut down for writing. */
-  int done;
-  /** Bytes written to the destination; read by JS at any time. */
-  _Atomic uint64_t bytes;
-} direction;
-
-struct conn {
-  side a, b;
-  direction a_to_b, b_to_a;
-  relay_thread *thread;
-  env_state *env;
-  /** In env->conns while its descriptors are open: what a JS thread that stops has to cut. */
-  conn *env_prev, *env_next;
-  /** In thread->lingering while one side ended and the other holds unsent bytes. */
-  conn *linger_prev, *linger_next;
-  /** In thread->again when its turn ended with bytes left to read. */
-  conn *again_next;
-  /** In thread->incoming until the relay thread has registered it. */
-  conn *incoming_next;
-  int in_again;
-  int lingering;
-  int64_t linger_deadline_ms;
-  /** Bytes in both sides' send queues at the last check: a reader that takes some shrinks them. */
-  int64_t linger_queued;
-  int64_t linger_ms;
-  int finished;
-  /** Whether its descriptors are still open: JS may shutdown() them only then. Under env->lock. */
-  int open;
-  /** errno of the failure that ended it; 0 for a clean end. */
-  int error;
-  napi_ref on_done;
-  /** PHASE_RELAY for a plain relay; a data path connection goes through the set-up phases first. */
-  int phase;
-  int is_server;
-  /** What the relay thread does with it when it takes it from incoming (OP_*). */
-  int op;
-  /** JS (or its thread's going away) has queued the join or drop of this parked connection. Under env->lock. */
-  int claimed;
-  /** Which report is queued to JS: REPORT_SETUP or REPORT_DONE. */
-  int report;
-  /** The set-up's outcome: a status byte (dialer), 0 (server: the header is in setup), SETUP_LEGACY, or -errno. */
-  int setup_result;
-  /** Dialer: the header to send. Server: the header as it arrives (length prefix included). NULL once relaying. */
-  unsigned char *setup;
-  size_t setup_length, setup_done;
-  /** Dialer: the ticket's identity and key. Server: the identity the peer used. */
-  char identity[IDENTITY_CHARS + 1];
-  unsigned char key[PSK_KEY_BYTES];
-  napi_ref on_setup;
-  /** OP_JOIN: the status byte to send before relaying (server), or -1. */
-  int join_status;
-};
-
-struct relay_thread {
-  int epoll_fd;
-  /** JS writes here after queueing a connection in incoming; in the epoll set with a NULL data.ptr. */
-  int wake_fd;
-  pthread_mutex_t incoming_lock;
-  conn *incoming;
-  /** Where every read lands first. */
-  char scratch[BUFFER_BYTES];
-  /** Touched by this thread only. */
-  conn *lingering;
-  /** Finished in the current batch of events, to report after it. */
-  conn *finished;
-  /** To run again in the next turn, without an event (epoll is edge-triggered: none would come). */
-  conn *again;
-};
-
-/** Per JS thread (napi_env): its thread-safe function and the connections it started. */
-struct env_state {
-  napi_threadsafe_function done_calls;
-  pthread_mutex_t lock;
-  conn *conns;
-  int closing;
-  /** 1 for the JS thread, plus one per connection; freed at 0. */
-  _Atomic int refs;
-};
+#include "relay.h"
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
-static relay_thread pool[MAX_THREADS];
-static _Atomic int pool_size;
+relay_thread pool[MAX_THREADS];
+_Atomic int pool_size;
 static _Atomic unsigned next_thread;
 
-static int64_t now_ms(void) {
+int64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
@@ -236,7 +60,7 @@ static void env_unref(env_state *env) {
  * After a failed SSL call: 0 when it has to wait for its socket, -1 for the peer's close_notify (its EOF), else the
  * errno that ends the connection. OpenSSL's error queue is per thread: cleared here so the next call starts clean.
  */
-static int ssl_failure(SSL *ssl, int result) {
+int ssl_failure(SSL *ssl, int result) {
   int saved = errno;
   int kind = SSL_get_error(ssl, result);
   ERR_clear_error();
@@ -258,7 +82,7 @@ static int ssl_failure(SSL *ssl, int result) {
  * Reads what there is: the byte count, 0 at EOF, or -1 with errno set (EAGAIN: nothing now). Keeps s->readable:
  * cleared once the read shows the socket has nothing more (see side), unless epoll reported an ending.
  */
-static ssize_t side_read(side *s, char *buffer, size_t length) {
+ssize_t side_read(side *s, char *buffer, size_t length) {
   if (s->ssl == NULL) {
     ssize_t got = recv(s->fd, buffer, length, MSG_DONTWAIT);
     if ((got > 0 && (size_t)got < length && !s->ending) || (got < 0 && errno == EAGAIN)) s->readable = 0;
@@ -279,7 +103,7 @@ static ssize_t side_read(side *s, char *buffer, size_t length) {
 }
 
 /** Writes what fits: the byte count, or -1 with errno set (EAGAIN: nothing fits now). */
-static ssize_t side_write(side *s, const char *bytes, size_t length) {
+ssize_t side_write(side *s, const char *bytes, size_t length) {
   if (s->ssl == NULL) return send(s->fd, bytes, length, MSG_NOSIGNAL | MSG_DONTWAIT);
   // Partial writes are on (SSL_MODE_ENABLE_PARTIAL_WRITE): it returns once a record or more is out. After a
   // would-block it must be called again with the same bytes, which is what the direction's pending buffer holds
@@ -386,10 +210,12 @@ static uint64_t bytes_moved(conn *c) {
  * Ends a connection on its relay thread: closes its descriptors and queues it for reporting once the current batch
  * of events is done (a later event of the same batch may still point at it).
  */
-static void finish(conn *c, int error) {
+void finish(conn *c, int error) {
   c->finished = 1;
   c->error = error;
   linger_unlink(c);
+  if (c->kind == KIND_STREAM) stream_gone(c, error);
+  else if (c->kind == KIND_MUX) mux_gone(c);
   env_state *env = c->env;
   // Marked closed under the lock before the descriptors are closed: JS shutdown()s them only while open, so it can
   // never reach a descriptor number that has been closed and reused by something else.
@@ -404,8 +230,11 @@ static void finish(conn *c, int error) {
     epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_DEL, c->a.fd, NULL);
     close(c->a.fd);
   }
-  epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_DEL, c->b.fd, NULL);
-  close(c->b.fd);
+  // A stream has no side b of its own: its mux carries it.
+  if (c->b.fd >= 0) {
+    epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_DEL, c->b.fd, NULL);
+    close(c->b.fd);
+  }
   // No close_notify here: SSL_free only frees. A clean end sent one already (side_end).
   SSL_free(c->b.ssl);
   c->b.ssl = NULL;
@@ -419,6 +248,12 @@ static void finish(conn *c, int error) {
   c->thread->finished = c;
 }
 
+/** Frees a finished conn; a carrier's mux lives on while streams still point at it. */
+static void conn_free(conn *c) {
+  if (c->kind == KIND_MUX && c->mux != NULL) mux_unref(c->mux);
+  free(c);
+}
+
 /** Hands each finished connection to its JS thread, which reports and frees it (call_done). */
 static void report_finished(relay_thread *t) {
   while (t->finished) {
@@ -430,7 +265,7 @@ static void report_finished(relay_thread *t) {
     pthread_mutex_lock(&env->lock);
     int queued = !env->closing && napi_call_threadsafe_function(env->done_calls, c, napi_tsfn_nonblocking) == napi_ok;
     pthread_mutex_unlock(&env->lock);
-    if (!queued) free(c);
+    if (!queued) conn_free(c);
     env_unref(env);
   }
 }
@@ -439,6 +274,14 @@ static void run_setup(conn *c);
 
 static void run_conn(conn *c) {
   if (c->finished) return;
+  if (c->kind == KIND_STREAM) {
+    stream_run(c);
+    return;
+  }
+  if (c->phase == PHASE_MUX) {
+    mux_run(c);
+    return;
+  }
   if (c->phase != PHASE_RELAY) {
     run_setup(c);
     return;
@@ -452,11 +295,23 @@ static void run_conn(conn *c) {
     finish(c, error);
     return;
   }
-  if ((up == MORE_TO_DO || down == MORE_TO_DO) && !c->in_again) {
-    c->in_again = 1;
-    c->again_next = c->thread->again;
-    c->thread->again = c;
-  }
+  if (up == MORE_TO_DO || down == MORE_TO_DO) mark_again(c);
+  keep_lingering(c, moved_before);
+}
+
+/** Gives c another turn after this batch of events, without an event (epoll is edge-triggered: none would come). */
+void mark_again(conn *c) {
+  if (c->in_again) return;
+  c->in_again = 1;
+  c->again_next = c->thread->again;
+  c->thread->again = c;
+}
+
+/**
+ * After a turn: a connection that waits on a reader (one direction ended, the other holding bytes) is watched, with
+ * a deadline that moves while the reader takes bytes; one that no longer waits is not.
+ */
+void keep_lingering(conn *c, uint64_t moved_before) {
   if (!waits_on_reader(c)) {
     linger_unlink(c);
     return;
@@ -515,6 +370,8 @@ static void check_lingerers(relay_thread *t) {
 
 #define MAGIC_BYTES 8
 static const char MAGIC[MAGIC_BYTES] = {'s', 'w', 'a', 'r', 'm', 'd', 'R', '1'};
+/** A mux (mux.c): the same TLS set-up, then frames of many streams. A server that predates it refuses it (EPROTO). */
+static const char MAGIC_MUX[MAGIC_BYTES] = {'s', 'w', 'a', 'r', 'm', 'd', 'M', '1'};
 #define TLS_HANDSHAKE_RECORD 0x16
 /** The PSK suites are SHA-256 ones. AES-GCM where the CPU has AES instructions, ChaCha20 otherwise (data-path.ts). */
 #define CIPHER_SUITES "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256"
@@ -613,12 +470,15 @@ static SSL_CTX *new_tls_context(int server) {
 }
 
 /** Queues an operation on a connection to its relay thread, and wakes it. */
-static void queue_op(conn *c, int op) {
+void queue_op(conn *c, int op) {
   relay_thread *t = c->thread;
-  c->op = op;
   pthread_mutex_lock(&t->incoming_lock);
-  c->incoming_next = t->incoming;
-  t->incoming = c;
+  c->ops |= (unsigned)op;
+  if (!c->queued) {
+    c->queued = 1;
+    c->incoming_next = t->incoming;
+    t->incoming = c;
+  }
   pthread_mutex_unlock(&t->incoming_lock);
   uint64_t one = 1;
   // Cannot fail but on a counter overflow (2^64 wakes); the thread reads it down at each wake.
@@ -626,7 +486,7 @@ static void queue_op(conn *c, int op) {
 }
 
 /** Parks a connection whose set-up is over and reports the outcome to its JS thread, which joins or drops it. */
-static void park(conn *c, int result) {
+void park(conn *c, int result) {
   env_state *env = c->env;
   c->setup_result = result;
   c->report = REPORT_SETUP;
@@ -657,15 +517,19 @@ static int setup_steps(conn *c) {
           park(c, SETUP_LEGACY);
           return 0;
         }
-        if (memcmp(first, MAGIC, (size_t)got) != 0) return EPROTO;
+        int is_mux = memcmp(first, MAGIC_MUX, (size_t)got) == 0;
+        if (!is_mux && memcmp(first, MAGIC, (size_t)got) != 0) return EPROTO;
         // The rest of the magic comes with the next segment, which edge-triggered epoll reports as a new event.
         if (got < MAGIC_BYTES) return 0;
         if (recv(c->b.fd, first, MAGIC_BYTES, MSG_DONTWAIT) != MAGIC_BYTES) return EPROTO;
+        if (is_mux && (c->mux = mux_new(c)) == NULL) return ENOMEM;
+        if (is_mux) c->kind = KIND_MUX;
         c->phase = PHASE_HANDSHAKE;
         break;
       }
       case PHASE_SEND_MAGIC: {
-        ssize_t sent = send(c->b.fd, MAGIC + c->setup_done, MAGIC_BYTES - c->setup_done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        const char *magic = c->kind == KIND_MUX ? MAGIC_MUX : MAGIC;
+        ssize_t sent = send(c->b.fd, magic + c->setup_done, MAGIC_BYTES - c->setup_done, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (sent < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
         c->setup_done += (size_t)sent;
         if (c->setup_done < MAGIC_BYTES) return 0;
@@ -678,6 +542,10 @@ static int setup_steps(conn *c) {
         if (ok != 1) {
           int failure = ssl_failure(ssl, ok);
           return failure < 0 ? ECONNRESET : failure;
+        }
+        if (c->kind == KIND_MUX) {
+          mux_start(c);
+          return 0;
         }
         c->phase = c->is_server ? PHASE_READ_HEADER : PHASE_SEND_HEADER;
         break;
@@ -735,6 +603,10 @@ static void run_setup(conn *c) {
 
 /** OP_DROP: the status byte if there is one and the session is up (a refusal), a close_notify, then the end. */
 static void drop(conn *c) {
+  if (c->kind == KIND_STREAM) {
+    stream_drop(c);
+    return;
+  }
   SSL *ssl = c->b.ssl;
   if (ssl != NULL && SSL_is_init_finished(ssl)) {
     if (c->join_status >= 0) {
@@ -765,6 +637,7 @@ static void run_again(relay_thread *t) {
  * 0, or -1 with errno set.
  */
 static int join(conn *c) {
+  if (c->kind == KIND_STREAM) return stream_join(c);
   if (c->join_status >= 0) {
     c->a_to_b.pending = malloc(1);
     if (c->a_to_b.pending == NULL) {
@@ -789,6 +662,9 @@ static int join(conn *c) {
  * Takes what JS has queued: new relays and data path connections (registered, then run once: what arrived before
  * is waiting already), and the joins and drops of parked ones.
  */
+static void start(conn *c, int setting_up);
+static void start_joined(conn *c);
+
 static void take_incoming(relay_thread *t) {
   uint64_t count;
   while (read(t->wake_fd, &count, sizeof count) > 0) {
@@ -796,31 +672,48 @@ static void take_incoming(relay_thread *t) {
   pthread_mutex_lock(&t->incoming_lock);
   conn *c = t->incoming;
   t->incoming = NULL;
+  for (conn *taken = c; taken != NULL; taken = taken->incoming_next) taken->queued = 0;
   pthread_mutex_unlock(&t->incoming_lock);
   while (c) {
     conn *next = c->incoming_next;
-    if (c->op == OP_DROP) {
-      drop(c);
-    } else {
-      struct epoll_event event = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
-      int failed = 0;
-      if (c->op != OP_SETUP) {
-        event.data.ptr = &c->a;
-        failed = epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->a.fd, &event);
-      }
-      if (c->op != OP_JOIN && failed == 0) {
-        event.data.ptr = &c->b;
-        failed = epoll_ctl(t->epoll_fd, EPOLL_CTL_ADD, c->b.fd, &event);
-      }
-      if (c->op == OP_JOIN && failed == 0) failed = join(c);
-      // finish() deletes both registrations (one may not exist) and reports the errno. A set-up that cannot
-      // start is reported as a set-up first (JS then drops it).
-      if (failed != 0 && c->op == OP_SETUP) park(c, -errno);
-      else if (failed != 0) finish(c, errno);
-      else run_conn(c);
-    }
+    pthread_mutex_lock(&t->incoming_lock);
+    unsigned ops = c->ops;
+    c->ops = 0;
+    pthread_mutex_unlock(&t->incoming_lock);
+    // The ops queued since it was taken are in incoming again, for the next wake.
+    if (ops & OP_STREAM_OPEN) stream_open(c);
+    if (ops & (OP_RELAY | OP_SETUP)) start(c, ops & OP_SETUP);
+    if (ops & OP_CUT) stream_cut(c);
+    if (ops & OP_JOIN) start_joined(c);
+    if (ops & OP_DROP) drop(c);
     c = next;
   }
+}
+
+/** OP_RELAY, OP_SETUP: registers a new connection's sockets, then runs it once (what came before gives no event). */
+static void start(conn *c, int setting_up) {
+  struct epoll_event event = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+  int failed = 0;
+  if (!setting_up) {
+    event.data.ptr = &c->a;
+    failed = epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_ADD, c->a.fd, &event);
+  }
+  if (failed == 0) {
+    event.data.ptr = &c->b;
+    failed = epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_ADD, c->b.fd, &event);
+  }
+  // finish() deletes both registrations (one may not exist) and reports the errno. A set-up that cannot start is
+  // reported as a set-up first (JS then drops it).
+  if (failed != 0 && setting_up) park(c, -errno);
+  else if (failed != 0) finish(c, errno);
+  else run_conn(c);
+}
+
+/** OP_JOIN: registers side a of a parked connection JS joined, and starts relaying. */
+static void start_joined(conn *c) {
+  struct epoll_event event = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &c->a};
+  if (epoll_ctl(c->thread->epoll_fd, EPOLL_CTL_ADD, c->a.fd, &event) != 0 || join(c) != 0) finish(c, errno);
+  else run_conn(c);
 }
 
 static void *relay_thread_main(void *arg) {
@@ -848,6 +741,8 @@ static void *relay_thread_main(void *arg) {
     // After every way a connection can finish in this round, and before they are reported (and freed by JS): what
     // run_again leaves in t->again has not finished.
     run_again(t);
+    // What this batch queued to other nodes goes out in one write per mux; a failed write finishes its carrier.
+    if (t->flush) mux_flush_all(t);
     report_finished(t);
   }
   return NULL;
@@ -917,6 +812,17 @@ static void call_setup(napi_env env, conn *c) {
     if (mine) queue_op(c, OP_DROP);
     return;
   }
+  if (c->kind == KIND_STREAM && c->is_server) {
+    // Opened by the peer: this thread's serveStreams function takes it, or nobody does and it is refused.
+    if (stream_report(env, c)) return;
+    pthread_mutex_lock(&c->env->lock);
+    int mine = !c->claimed;
+    c->claimed = 1;
+    pthread_mutex_unlock(&c->env->lock);
+    c->join_status = -1;
+    if (mine) queue_op(c, OP_DROP);
+    return;
+  }
   napi_value on_setup, receiver, argv[3];
   if (napi_get_reference_value(env, c->on_setup, &on_setup) != napi_ok || on_setup == NULL) return;
   napi_get_undefined(env, &receiver);
@@ -929,10 +835,32 @@ static void call_setup(napi_env env, conn *c) {
   napi_call_function(env, receiver, on_setup, 3, argv, NULL);
 }
 
-/** Runs on the JS thread that started the connection: reports its result and frees it. env is NULL if that thread is gone. */
+/**
+ * A mux's carrier is set up: onSetup(SETUP_MUX, undefined, identity). It runs on, and its end is reported later in
+ * the same queue, so c is still there.
+ */
+static void call_mux_up(napi_env env, conn *c) {
+  napi_value on_setup, receiver, argv[3];
+  if (env == NULL || napi_get_reference_value(env, c->on_setup, &on_setup) != napi_ok || on_setup == NULL) return;
+  napi_get_undefined(env, &receiver);
+  napi_create_int32(env, SETUP_MUX, &argv[0]);
+  napi_get_undefined(env, &argv[1]);
+  napi_create_string_utf8(env, c->identity, NAPI_AUTO_LENGTH, &argv[2]);
+  napi_call_function(env, receiver, on_setup, 3, argv, NULL);
+}
+
+/**
+ * Runs on the JS thread that started the connection: reports its result and frees it. env is NULL if that thread
+ * is gone. A carrier's "up" report comes as its address plus one (report_mux_up), as it has no report field of
+ * its own: its end may be queued right behind it.
+ */
 static void call_done(napi_env env, napi_value unused, void *context, void *data) {
   (void)unused;
   (void)context;
+  if ((uintptr_t)data & 1) {
+    call_mux_up(env, (conn *)((uintptr_t)data - 1));
+    return;
+  }
   conn *c = data;
   if (c->report == REPORT_SETUP) {
     call_setup(env, c);
@@ -940,17 +868,26 @@ static void call_done(napi_env env, napi_value unused, void *context, void *data
   }
   if (env != NULL) {
     napi_value on_done, receiver, argv[3];
-    if (napi_get_reference_value(env, c->on_done, &on_done) == napi_ok && on_done != NULL) {
+    // A stream a peer opened has none until serveStreams's function gave one.
+    if (c->on_done != NULL && napi_get_reference_value(env, c->on_done, &on_done) == napi_ok && on_done != NULL) {
       napi_get_undefined(env, &receiver);
       napi_create_double(env, (double)atomic_load(&c->a_to_b.bytes), &argv[0]);
       napi_create_double(env, (double)atomic_load(&c->b_to_a.bytes), &argv[1]);
       napi_create_int32(env, c->error, &argv[2]);
       napi_call_function(env, receiver, on_done, 3, argv, NULL);
     }
-    napi_delete_reference(env, c->on_done);
+    if (c->on_done != NULL) napi_delete_reference(env, c->on_done);
     if (c->on_setup != NULL) napi_delete_reference(env, c->on_setup);
   }
-  free(c);
+  conn_free(c);
+}
+
+/** Queues a carrier's "up" report to its JS thread (see call_done); nothing when that thread is going away. */
+void report_mux_up(conn *c) {
+  env_state *env = c->env;
+  pthread_mutex_lock(&env->lock);
+  if (!env->closing) napi_call_threadsafe_function(env->done_calls, (void *)((uintptr_t)c + 1), napi_tsfn_nonblocking);
+  pthread_mutex_unlock(&env->lock);
 }
 
 /** The JS thread is going away: cut its connections. Their results are then freed without calling JS. */
@@ -966,25 +903,27 @@ static void env_cleanup(void *arg) {
       queue_op(c, OP_DROP);
       continue;
     }
+    // A stream still setting up has no socket: its mux, on this thread too, is shut down, which fails it.
     if (c->a.fd >= 0) shutdown(c->a.fd, SHUT_RDWR);
-    shutdown(c->b.fd, SHUT_RDWR);
+    if (c->b.fd >= 0) shutdown(c->b.fd, SHUT_RDWR);
   }
   pthread_mutex_unlock(&env->lock);
+  if (env->on_stream != NULL) napi_delete_reference(env->env, env->on_stream);
   env_unref(env);
 }
 
-static napi_value throw_error(napi_env env, const char *message) {
+napi_value throw_error(napi_env env, const char *message) {
   napi_throw_error(env, NULL, message);
   return NULL;
 }
 
 /** throw_error for functions that return a pointer. */
-static void *fail(napi_env env, const char *message) {
+void *fail(napi_env env, const char *message) {
   napi_throw_error(env, NULL, message);
   return NULL;
 }
 
-static int get_int(napi_env env, napi_value value, int64_t *out) {
+int get_int(napi_env env, napi_value value, int64_t *out) {
   return napi_get_value_int64(env, value, out) == napi_ok;
 }
 
@@ -1047,7 +986,8 @@ static conn *new_conn(napi_env env, env_state *state, int64_t fd_b, napi_value o
 }
 
 /** Enters a new connection in its JS thread's list and queues it to its relay thread; returns its handle. */
-static napi_value adopt(napi_env env, env_state *state, conn *c, int op) {
+void env_enter(conn *c) {
+  env_state *state = c->env;
   atomic_fetch_add(&state->refs, 1);
   pthread_mutex_lock(&state->lock);
   c->open = 1;
@@ -1055,6 +995,11 @@ static napi_value adopt(napi_env env, env_state *state, conn *c, int op) {
   if (c->env_next) c->env_next->env_prev = c;
   state->conns = c;
   pthread_mutex_unlock(&state->lock);
+}
+
+napi_value adopt(napi_env env, env_state *state, conn *c, int op) {
+  c->env = state;
+  env_enter(c);
   // To its relay thread, which registers it and runs it from then on (and may finish it at once). Nothing of c is
   // touched here after this but through the lock.
   queue_op(c, op);
@@ -1063,7 +1008,7 @@ static napi_value adopt(napi_env env, env_state *state, conn *c, int op) {
   return handle;
 }
 
-static env_state *state_of(napi_env env) {
+env_state *state_of(napi_env env) {
   env_state *state;
   if (napi_get_instance_data(env, (void **)&state) != napi_ok || state == NULL) {
     throw_error(env, "relay: module not initialised for this thread");
@@ -1072,7 +1017,7 @@ static env_state *state_of(napi_env env) {
   return state;
 }
 
-static int is_function(napi_env env, napi_value value) {
+int is_function(napi_env env, napi_value value) {
   napi_valuetype type;
   return napi_typeof(env, value, &type) == napi_ok && type == napi_function;
 }
@@ -1148,7 +1093,7 @@ static conn *new_data_path_conn(napi_env env, env_state *state, int64_t fd, int 
 }
 
 /** Copies a Buffer or Uint8Array argument; its length, or -1 when it is not one. */
-static int64_t get_bytes(napi_env env, napi_value value, void *out, size_t max) {
+int64_t get_bytes(napi_env env, napi_value value, void *out, size_t max) {
   void *data;
   size_t length;
   bool is_buffer;
@@ -1188,6 +1133,45 @@ static napi_value js_dial(napi_env env, napi_callback_info info) {
   OPENSSL_cleanse(key, sizeof key);
   memcpy(c->setup, header, (size_t)header_length);
   c->setup_length = (size_t)header_length;
+  return adopt(env, state, c, OP_SETUP);
+}
+
+/**
+ * dialMux(fd, identity, key, thread, onSetup, onDone): sets up a mux (mux.c) on a connected socket to another
+ * node's data path, on relay thread `thread` (modulo their number), where all its streams run. onSetup gets
+ * SETUP_MUX once it is up, or -errno; onDone its end. Returns the handle for openStream() and cut().
+ */
+static napi_value js_dial_mux(napi_env env, napi_callback_info info) {
+  env_state *state = state_of(env);
+  size_t argc = 6;
+  napi_value argv[6];
+  int64_t fd, thread;
+  char identity[IDENTITY_CHARS + 2];
+  size_t identity_length;
+  unsigned char key[PSK_KEY_BYTES];
+  if (state == NULL) return NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 6 || !get_int(env, argv[0], &fd) ||
+      napi_get_value_string_utf8(env, argv[1], identity, sizeof identity, &identity_length) != napi_ok ||
+      identity_length != IDENTITY_CHARS || get_bytes(env, argv[2], key, sizeof key) != PSK_KEY_BYTES ||
+      !get_int(env, argv[3], &thread) || thread < 0 || !is_function(env, argv[4]) || !is_function(env, argv[5]))
+    return throw_error(env, "dialMux(fd, identity, key, thread, onSetup, onDone): bad arguments");
+  conn *c = new_data_path_conn(env, state, fd, 0, argv[4], argv[5]);
+  if (c == NULL) return NULL;
+  c->kind = KIND_MUX;
+  c->thread = &pool[thread % pool_size];
+  c->mux = mux_new(c);
+  if (c->mux == NULL) {
+    SSL_free(c->b.ssl);
+    free(c->setup);
+    close(c->b.fd);
+    napi_delete_reference(env, c->on_done);
+    napi_delete_reference(env, c->on_setup);
+    free(c);
+    return throw_error(env, "dialMux: out of memory");
+  }
+  memcpy(c->identity, identity, IDENTITY_CHARS + 1);
+  memcpy(c->key, key, PSK_KEY_BYTES);
+  OPENSSL_cleanse(key, sizeof key);
   return adopt(env, state, c, OP_SETUP);
 }
 
@@ -1237,7 +1221,7 @@ static napi_value js_add_key(napi_env env, napi_callback_info info) {
  * freed only after that (call_done), so the pointer is valid; whether its descriptors are still open is another
  * matter (see open).
  */
-static conn *conn_of(napi_env env, napi_value handle) {
+conn *conn_of(napi_env env, napi_value handle) {
   conn *c;
   return napi_get_value_external(env, handle, (void **)&c) == napi_ok ? c : NULL;
 }
@@ -1252,7 +1236,12 @@ static napi_value js_cut(napi_env env, napi_callback_info info) {
   pthread_mutex_lock(&c->env->lock);
   if (c->open) {
     if (c->a.fd >= 0) shutdown(c->a.fd, SHUT_RDWR);
-    shutdown(c->b.fd, SHUT_RDWR);
+    if (c->b.fd >= 0) shutdown(c->b.fd, SHUT_RDWR);
+    // A stream with no socket yet (waiting for its STATUS): its relay thread fails it.
+    if (c->kind == KIND_STREAM && c->a.fd < 0) {
+      atomic_store(&c->cut_requested, 1);
+      queue_op(c, OP_CUT);
+    }
   }
   pthread_mutex_unlock(&c->env->lock);
   return NULL;
@@ -1328,7 +1317,7 @@ static napi_value js_bytes(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-static napi_value export_function(napi_env env, napi_value exports, const char *name, napi_callback callback) {
+napi_value export_function(napi_env env, napi_value exports, const char *name, napi_callback callback) {
   napi_value fn;
   napi_create_function(env, name, NAPI_AUTO_LENGTH, callback, NULL, &fn);
   napi_set_named_property(env, exports, name, fn);
@@ -1349,6 +1338,7 @@ NAPI_MODULE_INIT() {
   }
   // Results waiting must not keep an otherwise finished process alive; JS keeps what needs keeping.
   napi_unref_threadsafe_function(env, state->done_calls);
+  state->env = env;
   napi_set_instance_data(env, state, NULL, NULL);
   napi_add_env_cleanup_hook(env, env_cleanup, state);
   export_function(env, exports, "start", js_start);
@@ -1361,5 +1351,7 @@ NAPI_MODULE_INIT() {
   export_function(env, exports, "drop", js_drop);
   export_function(env, exports, "addKey", js_add_key);
   export_function(env, exports, "dataPath", js_data_path);
+  export_function(env, exports, "dialMux", js_dial_mux);
+  mux_exports(env, exports);
   return exports;
 }
