@@ -63,13 +63,15 @@ export interface DataPathTicket {
   key: Uint8Array;
   /** The peer's native relay serves its data path: the key is good for native hops until it expires. */
   relay?: true;
+  /** And it serves muxes (native/mux.c): many forwarded connections over one TLS connection. */
+  mux?: true;
 }
 
 /**
  * The ticket as it goes over the mesh: the dialer knows the host already (it is the peer's mesh address). A daemon
  * that predates `relay` ignores it, and uses the ticket once for a tunnel.
  */
-export type TicketReply = { port: number; identity: string; key: Uint8Array; relay?: true } | { off: true };
+export type TicketReply = { port: number; identity: string; key: Uint8Array; relay?: true; mux?: true } | { off: true };
 
 /** Gets a ticket for a peer's data path, or undefined when the peer has none (or is reached through a relay). */
 export type FetchTicket = (peerId: string, signal: AbortSignal) => Promise<DataPathTicket | undefined>;
@@ -86,7 +88,8 @@ export function parseTicketReply(value: unknown): TicketReply {
     throw new Error('data path ticket: identity must be 32 hex characters');
   if (!(key instanceof Uint8Array) || key.length !== TICKET_KEY_BYTES)
     throw new Error(`data path ticket: key must be ${TICKET_KEY_BYTES} bytes`);
-  return reply.relay === true ? { port, identity, key, relay: true } : { port, identity, key };
+  if (reply.relay !== true) return { port, identity, key };
+  return reply.mux === true ? { port, identity, key, relay: true, mux: true } : { port, identity, key, relay: true };
 }
 
 interface IssuedTicket {
@@ -164,14 +167,21 @@ export class DataPathServer {
     }
     // The same bound as a tunnel's handshake: a peer that connects and says nothing is cut.
     const timer = setTimeout(() => setup.cut(), HANDSHAKE_TIMEOUT_MS);
-    const setup = native.relay.accept(socket, (outcome, parked) => {
-      clearTimeout(timer);
-      if (outcome.kind === 'legacy') this.tls.emit('connection', socket);
-      else if (outcome.kind === 'ready' && parked !== undefined && outcome.header !== undefined)
-        native.onNativeHop(parked, outcome.header);
-      // A failed set-up (a wrong or expired key, garbage, a timeout) is what a scanner or a stale peer produces: not
-      // logged one by one, as for tunnels.
-    });
+    // A mux's streams are set up in the relay like native hops, and served the same way.
+    const onStream = (parked: ParkedConnection, header: Buffer) => native.onNativeHop(parked, header);
+    const setup = native.relay.accept(
+      socket,
+      (outcome, parked) => {
+        clearTimeout(timer);
+        // A mux ('mux') needs nothing more here: its streams go to onStream.
+        if (outcome.kind === 'legacy') this.tls.emit('connection', socket);
+        else if (outcome.kind === 'ready' && parked !== undefined && outcome.header !== undefined)
+          native.onNativeHop(parked, outcome.header);
+        // A failed set-up (a wrong or expired key, garbage, a timeout) is what a scanner or a stale peer produces: not
+        // logged one by one, as for tunnels.
+      },
+      onStream,
+    );
   }
 
   /** Binds; resolves with the port (the one asked for, or the free one picked). */
@@ -191,7 +201,7 @@ export class DataPathServer {
   }
 
   /** A ticket for one handshake by `peerId`, to send it over the mesh. */
-  issue(peerId: string, now = Date.now()): { port: number; identity: string; key: Uint8Array; relay?: true } {
+  issue(peerId: string, now = Date.now()): Exclude<TicketReply, { off: true }> {
     this.sweep(now);
     while (this.tickets.size >= MAX_OUTSTANDING_TICKETS) this.tickets.delete(this.tickets.keys().next().value!);
     const identity = randomBytes(IDENTITY_BYTES).toString('hex');
@@ -199,7 +209,7 @@ export class DataPathServer {
     this.tickets.set(identity, { key, peerId, expires: now + TICKET_TTL_MS });
     if (this.opts.native === undefined) return { port: this.boundPort, identity, key };
     this.opts.native.relay.addKey(identity, key, TICKET_TTL_MS);
-    return { port: this.boundPort, identity, key, relay: true };
+    return { port: this.boundPort, identity, key, relay: true, mux: true };
   }
 
   /** Tickets issued and not used yet (for tests). */

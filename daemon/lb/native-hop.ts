@@ -1,7 +1,13 @@
-// The mesh hop through the native relay: a forwarded connection to a task on another node goes over one TCP
-// connection of its own to that node's data path port, which the relay (native/relay.c) sets up with TLS 1.3 and
-// then relays, on both nodes, without JavaScript touching a byte. The HTTP/2 tunnel (tunnel.ts) multiplexes every
-// connection between two nodes in JavaScript at both ends; this is what the lb bench's mesh-hop rows measure.
+// The mesh hop through the native relay: a forwarded connection to a task on another node goes to that node's data
+// path port, where the relay (native/relay.c) moves its bytes on both nodes without JavaScript touching a byte. The
+// HTTP/2 tunnel (tunnel.ts) multiplexes every connection between two nodes in JavaScript at both ends; this is what
+// the lb bench's mesh-hop rows measure.
+//
+// Muxes: where the peer's ticket says it serves them (`mux`), connections to it are streams of a mux
+// (native/mux.c): one TLS connection per relay thread and peer, opened once, each connection then a frame, with no
+// TCP connect or handshake of its own, and the frames of many connections going out together. Otherwise (an older
+// peer), or while a mux to the peer cannot be set up, each connection is a native hop of its own: one TCP connection
+// and one TLS handshake.
 //
 // Keys: the ticket the peer issues over the mesh (data-path.ts). A peer whose relay serves the data path says so in
 // its ticket (`relay`), and such a ticket is good for any number of handshakes until it expires: each is
@@ -21,7 +27,7 @@
 import { connect, type Socket } from 'node:net';
 import { type DataPathTicket, FALLBACK_MS, type FetchTicket, HEAD_START_MS, TICKET_REUSE_MS } from './data-path.ts';
 import type { Endpoint } from './endpoints.ts';
-import type { NativeRelay, ParkedConnection } from './native-relay.ts';
+import type { Mux, NativeRelay, ParkedConnection, SettingUp, SetupOutcome } from './native-relay.ts';
 
 /** A set-up connection to the task's node: its status byte, and the connection waiting to be joined or dropped. */
 export interface NativeHop {
@@ -99,6 +105,7 @@ export function nativeHopDialer(
     log(`lb: native data path to ${peerId} failed (${why}); using the tunnel for it`);
     return undefined;
   };
+  const muxes = new MuxPool(relay, log, now);
   const dial: DialNativePeer = async (peerId, header, signal) => {
     if ((tunnelOnlyUntil.get(peerId) ?? 0) > now()) return undefined;
     let ticket: DataPathTicket | undefined;
@@ -110,6 +117,22 @@ export function nativeHopDialer(
     }
     signal.throwIfAborted();
     if (ticket === undefined) return undefined;
+    const mux = ticket.mux ? await muxes.get(peerId, ticket) : undefined;
+    signal.throwIfAborted();
+    if (mux !== undefined) {
+      return setUp(
+        (onSetup) => mux.open(header, onSetup),
+        signal,
+        (outcome) => {
+          // A mux whose streams fail is retired; the next connection gets a new one. This one takes the tunnel.
+          if (outcome.kind === 'failed' && outcome.error !== 'ECANCELED') {
+            log(`lb: mux to ${peerId}: a stream failed to open (${outcome.error}); starting a new one`);
+            mux.cut();
+          }
+          return undefined;
+        },
+      );
+    }
     const budget = budgetFor(peerId);
     if (!budget.take(now())) {
       if (budget.shouldSay(now()))
@@ -125,9 +148,32 @@ export function nativeHopDialer(
       signal.throwIfAborted();
       return useTunnel(peerId, (err as Error).message);
     }
-    return new Promise<NativeHop | undefined>((resolve, reject) => {
+    return setUp(
+      (onSetup) => relay.dial(socket, ticket, header, onSetup),
+      signal,
+      (outcome) => {
+        // The handshake failed: most likely the peer restarted and forgot the key. The next connection fetches a
+        // new ticket; this one goes through the tunnel.
+        tickets.delete(peerId);
+        log(
+          `lb: native data path to ${peerId}: set-up failed (${outcome.kind === 'failed' ? outcome.error : outcome.kind})`,
+        );
+        return undefined;
+      },
+    );
+  };
+  /**
+   * Runs a set-up (a native hop's, or a stream's on a mux) until its status: the hop, counted while joined; the
+   * abort's reason; or what `onFailure` makes of a failed set-up.
+   */
+  const setUp = (
+    start: (onSetup: (outcome: SetupOutcome, parked: ParkedConnection | undefined) => void) => SettingUp,
+    signal: AbortSignal,
+    onFailure: (outcome: SetupOutcome) => undefined,
+  ): Promise<NativeHop | undefined> =>
+    new Promise<NativeHop | undefined>((resolve, reject) => {
       const onAbort = () => setup.cut();
-      const setup = relay.dial(socket, ticket, header, (outcome, parked) => {
+      const setup = start((outcome, parked) => {
         signal.removeEventListener('abort', onAbort);
         if (outcome.kind === 'ready' && parked !== undefined) {
           if (signal.aborted) {
@@ -138,22 +184,87 @@ export function nativeHopDialer(
           }
           return;
         }
-        if (signal.aborted) {
-          reject(signal.reason);
-          return;
-        }
-        // The handshake failed: most likely the peer restarted and forgot the key. The next connection fetches a
-        // new ticket; this one goes through the tunnel.
-        tickets.delete(peerId);
-        log(
-          `lb: native data path to ${peerId}: set-up failed (${outcome.kind === 'failed' ? outcome.error : outcome.kind})`,
-        );
-        resolve(undefined);
+        if (signal.aborted) reject(signal.reason);
+        else resolve(onFailure(outcome));
       });
       signal.addEventListener('abort', onAbort, { once: true });
     });
-  };
   return { dial, open: () => open };
+}
+
+/**
+ * The muxes of this thread: per peer, one per relay thread (each mux and its streams run on one), used in turn.
+ * A mux is opened on first use and replaced once it ends; a peer whose mux cannot be set up gets native hops of
+ * their own for FALLBACK_MS.
+ */
+class MuxPool {
+  private readonly peers = new Map<string, { slots: (Promise<Mux | undefined> | undefined)[]; next: number }>();
+  private readonly offUntil = new Map<string, number>();
+
+  private readonly relay: NativeRelay;
+  private readonly log: (message: string) => void;
+  private readonly now: () => number;
+
+  constructor(relay: NativeRelay, log: (message: string) => void, now: () => number) {
+    this.relay = relay;
+    this.log = log;
+    this.now = now;
+  }
+
+  /** A mux to the peer that is up, or undefined (native hops of their own, then). */
+  async get(peerId: string, ticket: DataPathTicket): Promise<Mux | undefined> {
+    if ((this.offUntil.get(peerId) ?? 0) > this.now()) return undefined;
+    let peer = this.peers.get(peerId);
+    if (peer === undefined) {
+      peer = { slots: new Array(this.relay.threads).fill(undefined), next: 0 };
+      this.peers.set(peerId, peer);
+    }
+    const slots = peer.slots;
+    const slot = peer.next++ % slots.length;
+    let pending = slots[slot];
+    if (pending === undefined) {
+      const opened: Promise<Mux | undefined> = this.open(peerId, ticket, slot, () => {
+        if (slots[slot] === opened) slots[slot] = undefined;
+      });
+      slots[slot] = pending = opened;
+    }
+    const mux = await pending;
+    if (mux === undefined || mux.ended) {
+      if (slots[slot] === pending) slots[slot] = undefined;
+      return undefined;
+    }
+    return mux;
+  }
+
+  private open(peerId: string, ticket: DataPathTicket, thread: number, onEnd: () => void): Promise<Mux | undefined> {
+    return connectTo(ticket, new AbortController().signal).then(
+      (socket) =>
+        new Promise<Mux | undefined>((resolve) => {
+          const timer = setTimeout(() => setup.cut(), HEAD_START_MS * 5);
+          const setup = this.relay.dialMux(
+            socket,
+            ticket,
+            thread,
+            (outcome) => {
+              clearTimeout(timer);
+              if (outcome.kind === 'up') resolve(outcome.mux);
+              else resolve(this.fallBack(peerId, `set-up failed (${outcome.error})`));
+            },
+            (error) => {
+              onEnd();
+              if (error !== undefined) this.log(`lb: mux to ${peerId} ended (${error})`);
+            },
+          );
+        }),
+      (err: Error) => this.fallBack(peerId, err.message),
+    );
+  }
+
+  private fallBack(peerId: string, why: string): undefined {
+    this.offUntil.set(peerId, this.now() + FALLBACK_MS);
+    this.log(`lb: mux to ${peerId}: ${why}; its connections get native hops of their own for now`);
+    return undefined;
+  }
 }
 
 /** New native hops a peer gets per second, on average (see the top of this file). */

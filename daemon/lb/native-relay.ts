@@ -40,6 +40,7 @@ interface RelayAddon {
     fd: number,
     onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
     onDone: (aToB: number, bToA: number, errno: number) => void,
+    owner: number,
   ): object;
   dialMux(
     fd: number,
@@ -56,7 +57,12 @@ interface RelayAddon {
     onDone: (aToB: number, bToA: number, errno: number) => void,
   ): object;
   serveStreams(
-    onStream: (handle: object, header: Buffer, identity: string) => (aToB: number, bToA: number, errno: number) => void,
+    onStream: (
+      handle: object,
+      header: Buffer,
+      identity: string,
+      owner: number,
+    ) => ((aToB: number, bToA: number, errno: number) => void) | undefined,
   ): void;
   join(handle: object, fd: number, status: number, lingerMs: number): void;
   drop(handle: object, status: number): void;
@@ -110,7 +116,7 @@ export type SetupOutcome =
   | { kind: 'ready'; status: number; header: Buffer | undefined; identity: string }
   /** Server: the connection is a legacy tunnel (HTTP/2 over TLS, tunnel.ts); the JS socket has all of its bytes. */
   | { kind: 'legacy' }
-  /** Server: the connection is a mux; its streams go to serveStreams's function. */
+  /** Server: the connection is a mux; its streams go to accept's onStream. */
   | { kind: 'mux' }
   | { kind: 'failed'; error: string };
 
@@ -154,10 +160,16 @@ export interface NativeRelay {
   ): SettingUp;
   /**
    * Sets up a connection accepted on the data path port, which must be paused and unread. onSetup: 'ready' with
-   * the header, 'legacy' (the socket is left to JS, untouched), or 'failed'. On 'ready' and 'failed' the socket
-   * has been destroyed (the relay holds its own descriptor).
+   * the header, 'mux', 'legacy' (the socket is left to JS, untouched), or 'failed'. On all but 'legacy' the socket
+   * has been destroyed (the relay holds its own descriptor). A mux's streams go to onStream, each set up with its
+   * remote header, to be joined to the task or dropped with a refusal as a native hop; without onStream they are
+   * refused.
    */
-  accept(socket: Socket, onSetup: (outcome: SetupOutcome, parked: ParkedConnection | undefined) => void): SettingUp;
+  accept(
+    socket: Socket,
+    onSetup: (outcome: SetupOutcome, parked: ParkedConnection | undefined) => void,
+    onStream?: StreamHandler,
+  ): SettingUp;
   /**
    * Sets up a mux on a connected socket to another node's data path, on relay thread `thread` (modulo their
    * number), where all its streams run. The socket is the relay's from then on. onUp: once, 'up' or 'failed';
@@ -170,12 +182,10 @@ export interface NativeRelay {
     onUp: (outcome: MuxOutcome) => void,
     onEnd: (error: string | undefined) => void,
   ): SettingUp;
-  /**
-   * Where the streams peers open on the muxes this thread accepted go: each set up, with its remote header, to be
-   * joined to the task or dropped with a refusal, as a native hop.
-   */
-  serveStreams(onStream: (parked: ParkedConnection, header: Buffer, identity: string) => void): void;
 }
+
+/** Takes a stream a peer opened on a mux: joins it to the task, or drops it with a refusal. */
+export type StreamHandler = (parked: ParkedConnection, header: Buffer, identity: string) => void;
 
 /** Where `npm run build:native` puts the addon, and where the bundle (cli/build.ts) copies it: next to its modules. */
 const ADDON_PATHS = [
@@ -225,6 +235,16 @@ function load(): { relay: NativeRelay } | { failure: string } {
 
 function relayWith(addon: RelayAddon, threads: number): NativeRelay {
   const counts = new Float64Array(2);
+  // The streams of every mux this thread accepts come here, each with the owner its accept() was given.
+  const streamHandlers = new OwnerMap<StreamHandler>();
+  addon.serveStreams((handle, header, identity, owner) => {
+    const life = handleLife(() => handle);
+    const onStream = streamHandlers.get(owner);
+    const parked = life.parked();
+    if (onStream === undefined) parked.drop(REFUSED_NO_HANDLER);
+    else onStream(parked, header, identity);
+    return (aToB, bToA, errno) => life.done(aToB, bToA, errno);
+  });
   /** A RelayedConnection over a handle the relay moves bytes for; `ended` tells whether its onDone has run. */
   const relayedOver = (handle: object, moved: { aToB: number; bToA: number }, ended: () => boolean) => ({
     bytes() {
@@ -294,7 +314,7 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
     const handle: object = start(
       (result, header, identity) => {
         if (result === SETUP_MUX) {
-          // A mux the server side accepted: nothing to join, its streams come through serveStreams.
+          // A mux the server side accepted: nothing to join, its streams go to accept's onStream.
           life.end();
           onSetup({ kind: 'mux' }, undefined);
           return;
@@ -334,14 +354,26 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
       socket.destroy();
       return setup;
     },
-    accept(socket, onSetup) {
+    accept(socket, onSetup, onStream) {
       const fd = descriptorOf(socket);
       if (fd === undefined) throw new Error('the data path socket has no descriptor');
+      const owner = onStream === undefined ? 0 : streamHandlers.add(onStream);
       // Kept until the set-up says whose it is: a legacy tunnel is read from this socket by JS.
       return dataPathConnection(
-        (setupDone, done) => addon.accept(fd, setupDone, done),
+        (setupDone, done) =>
+          addon.accept(
+            fd,
+            setupDone,
+            (aToB, bToA, errno) => {
+              // Its streams were all reported before its end (one queue), so none comes for this owner now.
+              streamHandlers.remove(owner);
+              done(aToB, bToA, errno);
+            },
+            owner,
+          ),
         (outcome, parked) => {
           if (outcome.kind !== 'legacy') socket.destroy();
+          if (outcome.kind !== 'mux') streamHandlers.remove(owner);
           onSetup(outcome, parked);
         },
       );
@@ -391,13 +423,6 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
         },
       };
     },
-    serveStreams(onStream) {
-      addon.serveStreams((handle, header, identity) => {
-        const life = handleLife(() => handle);
-        onStream(life.parked(), header, identity);
-        return (aToB, bToA, errno) => life.done(aToB, bToA, errno);
-      });
-    },
     handOver(a, b, lingerMs, onDone) {
       const fdA = descriptorOf(a);
       const fdB = descriptorOf(b);
@@ -416,6 +441,29 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
       return relayedOver(handle, moved, () => !open);
     },
   };
+}
+
+/** remote.ts's REMOTE_STATUS.badHeader: a stream on a mux whose accept() gave no onStream. */
+const REFUSED_NO_HANDLER = 1;
+
+/** Values by a small number that add() hands out (1, 2, ...): what crosses into C in place of a function. */
+class OwnerMap<T> {
+  private readonly values = new Map<number, T>();
+  private next = 1;
+
+  add(value: T): number {
+    const id = this.next++;
+    this.values.set(id, value);
+    return id;
+  }
+
+  get(id: number): T | undefined {
+    return this.values.get(id);
+  }
+
+  remove(id: number): void {
+    this.values.delete(id);
+  }
 }
 
 /** The socket's file descriptor, where Node has one (TCP and pipe handles on Unix). */

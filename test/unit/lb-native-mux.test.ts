@@ -1,7 +1,7 @@
 // The native relay's mux (native/mux.c, through native-relay.ts) on real loopback TCP: one TLS connection to a data
 // path port, set up with a ticket's key, carries many forwarded connections as streams. A dialer stand-in opens a
 // stream per client and joins it to the client's socket; the server's relay reports each stream with its remote
-// header (serveStreams) and JS joins it to a task it connected to, as the daemon does (remote.ts's serveNativeHop).
+// header (accept's onStream) and JS joins it to a task it connected to, as the daemon does (remote.ts's serveNativeHop).
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
@@ -45,9 +45,16 @@ interface Served {
 
 /** A data path port whose muxes' streams go to `serve`; the server's set-up outcomes are collected. */
 async function muxServer(relay: NativeRelay, serve: ServeStream): Promise<{ port: number; outcomes: SetupOutcome[] }> {
-  relay.serveStreams((parked, header) => serve(parked, header));
   const outcomes: SetupOutcome[] = [];
-  const port = await listen((socket) => relay.accept(socket, (outcome) => outcomes.push(outcome)), true);
+  const port = await listen(
+    (socket) =>
+      relay.accept(
+        socket,
+        (outcome) => outcomes.push(outcome),
+        (parked, header) => serve(parked, header),
+      ),
+    true,
+  );
   return { port, outcomes };
 }
 
@@ -268,7 +275,12 @@ describe.skipIf(typeof RELAY === 'string')('native mux (mux.c: many streams over
   });
 
   it('ends a mux whose peer breaks the protocol, fails its streams, and goes on serving other muxes', async () => {
-    const { port } = await muxServer(relay, () => {});
+    const held: ParkedConnection[] = [];
+    let refuseWith: number | undefined;
+    const { port } = await muxServer(relay, (parked) => {
+      if (refuseWith === undefined) held.push(parked);
+      else parked.drop(refuseWith);
+    });
     const key = ticket(relay);
     const bad: [string, Buffer][] = [
       ['an unknown frame type', frame(1, 9, Buffer.alloc(0))],
@@ -279,29 +291,45 @@ describe.skipIf(typeof RELAY === 'string')('native mux (mux.c: many streams over
       ['an OPEN whose header length is wrong', frame(1, 1, Buffer.from([0, 9, 1, 2]))],
       ['a CREDIT of 3 bytes', frame(1, 5, Buffer.alloc(3))],
       [
-        'DATA past the window',
+        'DATA past the window (256 KiB) of a stream not joined yet',
         Buffer.concat([frame(1, 1, HEADER), ...Array.from({ length: 17 }, () => frame(1, 0, Buffer.alloc(16384)))]),
       ],
     ];
     for (const [what, bytes] of bad) {
       const peer = await rawMuxPeer(port, key);
       peer.write(bytes);
-      await expect(
-        receiveAll(peer).then(
-          () => 'closed',
-          () => 'closed',
-        ),
-        what,
-      ).resolves.toBe('closed');
+      const closed = receiveAll(peer).then(
+        () => 'closed',
+        () => 'closed',
+      );
+      await expect(closed, what).resolves.toBe('closed');
+    }
+    // The streams those muxes opened (OPEN ids going back, DATA past the window) failed with them.
+    expect(held).toHaveLength(2);
+    for (const parked of held) {
+      const task = await connectTo(await listen(() => {}));
+      const { promise: ended, resolve: end } = Promise.withResolvers<RelayEnd>();
+      parked.join(task, 0, LINGER_MS, end);
+      expect((await ended).error).toBe('ECONNRESET');
     }
     // The relay is still there: a proper mux to the same port works.
-    const served: ParkedConnection[] = [];
-    relay.serveStreams((parked) => {
-      served.push(parked);
-      parked.drop(4);
-    });
+    refuseWith = 4;
     const { mux } = await dialMux(relay, port, key);
     expect((await open(mux!)).outcome).toMatchObject({ kind: 'ready', status: 4 });
+  });
+
+  it("gives each accepted mux's streams to its own onStream, and refuses them where there is none", async () => {
+    const first = await muxServer(relay, (parked) => parked.drop(2));
+    const second = await muxServer(relay, (parked) => parked.drop(3));
+    const key = ticket(relay);
+    const toFirst = await dialMux(relay, first.port, key);
+    const toSecond = await dialMux(relay, second.port, key);
+    expect((await open(toFirst.mux!)).outcome).toMatchObject({ kind: 'ready', status: 2 });
+    expect((await open(toSecond.mux!)).outcome).toMatchObject({ kind: 'ready', status: 3 });
+    const bare = await listen((socket) => relay.accept(socket, () => {}), true);
+    const toBare = await dialMux(relay, bare, key);
+    // remote.ts's badHeader: that node does not serve streams.
+    expect((await open(toBare.mux!)).outcome).toMatchObject({ kind: 'ready', status: 1 });
   });
 
   it('leaves no descriptor open after 60 streams that end every way and 3 muxes', async () => {

@@ -456,6 +456,7 @@ static int open_from_peer(mux *m, uint32_t id, const unsigned char *header, size
   s->a.fd = s->b.fd = -1;
   s->a.owner = s->b.owner = s;
   s->join_status = -1;
+  s->owner = carrier->owner;
   memcpy(s->identity, carrier->identity, IDENTITY_CHARS + 1);
   s->mux = m;
   atomic_fetch_add(&m->refs, 1);
@@ -701,7 +702,8 @@ static napi_value js_open_stream(napi_env env, napi_callback_info info) {
 
 /**
  * serveStreams(onStream): the streams peers open on muxes this thread accepted go to onStream(handle, header,
- * identity), which joins or drops the handle and returns the function for its end, onDone(aToB, bToA, errno).
+ * identity, owner), owner as given to accept(), which joins or drops the handle and returns the function for its
+ * end, onDone(aToB, bToA, errno).
  */
 static napi_value js_serve_streams(napi_env env, napi_callback_info info) {
   env_state *state = state_of(env);
@@ -716,7 +718,7 @@ static napi_value js_serve_streams(napi_env env, napi_callback_info info) {
 }
 
 int stream_report(napi_env env, conn *s) {
-  napi_value on_stream, receiver, argv[3], on_done;
+  napi_value on_stream, receiver, argv[4], on_done;
   env_state *state = s->env;
   if (state->on_stream == NULL || napi_get_reference_value(env, state->on_stream, &on_stream) != napi_ok ||
       on_stream == NULL)
@@ -725,8 +727,9 @@ int stream_report(napi_env env, conn *s) {
   napi_create_external(env, s, NULL, NULL, &argv[0]);
   napi_create_buffer_copy(env, s->setup_length - 2, s->setup + 2, NULL, &argv[1]);
   napi_create_string_utf8(env, s->identity, NAPI_AUTO_LENGTH, &argv[2]);
+  napi_create_int64(env, s->owner, &argv[3]);
   // A function that threw has not taken it (or has, and then a drop finds it claimed): call_setup drops it.
-  if (napi_call_function(env, receiver, on_stream, 3, argv, &on_done) != napi_ok) return 0;
+  if (napi_call_function(env, receiver, on_stream, 4, argv, &on_done) != napi_ok) return 0;
   if (is_function(env, on_done)) napi_create_reference(env, on_done, 1, &s->on_done);
   return 1;
 }

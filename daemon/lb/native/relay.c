@@ -1175,18 +1175,22 @@ static napi_value js_dial_mux(napi_env env, napi_callback_info info) {
   return adopt(env, state, c, OP_SETUP);
 }
 
-/** accept(fd, onSetup, onDone): sets up a connection accepted on the data path port; onSetup gets the header. */
+/**
+ * accept(fd, onSetup, onDone, owner): sets up a connection accepted on the data path port; onSetup gets the header.
+ * Where it is a mux, its streams go to serveStreams's function with `owner`, so JS knows whose they are.
+ */
 static napi_value js_accept(napi_env env, napi_callback_info info) {
   env_state *state = state_of(env);
-  size_t argc = 3;
-  napi_value argv[3];
-  int64_t fd;
+  size_t argc = 4;
+  napi_value argv[4];
+  int64_t fd, owner;
   if (state == NULL) return NULL;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 || !get_int(env, argv[0], &fd) ||
-      !is_function(env, argv[1]) || !is_function(env, argv[2]))
-    return throw_error(env, "accept(fd, onSetup, onDone): bad arguments");
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4 || !get_int(env, argv[0], &fd) ||
+      !is_function(env, argv[1]) || !is_function(env, argv[2]) || !get_int(env, argv[3], &owner))
+    return throw_error(env, "accept(fd, onSetup, onDone, owner): bad arguments");
   conn *c = new_data_path_conn(env, state, fd, 1, argv[1], argv[2]);
   if (c == NULL) return NULL;
+  c->owner = owner;
   return adopt(env, state, c, OP_SETUP);
 }
 

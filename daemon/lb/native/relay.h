@@ -178,6 +178,8 @@ struct conn {
   /** OP_* bits queued, and whether it is in its thread's incoming list. Under thread->incoming_lock. */
   unsigned ops;
   int queued;
+  /** A server's carrier, and its streams: whose streams they are (accept's `owner`, passed on to onStream). */
+  int64_t owner;
   /** A stream JS cut while it had no socket to shut down (mux.c). */
   _Atomic int cut_requested;
   /** A stream's id, flow control and place in its mux (mux.c). */
@@ -222,7 +224,7 @@ struct env_state {
   int closing;
   /** 1 for the JS thread, plus one per connection; freed at 0. */
   _Atomic int refs;
-  /** serveStreams(onStream): gets the streams peers open on this thread's muxes (mux.c). */
+  /** serveStreams(onStream): gets the streams peers open on the muxes this thread accepted (mux.c). */
   napi_ref on_stream;
   napi_env env;
 };
