@@ -216,6 +216,10 @@ describe('load balancer data path', () => {
     const good = { port: 4000, identity: 'a'.repeat(32), key: new Uint8Array(TICKET_KEY_BYTES) };
     expect(parseTicketReply(good)).toEqual(good);
     expect(parseTicketReply({ off: true })).toEqual({ off: true });
+    // What the peer's relay serves: kept only as `true`; a mux only with the relay; anything else dropped.
+    expect(parseTicketReply({ ...good, relay: true, mux: true })).toEqual({ ...good, relay: true, mux: true });
+    expect(parseTicketReply({ ...good, relay: true, mux: 1 })).toEqual({ ...good, relay: true });
+    expect(parseTicketReply({ ...good, mux: true })).toEqual(good);
     expect(() => parseTicketReply('x')).toThrow(/not an object/);
     expect(() => parseTicketReply({ ...good, port: 70000 })).toThrow(/port must be 1-65535, got 70000/);
     expect(() => parseTicketReply({ ...good, identity: '../etc' })).toThrow(/identity must be 32 hex/);

@@ -1,11 +1,11 @@
 // The native hop dialer (native-hop.ts) against a real data path: the native relay dials a loopback data path port
 // that the same relay serves, with a ticket whose key it was given, and the server side answers each hop with status
-// 0. What is checked is the dialer's choice between a native hop and the tunnel (undefined): the handshake budget
-// per peer, with the dialer's clock set by the test.
+// 0. What is checked is the dialer's choice between a mux stream, a native hop of its own and the tunnel
+// (undefined): the handshake budget per peer, with the dialer's clock set by the test, and the muxes per peer.
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { NATIVE_HOP_BURST, NATIVE_HOPS_PER_SECOND, nativeHopDialer } from '../../daemon/lb/native-hop.ts';
-import { type NativeRelay, nativeRelay } from '../../daemon/lb/native-relay.ts';
+import { type Mux, type NativeRelay, nativeRelay } from '../../daemon/lb/native-relay.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { loopbackSockets } from '../helpers/loopback-sockets.ts';
 
@@ -18,27 +18,121 @@ const HEADER = encodeRemoteHeader({ taskId: 'task-1' });
 describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
   const relay = RELAY as NativeRelay;
 
-  /** A data path port served by the relay, answering every hop with status 0; and tickets for it. */
-  async function servedDataPath() {
+  /**
+   * A data path port served by the relay, answering every hop and mux stream with status 0; and tickets for it,
+   * saying it serves muxes where `mux`. `refuseMuxes`: the first that many connections are closed unread, as a
+   * daemon that predates muxes refuses their magic.
+   */
+  async function servedDataPath({ mux = false, refuseMuxes = 0 } = {}) {
     let served = 0;
-    const port = await listen(
-      (socket) =>
-        relay.accept(socket, (outcome, parked) => {
+    let streams = 0;
+    let connections = 0;
+    const port = await listen((socket) => {
+      if (++connections <= refuseMuxes) {
+        socket.destroy();
+        return;
+      }
+      relay.accept(
+        socket,
+        (outcome, parked) => {
           if (outcome.kind === 'ready') served++;
           parked?.drop(0);
-        }),
-      true,
-    );
+        },
+        (parked) => {
+          streams++;
+          parked.drop(0);
+        },
+      );
+    }, true);
     const identity = randomBytes(16).toString('hex');
     const key = randomBytes(32);
     relay.addKey(identity, key, 60_000);
     let fetched = 0;
     const fetchTicket = async () => {
       fetched++;
-      return { host: '127.0.0.1', port, identity, key, relay: true as const };
+      return mux
+        ? { host: '127.0.0.1', port, identity, key, relay: true as const, mux: true as const }
+        : { host: '127.0.0.1', port, identity, key, relay: true as const };
     };
-    return { fetchTicket, served: () => served, fetched: () => fetched };
+    return {
+      fetchTicket,
+      served: () => served,
+      streams: () => streams,
+      connections: () => connections,
+      fetched: () => fetched,
+    };
   }
+
+  /** The relay, with every mux it dials kept for the test. */
+  function watchedRelay(muxes: Mux[]): NativeRelay {
+    return {
+      ...relay,
+      dialMux: (socket, ticket, thread, onUp, onEnd) =>
+        relay.dialMux(
+          socket,
+          ticket,
+          thread,
+          (outcome) => {
+            if (outcome.kind === 'up') muxes.push(outcome.mux);
+            onUp(outcome);
+          },
+          onEnd,
+        ),
+    };
+  }
+
+  /** Dials `count` hops, 20 at a time; counts those that were native (then dropped) and those left to the tunnel. */
+  async function dialMany(dialer: ReturnType<typeof nativeHopDialer>, peerId: string, count: number) {
+    let native = 0;
+    let tunnel = 0;
+    for (let done = 0; done < count; done += 20) {
+      const hops = await Promise.all(
+        Array.from({ length: Math.min(20, count - done) }, () =>
+          dialer.dial(peerId, HEADER, AbortSignal.timeout(5000)),
+        ),
+      );
+      for (const hop of hops) {
+        if (hop === undefined) {
+          tunnel++;
+          continue;
+        }
+        expect(hop.status).toBe(0);
+        hop.parked.drop();
+        native++;
+      }
+    }
+    return { native, tunnel };
+  }
+
+  it('carries every connection to a peer that serves muxes as a stream: one mux per relay thread, no budget', async () => {
+    const dataPath = await servedDataPath({ mux: true });
+    const muxes: Mux[] = [];
+    const dialer = nativeHopDialer(watchedRelay(muxes), dataPath.fetchTicket, () => {});
+    // Past the handshake budget: streams need no handshake of their own.
+    expect(await dialMany(dialer, 'peer-a', NATIVE_HOP_BURST + 100)).toEqual({
+      native: NATIVE_HOP_BURST + 100,
+      tunnel: 0,
+    });
+    await expect.poll(() => dataPath.streams()).toBe(NATIVE_HOP_BURST + 100);
+    expect(dataPath.served()).toBe(0);
+    expect(dataPath.connections()).toBe(relay.threads);
+    expect(muxes).toHaveLength(relay.threads);
+    // A mux that ends is replaced by the next connection that would use it.
+    muxes[0]!.cut();
+    await expect.poll(() => muxes[0]!.ended).toBe(true);
+    expect(await dialMany(dialer, 'peer-a', 2 * relay.threads)).toEqual({ native: 2 * relay.threads, tunnel: 0 });
+    expect(dataPath.connections()).toBe(relay.threads + 1);
+  });
+
+  it('gives a peer whose mux cannot be set up native hops of their own', async () => {
+    const dataPath = await servedDataPath({ mux: true, refuseMuxes: relay.threads });
+    const logs: string[] = [];
+    const dialer = nativeHopDialer(relay, dataPath.fetchTicket, (line) => logs.push(line));
+    expect(await dialMany(dialer, 'peer-a', 5)).toEqual({ native: 5, tunnel: 0 });
+    await expect.poll(() => dataPath.served()).toBe(5);
+    expect(dataPath.streams()).toBe(0);
+    expect(logs.some((line) => line.includes('native hops of their own'))).toBe(true);
+  });
 
   it(`gives a peer ${NATIVE_HOP_BURST} native hops at once, then ${NATIVE_HOPS_PER_SECOND} a second; the rest get the tunnel`, async () => {
     const dataPath = await servedDataPath();
@@ -50,43 +144,20 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
       (line) => logs.push(line),
       () => clock,
     );
-    const dialMany = async (peerId: string, count: number) => {
-      let native = 0;
-      let tunnel = 0;
-      // 20 at a time: a burst of connections, as a client pool opens them.
-      for (let done = 0; done < count; done += 20) {
-        const hops = await Promise.all(
-          Array.from({ length: Math.min(20, count - done) }, () =>
-            dialer.dial(peerId, HEADER, AbortSignal.timeout(5000)),
-          ),
-        );
-        for (const hop of hops) {
-          if (hop === undefined) {
-            tunnel++;
-            continue;
-          }
-          expect(hop.status).toBe(0);
-          hop.parked.drop();
-          native++;
-        }
-      }
-      return { native, tunnel };
-    };
-
-    expect(await dialMany('peer-a', NATIVE_HOP_BURST + 40)).toEqual({ native: NATIVE_HOP_BURST, tunnel: 40 });
+    expect(await dialMany(dialer, 'peer-a', NATIVE_HOP_BURST + 40)).toEqual({ native: NATIVE_HOP_BURST, tunnel: 40 });
     expect(logs.filter((line) => line.includes('go through the tunnel'))).toHaveLength(1);
     expect(logs[0]).toContain('peer-a');
     // Half a second later: half a second's worth again.
     clock += 500;
-    expect(await dialMany('peer-a', NATIVE_HOPS_PER_SECOND)).toEqual({
+    expect(await dialMany(dialer, 'peer-a', NATIVE_HOPS_PER_SECOND)).toEqual({
       native: NATIVE_HOPS_PER_SECOND / 2,
       tunnel: NATIVE_HOPS_PER_SECOND / 2,
     });
     // Another peer has a budget of its own.
-    expect(await dialMany('peer-b', 20)).toEqual({ native: 20, tunnel: 0 });
+    expect(await dialMany(dialer, 'peer-b', 20)).toEqual({ native: 20, tunnel: 0 });
     // Idle for long: the budget refills to the burst, not beyond.
     clock += 3_600_000;
-    expect(await dialMany('peer-a', NATIVE_HOP_BURST + 20)).toEqual({ native: NATIVE_HOP_BURST, tunnel: 20 });
+    expect(await dialMany(dialer, 'peer-a', NATIVE_HOP_BURST + 20)).toEqual({ native: NATIVE_HOP_BURST, tunnel: 20 });
     // Every native hop was a real handshake that the server side saw; one ticket was fetched per peer and window.
     await expect.poll(() => dataPath.served()).toBe(NATIVE_HOP_BURST * 2 + NATIVE_HOPS_PER_SECOND / 2 + 20);
     expect(dataPath.fetched()).toBe(3);
