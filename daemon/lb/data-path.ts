@@ -39,7 +39,7 @@ export const TICKET_REUSE_MS = 20_000;
 /** Tickets issued and not used yet, at most: a member asking in a loop cannot grow the table. */
 const MAX_OUTSTANDING_TICKETS = 1024;
 /** For the TCP connect and the TLS handshake together, either side. */
-const HANDSHAKE_TIMEOUT_MS = 5000;
+export const HANDSHAKE_TIMEOUT_MS = 5000;
 /** How long a peer whose data path failed is reached through the mesh only. */
 export const FALLBACK_MS = 5 * 60_000;
 /**

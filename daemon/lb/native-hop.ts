@@ -16,16 +16,25 @@
 // relay not built there) gets the tunnel, as does one whose data path cannot be reached (NAT, a firewall): the
 // tunnel then goes through the mesh (data-path.ts's directFirst).
 //
-// Handshake budget: a native hop is cheap per byte and dear to open, the tunnel the other way round. Measured on the
-// lb bench (2 cores, both daemons on one machine): a native hop costs about 48 us of CPU per request against about
-// 100 through the tunnel, but opening one costs a TCP connect and a TLS handshake (an X25519+ML-KEM exchange at both
-// ends), about 1.2 ms more per connection than a tunnel stream; with a new connection per request (lb-close) native
-// hops made 0.13x HAProxy's requests/s and the tunnel 0.2x. So each peer gets NATIVE_HOPS_PER_SECOND new native hops
-// a second (a token bucket, NATIVE_HOP_BURST deep): a client's keep-alive pool, opened at once and then reused, gets
-// native hops, while connections beyond that rate go through the tunnel, whose streams need no handshake. That also
-// bounds the CPU a burst of short connections can take from both nodes for handshakes.
+// Handshake budget (native hops of their own only: a mux stream has no handshake): a native hop is cheap per byte
+// and dear to open, the tunnel the other way round. Measured on the lb bench (2 cores, both daemons on one
+// machine): a native hop costs about 48 us of CPU per request against about 100 through the tunnel, but opening one
+// costs a TCP connect and a TLS handshake (an X25519+ML-KEM exchange at both ends), about 1.2 ms more per connection
+// than a tunnel stream; with a new connection per request (lb-close) native hops made 0.13x HAProxy's requests/s and
+// the tunnel 0.2x. So each peer gets NATIVE_HOPS_PER_SECOND new native hops a second (a token bucket,
+// NATIVE_HOP_BURST deep): a client's keep-alive pool, opened at once and then reused, gets native hops, while
+// connections beyond that rate go through the tunnel, whose streams need no handshake. That also bounds the CPU a
+// burst of short connections can take from both nodes for handshakes. Over a mux the same bench made 0.87x with
+// keep-alive (27 us of CPU per request) and 0.40x with a connection per request.
 import { connect, type Socket } from 'node:net';
-import { type DataPathTicket, FALLBACK_MS, type FetchTicket, HEAD_START_MS, TICKET_REUSE_MS } from './data-path.ts';
+import {
+  type DataPathTicket,
+  FALLBACK_MS,
+  type FetchTicket,
+  HANDSHAKE_TIMEOUT_MS,
+  HEAD_START_MS,
+  TICKET_REUSE_MS,
+} from './data-path.ts';
 import type { Endpoint } from './endpoints.ts';
 import type { Mux, NativeRelay, ParkedConnection, SettingUp, SetupOutcome } from './native-relay.ts';
 
@@ -240,7 +249,7 @@ class MuxPool {
     return connectTo(ticket, new AbortController().signal).then(
       (socket) =>
         new Promise<Mux | undefined>((resolve) => {
-          const timer = setTimeout(() => setup.cut(), HEAD_START_MS * 5);
+          const timer = setTimeout(() => setup.cut(), HANDSHAKE_TIMEOUT_MS);
           const setup = this.relay.dialMux(
             socket,
             ticket,
