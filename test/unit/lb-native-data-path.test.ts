@@ -7,28 +7,15 @@ import { readdirSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import { describe, expect, it } from 'vitest';
-import {
-  type NativeRelay,
-  nativeRelay,
-  type ParkedConnection,
-  type RelayEnd,
-  type SetupOutcome,
-} from '../../daemon/lb/native-relay.ts';
+import type { NativeRelay, ParkedConnection, RelayEnd, SetupOutcome } from '../../daemon/lb/native-relay.ts';
 import { LINGER_MS } from '../../daemon/lb/pump.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { echoInTurns, loopbackSockets, receiveAll } from '../helpers/loopback-sockets.ts';
+import { relayUnderTest, sendBothWays, relayTicket as ticket } from '../helpers/native-relay.ts';
 
-const RELAY = nativeRelay();
-if (typeof RELAY === 'string' && process.env.CI) throw new Error(`CI needs the native relay: ${RELAY}`);
+const RELAY = relayUnderTest();
 
 const { servers, sockets, listen, connectTo } = loopbackSockets();
-
-function ticket(relay: NativeRelay, ttlMs = 30_000): { identity: string; key: Uint8Array } {
-  const identity = randomBytes(16).toString('hex');
-  const key = randomBytes(32);
-  relay.addKey(identity, key, ttlMs);
-  return { identity, key };
-}
 
 const HEADER = encodeRemoteHeader({ taskId: 'task-1' });
 
@@ -103,14 +90,9 @@ describe.skipIf(typeof RELAY === 'string')('native data path (relay.c, TLS 1.3 w
     expect(served).toMatchObject({ kind: 'ready', status: 0 });
     if (served.kind !== 'ready') throw new Error('not ready');
     expect(served.header).toEqual(HEADER.subarray(2));
-    const up = randomBytes(8 * 1024 * 1024);
-    const down = randomBytes(8 * 1024 * 1024);
-    const atTask = receiveAll(task);
-    const atClient = receiveAll(client);
-    client.end(up);
-    task.end(down);
-    expect((await atTask).equals(up)).toBe(true);
-    expect((await atClient).equals(down)).toBe(true);
+    const { up, down, atTask, atClient } = await sendBothWays(client, task);
+    expect(atTask.equals(up)).toBe(true);
+    expect(atClient.equals(down)).toBe(true);
     const [ingress, server] = await Promise.all([clientEnd, taskEnd]);
     expect(ingress).toEqual({ aToB: up.length, bToA: down.length, error: undefined });
     // The server's side a is the task: it also sent the status byte towards the dialer.

@@ -2,15 +2,14 @@
 // that the same relay serves, with a ticket whose key it was given, and the server side answers each hop with status
 // 0. What is checked is the dialer's choice between a mux stream, a native hop of its own and the tunnel
 // (undefined): the handshake budget per peer, with the dialer's clock set by the test, and the muxes per peer.
-import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { NATIVE_HOP_BURST, NATIVE_HOPS_PER_SECOND, nativeHopDialer } from '../../daemon/lb/native-hop.ts';
-import { type Mux, type NativeRelay, nativeRelay } from '../../daemon/lb/native-relay.ts';
+import type { Mux, NativeRelay } from '../../daemon/lb/native-relay.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { loopbackSockets } from '../helpers/loopback-sockets.ts';
+import { relayTicket, relayUnderTest } from '../helpers/native-relay.ts';
 
-const RELAY = nativeRelay();
-if (typeof RELAY === 'string' && process.env.CI) throw new Error(`CI needs the native relay: ${RELAY}`);
+const RELAY = relayUnderTest();
 
 const { listen } = loopbackSockets();
 const HEADER = encodeRemoteHeader({ taskId: 'task-1' });
@@ -44,9 +43,7 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
         },
       );
     }, true);
-    const identity = randomBytes(16).toString('hex');
-    const key = randomBytes(32);
-    relay.addKey(identity, key, 60_000);
+    const { identity, key } = relayTicket(relay, 60_000);
     let fetched = 0;
     const fetchTicket = async () => {
       fetched++;

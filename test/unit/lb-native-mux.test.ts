@@ -7,32 +7,18 @@ import { readdirSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { describe, expect, it } from 'vitest';
-import {
-  type Mux,
-  type NativeRelay,
-  nativeRelay,
-  type ParkedConnection,
-  type RelayEnd,
-  type SetupOutcome,
-} from '../../daemon/lb/native-relay.ts';
+import type { Mux, NativeRelay, ParkedConnection, RelayEnd, SetupOutcome } from '../../daemon/lb/native-relay.ts';
 import { LINGER_MS } from '../../daemon/lb/pump.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { echoInTurns, loopbackSockets, receiveAll } from '../helpers/loopback-sockets.ts';
+import { relayUnderTest, sendBothWays, relayTicket as ticket } from '../helpers/native-relay.ts';
 
-const RELAY = nativeRelay();
-if (typeof RELAY === 'string' && process.env.CI) throw new Error(`CI needs the native relay: ${RELAY}`);
+const RELAY = relayUnderTest();
 
 const { servers, sockets, listen, connectTo } = loopbackSockets();
 
 const HEADER = encodeRemoteHeader({ taskId: 'task-1' });
 const MAGIC_MUX = Buffer.from('swarmdM1');
-
-function ticket(relay: NativeRelay, ttlMs = 30_000): { identity: string; key: Uint8Array } {
-  const identity = randomBytes(16).toString('hex');
-  const key = randomBytes(32);
-  relay.addKey(identity, key, ttlMs);
-  return { identity, key };
-}
 
 /** How the server side treats each stream a peer opens: by default, connect to the task and join with status 0. */
 type ServeStream = (parked: ParkedConnection, header: Buffer) => void;
@@ -162,14 +148,9 @@ describe.skipIf(typeof RELAY === 'string')('native mux (mux.c: many streams over
     const { client, task, served, clientEnd } = await stream();
     expect(outcomes).toEqual([{ kind: 'mux' }]);
     expect(served.header).toEqual(HEADER.subarray(2));
-    const up = randomBytes(8 * 1024 * 1024);
-    const down = randomBytes(8 * 1024 * 1024);
-    const atTask = receiveAll(task);
-    const atClient = receiveAll(client);
-    client.end(up);
-    task.end(down);
-    expect((await atTask).equals(up)).toBe(true);
-    expect((await atClient).equals(down)).toBe(true);
+    const { up, down, atTask, atClient } = await sendBothWays(client, task);
+    expect(atTask.equals(up)).toBe(true);
+    expect(atClient.equals(down)).toBe(true);
     expect(await clientEnd).toEqual({ aToB: up.length, bToA: down.length, error: undefined });
     // The status goes in a frame of its own: the task's side counts only the task's bytes.
     expect(await served.taskEnd).toEqual({ aToB: down.length, bToA: up.length, error: undefined });

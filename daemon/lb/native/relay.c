@@ -796,6 +796,16 @@ static const char *start_pool(int count) {
 // ---------------------------------------------------------------------------------------------------------------
 // JS side
 
+/** Drops a parked connection that JS has not claimed (and will not): with no status byte. */
+static void drop_unclaimed(conn *c) {
+  pthread_mutex_lock(&c->env->lock);
+  int mine = !c->claimed;
+  c->claimed = 1;
+  pthread_mutex_unlock(&c->env->lock);
+  c->join_status = -1;
+  if (mine) queue_op(c, OP_DROP);
+}
+
 /**
  * A data path connection's set-up is over: onSetup(result, header, identity) on its JS thread, which then joins or
  * drops it. result: the status byte (dialer), 0 (server: header holds the remote header, without its length
@@ -804,23 +814,12 @@ static const char *start_pool(int count) {
  */
 static void call_setup(napi_env env, conn *c) {
   if (env == NULL) {
-    pthread_mutex_lock(&c->env->lock);
-    int mine = !c->claimed;
-    c->claimed = 1;
-    pthread_mutex_unlock(&c->env->lock);
-    c->join_status = -1;
-    if (mine) queue_op(c, OP_DROP);
+    drop_unclaimed(c);
     return;
   }
   if (c->kind == KIND_STREAM && c->is_server) {
     // Opened by the peer: this thread's serveStreams function takes it, or nobody does and it is refused.
-    if (stream_report(env, c)) return;
-    pthread_mutex_lock(&c->env->lock);
-    int mine = !c->claimed;
-    c->claimed = 1;
-    pthread_mutex_unlock(&c->env->lock);
-    c->join_status = -1;
-    if (mine) queue_op(c, OP_DROP);
+    if (!stream_report(env, c)) drop_unclaimed(c);
     return;
   }
   napi_value on_setup, receiver, argv[3];
