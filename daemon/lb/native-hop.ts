@@ -57,6 +57,8 @@ export interface NativeHopDialer {
   dial: DialNativePeer;
   /** Native hops joined and not ended yet. */
   open(): number;
+  /** Closes the muxes with no stream open for MUX_IDLE_MS (a timer does it every minute); returns how many. */
+  closeIdleMuxes(): number;
 }
 
 interface CachedTicket {
@@ -115,6 +117,7 @@ export function nativeHopDialer(
     return undefined;
   };
   const muxes = new MuxPool(relay, log, now);
+  setInterval(() => muxes.closeIdle(), IDLE_SWEEP_MS).unref();
   const dial: DialNativePeer = async (peerId, header, signal) => {
     if ((tunnelOnlyUntil.get(peerId) ?? 0) > now()) return undefined;
     let ticket: DataPathTicket | undefined;
@@ -198,7 +201,22 @@ export function nativeHopDialer(
       });
       signal.addEventListener('abort', onAbort, { once: true });
     });
-  return { dial, open: () => open };
+  return { dial, open: () => open, closeIdleMuxes: () => muxes.closeIdle() };
+}
+
+/**
+ * A mux with no stream open for this long is closed: a peer forwarded to once holds no TLS connection (about
+ * 70 KiB of buffers at both ends) per relay thread for ever. A new connection opens a new one.
+ */
+export const MUX_IDLE_MS = 5 * 60_000;
+const IDLE_SWEEP_MS = 60_000;
+
+/** One of a peer's muxes: being set up, or up (`up`), with its streams counted from open to end. */
+interface MuxSlot {
+  pending: Promise<Mux | undefined>;
+  up: Mux | undefined;
+  streams: number;
+  idleSince: number;
 }
 
 /**
@@ -207,7 +225,7 @@ export function nativeHopDialer(
  * their own for FALLBACK_MS.
  */
 class MuxPool {
-  private readonly peers = new Map<string, { slots: (Promise<Mux | undefined> | undefined)[]; next: number }>();
+  private readonly peers = new Map<string, { slots: (MuxSlot | undefined)[]; next: number }>();
   private readonly offUntil = new Map<string, number>();
 
   private readonly relay: NativeRelay;
@@ -229,20 +247,77 @@ class MuxPool {
       this.peers.set(peerId, peer);
     }
     const slots = peer.slots;
-    const slot = peer.next++ % slots.length;
-    let pending = slots[slot];
-    if (pending === undefined) {
-      const opened: Promise<Mux | undefined> = this.open(peerId, ticket, slot, () => {
-        if (slots[slot] === opened) slots[slot] = undefined;
+    const index = peer.next++ % slots.length;
+    let slot = slots[index];
+    if (slot === undefined) {
+      const opened: MuxSlot = { pending: Promise.resolve(undefined), up: undefined, streams: 0, idleSince: this.now() };
+      opened.pending = this.open(peerId, ticket, index, () => {
+        if (slots[index] === opened) slots[index] = undefined;
+      }).then((mux) => {
+        opened.up = mux;
+        return mux;
       });
-      slots[slot] = pending = opened;
+      slots[index] = slot = opened;
     }
-    const mux = await pending;
+    const mux = await slot.pending;
     if (mux === undefined || mux.ended) {
-      if (slots[slot] === pending) slots[slot] = undefined;
+      if (slots[index] === slot) slots[index] = undefined;
       return undefined;
     }
-    return mux;
+    return this.counting(slot, mux);
+  }
+
+  closeIdle(): number {
+    let closed = 0;
+    for (const [peerId, peer] of this.peers) {
+      peer.slots.forEach((slot, index) => {
+        if (slot?.up === undefined || slot.streams > 0 || this.now() - slot.idleSince < MUX_IDLE_MS) return;
+        peer.slots[index] = undefined;
+        slot.up.cut();
+        closed++;
+      });
+      if (peer.slots.every((slot) => slot === undefined)) this.peers.delete(peerId);
+    }
+    return closed;
+  }
+
+  /** The mux, its streams counted in the slot from open() until they fail, are dropped or end. */
+  private counting(slot: MuxSlot, mux: Mux): Mux {
+    const now = this.now;
+    return {
+      open(header, onSetup) {
+        slot.streams++;
+        let counted = true;
+        const release = () => {
+          if (!counted) return;
+          counted = false;
+          slot.streams--;
+          slot.idleSince = now();
+        };
+        return mux.open(header, (outcome, parked) => {
+          if (parked === undefined) {
+            release();
+            onSetup(outcome, parked);
+            return;
+          }
+          onSetup(outcome, {
+            join: (socket, status, lingerMs, onDone) =>
+              parked.join(socket, status, lingerMs, (end) => {
+                release();
+                onDone(end);
+              }),
+            drop(status) {
+              release();
+              parked.drop(status);
+            },
+          });
+        });
+      },
+      cut: () => mux.cut(),
+      get ended() {
+        return mux.ended;
+      },
+    };
   }
 
   private open(peerId: string, ticket: DataPathTicket, thread: number, onEnd: () => void): Promise<Mux | undefined> {

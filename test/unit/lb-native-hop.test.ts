@@ -3,7 +3,7 @@
 // 0. What is checked is the dialer's choice between a mux stream, a native hop of its own and the tunnel
 // (undefined): the handshake budget per peer, with the dialer's clock set by the test, and the muxes per peer.
 import { describe, expect, it } from 'vitest';
-import { NATIVE_HOP_BURST, NATIVE_HOPS_PER_SECOND, nativeHopDialer } from '../../daemon/lb/native-hop.ts';
+import { MUX_IDLE_MS, NATIVE_HOP_BURST, NATIVE_HOPS_PER_SECOND, nativeHopDialer } from '../../daemon/lb/native-hop.ts';
 import type { Mux, NativeRelay } from '../../daemon/lb/native-relay.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { loopbackSockets } from '../helpers/loopback-sockets.ts';
@@ -11,7 +11,7 @@ import { relayTicket, relayUnderTest } from '../helpers/native-relay.ts';
 
 const RELAY = relayUnderTest();
 
-const { listen } = loopbackSockets();
+const { listen, connectTo } = loopbackSockets();
 const HEADER = encodeRemoteHeader({ taskId: 'task-1' });
 
 describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
@@ -119,6 +119,41 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
     await expect.poll(() => muxes[0]!.ended).toBe(true);
     expect(await dialMany(dialer, 'peer-a', 2 * relay.threads)).toEqual({ native: 2 * relay.threads, tunnel: 0 });
     expect(dataPath.connections()).toBe(relay.threads + 1);
+  });
+
+  it(`closes a mux with no stream open for ${MUX_IDLE_MS / 60_000} minutes, and not one whose stream is open`, async () => {
+    const dataPath = await servedDataPath({ mux: true });
+    const muxes: Mux[] = [];
+    let clock = 1_000_000;
+    const dialer = nativeHopDialer(
+      watchedRelay(muxes),
+      dataPath.fetchTicket,
+      () => {},
+      () => clock,
+    );
+    expect(await dialMany(dialer, 'peer-a', 2 * relay.threads)).toEqual({ native: 2 * relay.threads, tunnel: 0 });
+    expect(muxes).toHaveLength(relay.threads);
+    // One connection stays: its stream is joined to a client's socket.
+    const hop = await dialer.dial('peer-a', HEADER, AbortSignal.timeout(5000));
+    const client = await connectTo(await listen(() => {}));
+    const { promise: ended, resolve: end } = Promise.withResolvers<void>();
+    const relayed = hop?.parked.join(client, undefined, 1000, () => end());
+    expect(relayed).toBeDefined();
+    clock += MUX_IDLE_MS - 1;
+    expect(dialer.closeIdleMuxes()).toBe(0);
+    clock += 1;
+    expect(dialer.closeIdleMuxes()).toBe(relay.threads - 1);
+    await expect.poll(() => muxes.filter((mux) => mux.ended).length).toBe(relay.threads - 1);
+    // Its stream ends: idle from then on, and closed once that has lasted.
+    relayed?.cut();
+    await ended;
+    expect(dialer.closeIdleMuxes()).toBe(0);
+    clock += MUX_IDLE_MS;
+    expect(dialer.closeIdleMuxes()).toBe(1);
+    await expect.poll(() => muxes.every((mux) => mux.ended)).toBe(true);
+    // The next connection opens a new mux.
+    expect(await dialMany(dialer, 'peer-a', 1)).toEqual({ native: 1, tunnel: 0 });
+    expect(muxes).toHaveLength(relay.threads + 1);
   });
 
   it('gives a peer whose mux cannot be set up native hops of their own', async () => {

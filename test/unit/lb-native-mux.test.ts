@@ -7,7 +7,14 @@ import { readdirSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { describe, expect, it } from 'vitest';
-import type { Mux, NativeRelay, ParkedConnection, RelayEnd, SetupOutcome } from '../../daemon/lb/native-relay.ts';
+import type {
+  Mux,
+  NativeRelay,
+  ParkedConnection,
+  RelayEnd,
+  RelayedConnection,
+  SetupOutcome,
+} from '../../daemon/lb/native-relay.ts';
 import { LINGER_MS } from '../../daemon/lb/pump.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { echoInTurns, loopbackSockets, receiveAll } from '../helpers/loopback-sockets.ts';
@@ -27,6 +34,7 @@ interface Served {
   header: Buffer;
   task: Socket;
   taskEnd: Promise<RelayEnd>;
+  relayed: RelayedConnection;
 }
 
 /** A data path port whose muxes' streams go to `serve`; the server's set-up outcomes are collected. */
@@ -49,9 +57,10 @@ function toTask(taskPort: number, tasks: AsyncIterator<Socket>, served: (s: Serv
   return (parked, header) => {
     const socket = connect({ host: '127.0.0.1', port: taskPort, allowHalfOpen: true }, async () => {
       const { promise: taskEnd, resolve: end } = Promise.withResolvers<RelayEnd>();
-      if (parked.join(socket, 0, LINGER_MS, end) === undefined) throw new Error('join refused a fresh socket');
+      const relayed = parked.join(socket, 0, LINGER_MS, end);
+      if (relayed === undefined) throw new Error('join refused a fresh socket');
       const task = (await tasks.next()).value as Socket;
-      served({ header, task, taskEnd });
+      served({ header, task, taskEnd, relayed });
     });
     sockets.push(socket);
   };
@@ -107,6 +116,8 @@ interface Stream {
   task: Socket;
   served: Served;
   clientEnd: Promise<RelayEnd>;
+  /** The ingress side's relayed connection. */
+  relayed: RelayedConnection;
 }
 
 /** A mux to a server that connects every stream to a task, and a way to make client connections over it. */
@@ -122,20 +133,24 @@ async function muxToTasks(relay: NativeRelay) {
   if (mux === undefined) throw new Error('the mux did not come up');
   /** client -> [ingress: accepted paused, open a stream, join] -> mux -> [server: connect the task, join] -> task */
   const stream = async (): Promise<Stream> => {
-    const { promise: joined, resolve: joinedWith } = Promise.withResolvers<{ clientEnd: Promise<RelayEnd> }>();
+    const { promise: joined, resolve: joinedWith } = Promise.withResolvers<{
+      clientEnd: Promise<RelayEnd>;
+      relayed: RelayedConnection;
+    }>();
     const ingressPort = await listen(async (client) => {
       const { outcome, parked } = await open(mux);
       expect(outcome).toMatchObject({ kind: 'ready', status: 0 });
       const { promise: clientEnd, resolve: end } = Promise.withResolvers<RelayEnd>();
-      if (parked?.join(client, undefined, LINGER_MS, end) === undefined) throw new Error('join refused the client');
-      joinedWith({ clientEnd });
+      const relayed = parked?.join(client, undefined, LINGER_MS, end);
+      if (relayed === undefined) throw new Error('join refused the client');
+      joinedWith({ clientEnd, relayed });
     }, true);
     const servedBefore = served.length;
     const client = await connectTo(ingressPort);
-    const { clientEnd } = await joined;
+    const { clientEnd, relayed } = await joined;
     await expect.poll(() => served.length).toBeGreaterThan(servedBefore);
     const mine = served[servedBefore]!;
-    return { client, task: mine.task, served: mine, clientEnd };
+    return { client, task: mine.task, served: mine, clientEnd, relayed };
   };
   return { mux, ended, stream, outcomes };
 }
@@ -200,6 +215,29 @@ describe.skipIf(typeof RELAY === 'string')('native mux (mux.c: many streams over
     const answer = receiveAll(second.client);
     second.task.end('answer');
     expect((await answer).toString()).toBe('answer');
+  });
+
+  it('ends a stream cut on either side at once, on both nodes, and the mux goes on', async () => {
+    const { stream } = await muxToTasks(relay);
+    for (const side of ['ingress', 'server'] as const) {
+      const { client, task, served, clientEnd, relayed } = await stream();
+      // Half-open allowed: each side learns of the end by its EOF (or a reset).
+      const gone = (socket: Socket) =>
+        new Promise((resolve) => {
+          socket.once('end', resolve);
+          socket.once('error', resolve);
+        });
+      const taskClosed = gone(task);
+      const clientClosed = gone(client);
+      client.resume();
+      task.resume();
+      // Neither socket ends: only the cut can end the stream (a drain's cut, a closing ingress).
+      if (side === 'ingress') relayed.cut();
+      else served.relayed.cut();
+      await Promise.all([clientEnd, served.taskEnd, taskClosed, clientClosed]);
+    }
+    const after = await stream();
+    expect(await echoInTurns(after.client, after.task, 10)).toBeGreaterThan(0);
   });
 
   it('tells the dialer a refusal (the server drops with a status), and the stream after it works', async () => {

@@ -392,12 +392,19 @@ void stream_open(conn *s) {
   park(s, -failure);
 }
 
-/** OP_CUT: a dialer's stream still waiting for its STATUS fails (RESET to the peer); otherwise JS drops it itself. */
+/**
+ * OP_CUT: a relaying stream ends now (RESET to the peer, as a cut pair shuts down both its sockets); a dialer's
+ * stream still waiting for its STATUS fails. A parked one JS drops itself.
+ */
 void stream_cut(conn *s) {
-  if (s->finished || s->phase != PHASE_STREAM_WAIT) return;
-  reset(s);
-  detach(s);
-  park(s, -ECANCELED);
+  if (s->finished) return;
+  if (s->phase == PHASE_RELAY) {
+    finish(s, 0);
+  } else if (s->phase == PHASE_STREAM_WAIT) {
+    reset(s);
+    detach(s);
+    park(s, -ECANCELED);
+  }
 }
 
 int stream_join(conn *s) {

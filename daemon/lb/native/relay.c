@@ -1240,8 +1240,9 @@ static napi_value js_cut(napi_env env, napi_callback_info info) {
   if (c->open) {
     if (c->a.fd >= 0) shutdown(c->a.fd, SHUT_RDWR);
     if (c->b.fd >= 0) shutdown(c->b.fd, SHUT_RDWR);
-    // A stream with no socket yet (waiting for its STATUS): its relay thread fails it.
-    if (c->kind == KIND_STREAM && c->a.fd < 0) {
+    // A stream's other side is its mux: its relay thread resets it there (or fails it, while it waits for its
+    // STATUS and has no socket yet).
+    if (c->kind == KIND_STREAM) {
       atomic_store(&c->cut_requested, 1);
       queue_op(c, OP_CUT);
     }
