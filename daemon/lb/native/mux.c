@@ -40,8 +40,17 @@
 #define IN_BYTES (32 * 1024)
 /** Stream table buckets (ids are sequential, so id % BUCKETS spreads them evenly). */
 #define BUCKETS 1024
-/** Open streams per mux, at most: past it a peer's OPEN is answered with RESET, and a dialer's fails. */
-#define MAX_STREAMS 65536
+/**
+ * Open streams per mux, at most: past it a peer's OPEN is answered with RESET, and a dialer's fails. With
+ * MUX_BUFFERED_MAX_BYTES it bounds what a peer can make this process hold (about 1.5 KiB per parked stream).
+ */
+#define MAX_STREAMS 16384
+/**
+ * What a mux's streams may hold together for sides a that do not read (each within its window): past it the mux
+ * reads no more frames until they drain. Only a peer whose streams' readers all stall gets there; the others
+ * on that mux then wait too, which is the price of bounding memory.
+ */
+#define MUX_BUFFERED_MAX_BYTES (32 * 1024 * 1024)
 
 enum { FRAME_DATA, FRAME_OPEN, FRAME_STATUS, FRAME_FIN, FRAME_RESET, FRAME_CREDIT };
 
@@ -62,6 +71,8 @@ struct mux {
   size_t out_start, out_end, out_capacity;
   /** Streams waiting for out to drain below OUT_HIGH_BYTES. */
   conn *blocked;
+  /** Bytes its streams hold for their sides a (b_to_a.pending), all together. */
+  size_t buffered;
   /** In thread->flush. */
   int listed;
   mux *flush_next;
@@ -219,8 +230,19 @@ static void reset(conn *s) {
   out_frame(m, s->stream.id, FRAME_RESET, NULL, 0);
 }
 
+/** Bytes a stream held for side a were written or dropped: the mux reads again once below its bound. */
+static void unbuffer(conn *s, size_t length) {
+  mux *m = s->mux;
+  if (m == NULL) return;
+  int was_full = m->buffered >= MUX_BUFFERED_MAX_BYTES;
+  m->buffered -= length;
+  if (was_full && m->buffered < MUX_BUFFERED_MAX_BYTES && !m->closed) mark_again(m->carrier);
+}
+
 void stream_gone(conn *s, int error) {
   if (error != 0 || !(s->a_to_b.done && s->b_to_a.done)) reset(s);
+  // finish() frees what it held.
+  if (s->b_to_a.pending != NULL) unbuffer(s, s->b_to_a.end - s->b_to_a.start);
   detach(s);
 }
 
@@ -258,12 +280,16 @@ static int keep_for_later(conn *s, const unsigned char *bytes, size_t length) {
   }
   memcpy(d->pending + d->end, bytes, length);
   d->end += length;
+  if (s->mux != NULL) s->mux->buffered += length;
   return 0;
 }
+
 
 /** A DATA frame: written to side a at once where it can be, else kept. Returns EPROTO to end the mux. */
 static int deliver(conn *s, const unsigned char *bytes, size_t length) {
   if (s->b_to_a.source_ended) return EPROTO;
+  // A dialer sends only once answered, and a server answers when it joins: before that, nothing is owed room.
+  if (s->is_server && s->phase != PHASE_RELAY) return EPROTO;
   size_t sent = 0;
   if (s->phase == PHASE_RELAY && s->b_to_a.pending == NULL) {
     ssize_t n = send(s->a.fd, bytes, length, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -290,6 +316,7 @@ static int write_out(conn *s) {
     if (n < 0) return errno == EAGAIN || errno == EINTR ? 0 : errno;
     d->start += (size_t)n;
     written_out(s, (size_t)n);
+    unbuffer(s, (size_t)n);
     if (d->start < d->end) continue;
     // An idle stream holds no buffer.
     free(d->pending);
@@ -494,7 +521,7 @@ static int on_frame(mux *m, uint32_t id, int type, const unsigned char *payload,
       park(s, payload[0]);
       return 0;
     case FRAME_FIN:
-      if (s->b_to_a.source_ended) return EPROTO;
+      if (s->b_to_a.source_ended || (s->is_server && s->phase != PHASE_RELAY)) return EPROTO;
       s->b_to_a.source_ended = 1;
       stream_run(s);
       return 0;
@@ -611,7 +638,8 @@ void mux_run(conn *carrier) {
   int error = mux_flush(m);
   int closed_by_peer = 0;
   for (int reads = 0; error == 0 && !closed_by_peer; reads++) {
-    if (!carrier->b.readable) break;
+    // Full: the streams that drain below the bound run it again (unbuffer).
+    if (!carrier->b.readable || m->buffered >= MUX_BUFFERED_MAX_BYTES) break;
     if (reads == READS_PER_TURN) {
       mark_again(carrier);
       break;
