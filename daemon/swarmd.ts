@@ -670,7 +670,7 @@ export class Swarmd {
       const native = relay === 'native' && fetchTicket !== undefined ? nativeRelay() : undefined;
       const hops =
         typeof native === 'object' && native.dataPath ? nativeHopDialer(native, fetchTicket!, lbLog) : undefined;
-      this.outTunnels = () => ({ ...paths.counts(), native: hops?.open() ?? 0 });
+      this.outTunnels = () => ({ ...paths.counts(), native: hops?.open() ?? 0, mux: hops?.muxes() ?? 0 });
       this.ingresses = new IngressSet({
         ...where,
         relay,
@@ -854,7 +854,11 @@ export class Swarmd {
           renderMetrics(await this.ingresses.stats(), {
             streams: this.meshHopCounters,
             tunnels: {
-              in: { ...(this.tunnelServer?.counts() ?? noTunnels()), native: this.nativeHopsIn },
+              in: {
+                ...(this.tunnelServer?.counts() ?? noTunnels()),
+                native: this.nativeHopsIn,
+                mux: this.dataPath?.muxes ?? 0,
+              },
               out: this.outTunnels(),
             },
             nativeHopsServed: this.nativeHopsServed,

@@ -124,6 +124,7 @@ export class DataPathServer {
   private readonly tickets = new Map<string, IssuedTicket>();
   private readonly sockets = new Set<Socket>();
   private boundPort = 0;
+  private muxesOpen = 0;
 
   constructor(opts: DataPathServerOptions) {
     this.opts = opts;
@@ -173,8 +174,11 @@ export class DataPathServer {
       socket,
       (outcome, parked) => {
         clearTimeout(timer);
-        // A mux ('mux') needs nothing more here: its streams go to onStream.
-        if (outcome.kind === 'legacy') this.tls.emit('connection', socket);
+        // A mux needs nothing more here: its streams go to onStream.
+        if (outcome.kind === 'mux') {
+          this.muxesOpen++;
+          outcome.whenEnded(() => this.muxesOpen--);
+        } else if (outcome.kind === 'legacy') this.tls.emit('connection', socket);
         else if (outcome.kind === 'ready' && parked !== undefined && outcome.header !== undefined)
           native.onNativeHop(parked, outcome.header);
         // A failed set-up (a wrong or expired key, garbage, a timeout) is what a scanner or a stale peer produces: not
@@ -198,6 +202,11 @@ export class DataPathServer {
 
   get port(): number {
     return this.boundPort;
+  }
+
+  /** Muxes other nodes opened to this one, open now. */
+  get muxes(): number {
+    return this.muxesOpen;
   }
 
   /** A ticket for one handshake by `peerId`, to send it over the mesh. */
@@ -282,11 +291,14 @@ export function dialDataPath(ticket: DataPathTicket, signal: AbortSignal): Promi
 
 export type TunnelPath = 'direct' | 'mesh';
 
-/** Tunnels through each path open now, and native hops (native-hop.ts: one per forwarded connection). */
-export type TunnelPathCounts = Record<TunnelPath | 'native', number>;
+/**
+ * Tunnels through each path open now, native hops (native-hop.ts: one per forwarded connection, a mux stream or a
+ * TCP connection of its own) and muxes (native/mux.c: one TLS connection per peer and relay thread).
+ */
+export type TunnelPathCounts = Record<TunnelPath | 'native' | 'mux', number>;
 
 export function noTunnels(): TunnelPathCounts {
-  return { direct: 0, mesh: 0, native: 0 };
+  return { direct: 0, mesh: 0, native: 0, mux: 0 };
 }
 
 export interface DirectFirst {

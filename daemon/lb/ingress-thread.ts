@@ -70,7 +70,7 @@ main.on('message', (message: ToIngressThread) => {
         type: 'done',
         id: message.id,
         stats: set.stats(),
-        tunnels: { ...paths.counts(), native: hops?.open() ?? 0 },
+        tunnels: { ...paths.counts(), native: hops?.open() ?? 0, mux: hops?.muxes() ?? 0 },
       });
       return;
     case 'ticket': {

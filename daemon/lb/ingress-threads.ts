@@ -170,6 +170,7 @@ export class IngressThreads implements PublishedPorts {
       counts.direct += thread.tunnels.direct;
       counts.mesh += thread.tunnels.mesh;
       counts.native += thread.tunnels.native;
+      counts.mux += thread.tunnels.mux;
     }
     return counts;
   }

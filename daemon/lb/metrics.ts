@@ -177,10 +177,10 @@ function renderMeshHop(lines: string[], meshHop: MeshHopStats): void {
   header(lines, {
     name: tunnels,
     type: 'gauge',
-    help: 'Load balancer tunnels open now, to other nodes (out) and from them (in): over the data path (direct) or the mesh; native: native hops, one per forwarded connection.',
+    help: 'Load balancer tunnels open now, to other nodes (out) and from them (in): over the data path (direct) or the mesh; native: native hops, one per forwarded connection; mux: the TLS connections that carry native hops as streams.',
   });
   for (const direction of ['in', 'out'] as const)
-    for (const path of ['direct', 'mesh', 'native'] as const)
+    for (const path of ['direct', 'mesh', 'native', 'mux'] as const)
       lines.push(`${tunnels}{direction="${direction}",path="${path}"} ${meshHop.tunnels[direction][path]}`);
 }
 

@@ -59,6 +59,8 @@ export interface NativeHopDialer {
   open(): number;
   /** Closes the muxes with no stream open for MUX_IDLE_MS (a timer does it every minute); returns how many. */
   closeIdleMuxes(): number;
+  /** Muxes up now. */
+  muxes(): number;
 }
 
 interface CachedTicket {
@@ -201,7 +203,7 @@ export function nativeHopDialer(
       });
       signal.addEventListener('abort', onAbort, { once: true });
     });
-  return { dial, open: () => open, closeIdleMuxes: () => muxes.closeIdle() };
+  return { dial, open: () => open, closeIdleMuxes: () => muxes.closeIdle(), muxes: () => muxes.up() };
 }
 
 /**
@@ -265,6 +267,12 @@ class MuxPool {
       return undefined;
     }
     return this.counting(slot, mux);
+  }
+
+  up(): number {
+    let up = 0;
+    for (const peer of this.peers.values()) for (const slot of peer.slots) if (slot?.up?.ended === false) up++;
+    return up;
   }
 
   closeIdle(): number {

@@ -116,8 +116,8 @@ export type SetupOutcome =
   | { kind: 'ready'; status: number; header: Buffer | undefined; identity: string }
   /** Server: the connection is a legacy tunnel (HTTP/2 over TLS, tunnel.ts); the JS socket has all of its bytes. */
   | { kind: 'legacy' }
-  /** Server: the connection is a mux; its streams go to accept's onStream. */
-  | { kind: 'mux' }
+  /** Server: the connection is a mux; its streams go to accept's onStream. whenEnded: a callback for its end. */
+  | { kind: 'mux'; whenEnded(callback: () => void): void }
   | { kind: 'failed'; error: string };
 
 /** A data path connection being set up: cut() makes its set-up fail (a timeout, the client leaving). */
@@ -311,12 +311,13 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
     onSetup: (outcome: SetupOutcome, parked: ParkedConnection | undefined) => void,
   ): SettingUp => {
     const life = handleLife(() => handle);
+    let onMuxEnd: (() => void) | undefined;
     const handle: object = start(
       (result, header, identity) => {
         if (result === SETUP_MUX) {
           // A mux the server side accepted: nothing to join, its streams go to accept's onStream.
           life.end();
-          onSetup({ kind: 'mux' }, undefined);
+          onSetup({ kind: 'mux', whenEnded: (callback) => (onMuxEnd = callback) }, undefined);
           return;
         }
         if (result === SETUP_LEGACY || result < 0) {
@@ -331,7 +332,10 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
         }
         onSetup({ kind: 'ready', status: result, header, identity }, life.parked());
       },
-      (aToB, bToA, errno) => life.done(aToB, bToA, errno),
+      (aToB, bToA, errno) => {
+        life.done(aToB, bToA, errno);
+        onMuxEnd?.();
+      },
     );
     return {
       cut() {

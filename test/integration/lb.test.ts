@@ -228,6 +228,8 @@ describe('load balancer', () => {
     // m1 runs no task: everything it accepted went to the workers, which served it: to w1 in native hops (both
     // relay natively), to w2 (data path off) through a tunnel over the mesh.
     expect(text.body).toMatch(/^swarmd_lb_tunnels\{direction="out",path="mesh"\} [1-9]/m);
+    // Its native hops to w1 are streams of muxes (one per relay thread and ingress thread at most).
+    expect(text.body).toMatch(/^swarmd_lb_tunnels\{direction="out",path="mux"\} [1-9]/m);
     // The main thread's event-loop delay since the previous scrape: a number of seconds, well under one on this run.
     const delay = /^swarmd_event_loop_delay_seconds\{quantile="0\.99"\} (\S+)$/m.exec(text.body)?.[1];
     expect(Number(delay)).toBeGreaterThanOrEqual(0);
@@ -237,6 +239,8 @@ describe('load balancer', () => {
       expect(worker.body).toMatch(/^swarmd_lb_mesh_streams_total\{result="served"\} [1-9]/m);
     expect(atW1!.body).toMatch(/^swarmd_lb_native_hops_served_total [1-9]/m);
     expect(atW2!.body).toMatch(/^swarmd_lb_native_hops_served_total 0$/m);
+    expect(atW1!.body).toMatch(/^swarmd_lb_tunnels\{direction="in",path="mux"\} [1-9]/m);
+    expect(atW2!.body).toMatch(/^swarmd_lb_tunnels\{direction="in",path="mux"\} 0$/m);
     expect(atW2!.body).toMatch(/^swarmd_lb_tunnels\{direction="in",path="direct"\} 0$/m);
     expect(atW2!.body).toMatch(/^swarmd_lb_tunnels\{direction="in",path="mesh"\} [1-9]/m);
     // With its data path off, w2 also opens its own tunnels (to w1) through the mesh.

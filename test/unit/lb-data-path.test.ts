@@ -72,8 +72,8 @@ describe('load balancer data path', () => {
     cleanups.push(() => dialer.close());
     await expectEchoes(dialer, 10, 'hello');
     // One tunnel for all ten, over the data path, and the server knows whose ticket opened it.
-    expect(paths.counts()).toEqual({ direct: 1, mesh: 0, native: 0 });
-    expect(node.tunnels.counts()).toEqual({ direct: 1, mesh: 0, native: 0 });
+    expect(paths.counts()).toEqual({ direct: 1, mesh: 0, native: 0, mux: 0 });
+    expect(node.tunnels.counts()).toEqual({ direct: 1, mesh: 0, native: 0, mux: 0 });
     expect(node.peers).toEqual(['peer-a']);
     expect(node.server.outstanding).toBe(0);
   });
@@ -156,7 +156,7 @@ describe('load balancer data path', () => {
     await paths.open('peer-b', AbortSignal.timeout(5000));
     expect(meshOpened).toEqual(['peer-b']);
     expect(logs.join('\n')).toMatch(/data path to peer-b failed .*using the mesh/);
-    expect(paths.counts()).toEqual({ direct: 0, mesh: 1, native: 0 });
+    expect(paths.counts()).toEqual({ direct: 0, mesh: 1, native: 0, mux: 0 });
 
     await paths.open('peer-b', AbortSignal.timeout(5000));
     expect(fetches).toBe(1);
@@ -186,13 +186,13 @@ describe('load balancer data path', () => {
       await paths.open('peer-b', AbortSignal.timeout(10_000));
       // The mesh carried it after the head start, not after the 5 s handshake timeout.
       expect(performance.now() - started).toBeLessThan(HEAD_START_MS + 1500);
-      expect(paths.counts()).toEqual({ direct: 0, mesh: 1, native: 0 });
+      expect(paths.counts()).toEqual({ direct: 0, mesh: 1, native: 0, mux: 0 });
       expect(logs).toEqual([]);
       await expect.poll(() => logs.join('\n'), { timeout: 8000 }).toMatch(/data path to peer-b failed .*no handshake/);
       // Remembered: the next tunnel goes through the mesh at once, without a ticket.
       await paths.open('peer-b', AbortSignal.timeout(10_000));
       expect(fetches).toBe(1);
-      expect(paths.counts()).toEqual({ direct: 0, mesh: 2, native: 0 });
+      expect(paths.counts()).toEqual({ direct: 0, mesh: 2, native: 0, mux: 0 });
     } finally {
       silent.close();
     }
@@ -206,10 +206,10 @@ describe('load balancer data path', () => {
       () => {},
     );
     await none.open('peer-b', AbortSignal.timeout(5000));
-    expect(none.counts()).toEqual({ direct: 0, mesh: 1, native: 0 });
+    expect(none.counts()).toEqual({ direct: 0, mesh: 1, native: 0, mux: 0 });
     const off = directFirst(undefined, mesh, () => {});
     await off.open('peer-b', AbortSignal.timeout(5000));
-    expect(off.counts()).toEqual({ direct: 0, mesh: 1, native: 0 });
+    expect(off.counts()).toEqual({ direct: 0, mesh: 1, native: 0, mux: 0 });
   });
 
   it('checks ticket replies from peers and names what is wrong', () => {

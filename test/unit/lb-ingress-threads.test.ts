@@ -138,7 +138,7 @@ describe('ingress threads', () => {
     // One entry per thread that took connections (the kernel spreads them); together they saw every one.
     const stats = await set.stats();
     // No data path here (no fetchTicket): every tunnel went through the relay.
-    expect(set.tunnelCounts()).toEqual({ direct: 0, mesh: opened.length, native: 0 });
+    expect(set.tunnelCounts()).toEqual({ direct: 0, mesh: opened.length, native: 0, mux: 0 });
     expect(stats.every((s) => s.port === published && s.serviceName === 'web' && s.errors === 0)).toBe(true);
     expect(stats.reduce((sum, s) => sum + s.connectionsTotal, 0)).toBe(20);
     const tasks = stats.flatMap((s) => s.tasks);

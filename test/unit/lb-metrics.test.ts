@@ -98,7 +98,7 @@ describe('renderMetrics', () => {
     const streams = { ...newMeshHopCounters(), served: 7, draining: 2 };
     const text = renderMetrics([stats()], {
       streams,
-      tunnels: { in: { direct: 1, mesh: 0, native: 4 }, out: { direct: 2, mesh: 3, native: 5 } },
+      tunnels: { in: { direct: 1, mesh: 0, native: 4, mux: 6 }, out: { direct: 2, mesh: 3, native: 5, mux: 7 } },
       nativeHopsServed: 6,
     });
     const s = samples(text);
@@ -111,6 +111,8 @@ describe('renderMetrics', () => {
     expect(s.get('swarmd_lb_tunnels{direction="out",path="mesh"}')).toBe(3);
     expect(s.get('swarmd_lb_tunnels{direction="in",path="native"}')).toBe(4);
     expect(s.get('swarmd_lb_tunnels{direction="out",path="native"}')).toBe(5);
+    expect(s.get('swarmd_lb_tunnels{direction="in",path="mux"}')).toBe(6);
+    expect(s.get('swarmd_lb_tunnels{direction="out",path="mux"}')).toBe(7);
     expect(s.get('swarmd_lb_native_hops_served_total')).toBe(6);
     expect(text).toContain('# TYPE swarmd_lb_tunnels gauge\n');
     expect(renderMetrics([stats()])).not.toContain('swarmd_lb_tunnels');

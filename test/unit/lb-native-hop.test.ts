@@ -114,6 +114,7 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
     expect(dataPath.served()).toBe(0);
     expect(dataPath.connections()).toBe(relay.threads);
     expect(muxes).toHaveLength(relay.threads);
+    expect(dialer.muxes()).toBe(relay.threads);
     // A mux that ends is replaced by the next connection that would use it.
     muxes[0]!.cut();
     await expect.poll(() => muxes[0]!.ended).toBe(true);
@@ -151,6 +152,7 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
     clock += MUX_IDLE_MS;
     expect(dialer.closeIdleMuxes()).toBe(1);
     await expect.poll(() => muxes.every((mux) => mux.ended)).toBe(true);
+    expect(dialer.muxes()).toBe(0);
     // The next connection opens a new mux.
     expect(await dialMany(dialer, 'peer-a', 1)).toEqual({ native: 1, tunnel: 0 });
     expect(muxes).toHaveLength(relay.threads + 1);

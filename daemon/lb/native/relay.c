@@ -3,7 +3,8 @@
 // retries and writes the PROXY header in JavaScript; once both sockets are connected it hands their file
 // descriptors here (native-relay.ts), and this file does what pump.ts would do, without a JS callback, a Buffer
 // or a libuv round trip per chunk. On the lb bench that is the difference between about half of HAProxy's
-// requests/s and HAProxy's own.
+// requests/s and HAProxy's own. Between nodes it also sets up the data path's TLS connections (below), and mux.c
+// carries many forwarded connections over one of them; relay.h holds the types both share.
 //
 // Threads: a pool of relay threads, each with its own epoll set, shared by every JS thread of the process (the
 // main thread and the ingress threads). A connection is given to one relay thread for its whole life, so its
