@@ -118,7 +118,7 @@ export function nativeHopDialer(
     log(`lb: native data path to ${peerId} failed (${why}); using the tunnel for it`);
     return undefined;
   };
-  const muxes = new MuxPool(relay, log, now);
+  const muxes = new MuxPool(relay, log, now, (peerId) => tickets.delete(peerId));
   setInterval(() => muxes.closeIdle(), IDLE_SWEEP_MS).unref();
   const dial: DialNativePeer = async (peerId, header, signal) => {
     if ((tunnelOnlyUntil.get(peerId) ?? 0) > now()) return undefined;
@@ -211,6 +211,8 @@ export function nativeHopDialer(
  * 70 KiB of buffers at both ends) per relay thread for ever. A new connection opens a new one.
  */
 export const MUX_IDLE_MS = 5 * 60_000;
+/** How long a peer whose mux failed to set up gets native hops of their own before a mux is tried again. */
+export const MUX_RETRY_MS = 10_000;
 const IDLE_SWEEP_MS = 60_000;
 
 /** One of a peer's muxes: being set up, or up (`up`), with its streams counted from open to end. */
@@ -223,21 +225,31 @@ interface MuxSlot {
 
 /**
  * The muxes of this thread: per peer, one per relay thread (each mux and its streams run on one), used in turn.
- * A mux is opened on first use and replaced once it ends; a peer whose mux cannot be set up gets native hops of
- * their own for FALLBACK_MS.
+ * A mux is opened on first use and replaced once it ends. A peer whose mux cannot be set up gets native hops of
+ * their own for MUX_RETRY_MS, and its ticket is fetched anew: most likely it restarted and forgot the key, as a
+ * stopped daemon's muxes end with it.
  */
 class MuxPool {
   private readonly peers = new Map<string, { slots: (MuxSlot | undefined)[]; next: number }>();
   private readonly offUntil = new Map<string, number>();
+  /** Peers whose last mux set-up failed: said once in the log, not at every retry. */
+  private readonly failing = new Set<string>();
 
   private readonly relay: NativeRelay;
   private readonly log: (message: string) => void;
   private readonly now: () => number;
+  private readonly forgetTicket: (peerId: string) => void;
 
-  constructor(relay: NativeRelay, log: (message: string) => void, now: () => number) {
+  constructor(
+    relay: NativeRelay,
+    log: (message: string) => void,
+    now: () => number,
+    forgetTicket: (peerId: string) => void,
+  ) {
     this.relay = relay;
     this.log = log;
     this.now = now;
+    this.forgetTicket = forgetTicket;
   }
 
   /** A mux to the peer that is up, or undefined (native hops of their own, then). */
@@ -339,8 +351,12 @@ class MuxPool {
             thread,
             (outcome) => {
               clearTimeout(timer);
-              if (outcome.kind === 'up') resolve(outcome.mux);
-              else resolve(this.fallBack(peerId, `set-up failed (${outcome.error})`));
+              if (outcome.kind === 'up') {
+                this.failing.delete(peerId);
+                resolve(outcome.mux);
+              } else {
+                resolve(this.fallBack(peerId, `set-up failed (${outcome.error})`));
+              }
             },
             (error) => {
               onEnd();
@@ -353,8 +369,11 @@ class MuxPool {
   }
 
   private fallBack(peerId: string, why: string): undefined {
-    this.offUntil.set(peerId, this.now() + FALLBACK_MS);
-    this.log(`lb: mux to ${peerId}: ${why}; its connections get native hops of their own for now`);
+    this.offUntil.set(peerId, this.now() + MUX_RETRY_MS);
+    this.forgetTicket(peerId);
+    if (!this.failing.has(peerId))
+      this.log(`lb: mux to ${peerId}: ${why}; its connections get native hops of their own until one sets up`);
+    this.failing.add(peerId);
     return undefined;
   }
 }

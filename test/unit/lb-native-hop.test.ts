@@ -3,7 +3,13 @@
 // 0. What is checked is the dialer's choice between a mux stream, a native hop of its own and the tunnel
 // (undefined): the handshake budget per peer, with the dialer's clock set by the test, and the muxes per peer.
 import { describe, expect, it } from 'vitest';
-import { MUX_IDLE_MS, NATIVE_HOP_BURST, NATIVE_HOPS_PER_SECOND, nativeHopDialer } from '../../daemon/lb/native-hop.ts';
+import {
+  MUX_IDLE_MS,
+  MUX_RETRY_MS,
+  NATIVE_HOP_BURST,
+  NATIVE_HOPS_PER_SECOND,
+  nativeHopDialer,
+} from '../../daemon/lb/native-hop.ts';
 import type { Mux, NativeRelay } from '../../daemon/lb/native-relay.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { loopbackSockets } from '../helpers/loopback-sockets.ts';
@@ -22,7 +28,7 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
    * saying it serves muxes where `mux`. `refuseMuxes`: the first that many connections are closed unread, as a
    * daemon that predates muxes refuses their magic.
    */
-  async function servedDataPath({ mux = false, refuseMuxes = 0 } = {}) {
+  async function servedDataPath({ mux = false, refuseMuxes = 0, staleFirst = false } = {}) {
     let served = 0;
     let streams = 0;
     let connections = 0;
@@ -47,6 +53,11 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
     let fetched = 0;
     const fetchTicket = async () => {
       fetched++;
+      // A key the server does not have: what a dialer holds after the server restarted.
+      if (staleFirst && fetched === 1) {
+        const stale = { host: '127.0.0.1', port, identity: 'f'.repeat(32), key: new Uint8Array(32) };
+        return { ...stale, relay: true as const, mux: true as const };
+      }
       return mux
         ? { host: '127.0.0.1', port, identity, key, relay: true as const, mux: true as const }
         : { host: '127.0.0.1', port, identity, key, relay: true as const };
@@ -156,6 +167,29 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
     // The next connection opens a new mux.
     expect(await dialMany(dialer, 'peer-a', 1)).toEqual({ native: 1, tunnel: 0 });
     expect(muxes).toHaveLength(relay.threads + 1);
+  });
+
+  it('sets up a new mux with a new ticket to a peer that restarted, after MUX_RETRY_MS of native hops', async () => {
+    const dataPath = await servedDataPath({ mux: true, staleFirst: true });
+    let clock = 1_000_000;
+    const logs: string[] = [];
+    const dialer = nativeHopDialer(
+      relay,
+      dataPath.fetchTicket,
+      (line) => logs.push(line),
+      () => clock,
+    );
+    // The stale key fails the mux, then this connection's own hop: it takes the tunnel, and the ticket is dropped.
+    expect(await dialer.dial('peer-a', HEADER, AbortSignal.timeout(5000))).toBeUndefined();
+    // A new ticket: native hops of their own while muxes wait.
+    expect(await dialMany(dialer, 'peer-a', 3)).toEqual({ native: 3, tunnel: 0 });
+    expect(dataPath.fetched()).toBe(2);
+    expect(dataPath.streams()).toBe(0);
+    clock += MUX_RETRY_MS;
+    expect(await dialMany(dialer, 'peer-a', 3)).toEqual({ native: 3, tunnel: 0 });
+    await expect.poll(() => dataPath.streams()).toBe(3);
+    expect(dialer.muxes()).toBeGreaterThan(0);
+    expect(logs.filter((line) => line.includes('mux to peer-a'))).toHaveLength(1);
   });
 
   it('gives a peer whose mux cannot be set up native hops of their own', async () => {
