@@ -284,7 +284,6 @@ static int keep_for_later(conn *s, const unsigned char *bytes, size_t length) {
   return 0;
 }
 
-
 /** A DATA frame: written to side a at once where it can be, else kept. Returns EPROTO to end the mux. */
 static int deliver(conn *s, const unsigned char *bytes, size_t length) {
   if (s->b_to_a.source_ended) return EPROTO;
