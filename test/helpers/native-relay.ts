@@ -30,3 +30,19 @@ export async function sendBothWays(client: Socket, task: Socket, bytes = 8 * 102
   task.end(down);
   return { up, down, atTask: await atTask, atClient: await atClient };
 }
+
+/**
+ * Ends a relayed connection one of three ways, by turn: both sides end cleanly; the task resets (its relay ends
+ * without a clean close, which the other side takes as a cut); the client goes and the task ends.
+ */
+export function endOneWay(turn: number, client: Socket, task: Socket): void {
+  if (turn % 3 === 0) {
+    client.end('x');
+    task.end('y');
+  } else if (turn % 3 === 1) {
+    task.resetAndDestroy();
+  } else {
+    client.destroy();
+    task.end();
+  }
+}

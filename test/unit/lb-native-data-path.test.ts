@@ -11,7 +11,7 @@ import type { NativeRelay, ParkedConnection, RelayEnd, SetupOutcome } from '../.
 import { LINGER_MS } from '../../daemon/lb/pump.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { echoInTurns, loopbackSockets, receiveAll } from '../helpers/loopback-sockets.ts';
-import { relayUnderTest, sendBothWays, relayTicket as ticket } from '../helpers/native-relay.ts';
+import { endOneWay, relayUnderTest, sendBothWays, relayTicket as ticket } from '../helpers/native-relay.ts';
 
 const RELAY = relayUnderTest();
 
@@ -218,16 +218,7 @@ describe.skipIf(typeof RELAY === 'string')('native data path (relay.c, TLS 1.3 w
     const before = readdirSync('/proc/self/fd').length;
     for (let i = 0; i < 100; i++) {
       const { client, task, clientEnd, taskEnd } = await hop(relay);
-      if (i % 3 === 0) {
-        client.end('x');
-        task.end('y');
-      } else if (i % 3 === 1) {
-        // A reset: the task's relay ends without a close_notify, which the ingress's relay takes as a cut.
-        task.resetAndDestroy();
-      } else {
-        client.destroy();
-        task.end();
-      }
+      endOneWay(i, client, task);
       await Promise.all([clientEnd, taskEnd]);
       client.destroy();
       task.destroy();

@@ -3,6 +3,7 @@
 // 0. What is checked is the dialer's choice between a mux stream, a native hop of its own and the tunnel
 // (undefined): the handshake budget per peer, with the dialer's clock set by the test, and the muxes per peer.
 import { describe, expect, it } from 'vitest';
+import type { FetchTicket } from '../../daemon/lb/data-path.ts';
 import {
   MUX_IDLE_MS,
   MUX_RETRY_MS,
@@ -89,6 +90,19 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
     };
   }
 
+  /** A dialer on a clock the test moves (clock.now += ms), and what it logs. */
+  function clockedDialer(over: NativeRelay, fetchTicket: FetchTicket) {
+    const clock = { now: 1_000_000 };
+    const logs: string[] = [];
+    const dialer = nativeHopDialer(
+      over,
+      fetchTicket,
+      (line) => logs.push(line),
+      () => clock.now,
+    );
+    return { dialer, logs, clock };
+  }
+
   /** Dials `count` hops, 20 at a time; counts those that were native (then dropped) and those left to the tunnel. */
   async function dialMany(dialer: ReturnType<typeof nativeHopDialer>, peerId: string, count: number) {
     let native = 0;
@@ -136,13 +150,7 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
   it(`closes a mux with no stream open for ${MUX_IDLE_MS / 60_000} minutes, and not one whose stream is open`, async () => {
     const dataPath = await servedDataPath({ mux: true });
     const muxes: Mux[] = [];
-    let clock = 1_000_000;
-    const dialer = nativeHopDialer(
-      watchedRelay(muxes),
-      dataPath.fetchTicket,
-      () => {},
-      () => clock,
-    );
+    const { dialer, clock } = clockedDialer(watchedRelay(muxes), dataPath.fetchTicket);
     expect(await dialMany(dialer, 'peer-a', 2 * relay.threads)).toEqual({ native: 2 * relay.threads, tunnel: 0 });
     expect(muxes).toHaveLength(relay.threads);
     // One connection stays: its stream is joined to a client's socket.
@@ -151,16 +159,16 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
     const { promise: ended, resolve: end } = Promise.withResolvers<void>();
     const relayed = hop?.parked.join(client, undefined, 1000, () => end());
     expect(relayed).toBeDefined();
-    clock += MUX_IDLE_MS - 1;
+    clock.now += MUX_IDLE_MS - 1;
     expect(dialer.closeIdleMuxes()).toBe(0);
-    clock += 1;
+    clock.now += 1;
     expect(dialer.closeIdleMuxes()).toBe(relay.threads - 1);
     await expect.poll(() => muxes.filter((mux) => mux.ended).length).toBe(relay.threads - 1);
     // Its stream ends: idle from then on, and closed once that has lasted.
     relayed?.cut();
     await ended;
     expect(dialer.closeIdleMuxes()).toBe(0);
-    clock += MUX_IDLE_MS;
+    clock.now += MUX_IDLE_MS;
     expect(dialer.closeIdleMuxes()).toBe(1);
     await expect.poll(() => muxes.every((mux) => mux.ended)).toBe(true);
     expect(dialer.muxes()).toBe(0);
@@ -171,21 +179,14 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
 
   it('sets up a new mux with a new ticket to a peer that restarted, after MUX_RETRY_MS of native hops', async () => {
     const dataPath = await servedDataPath({ mux: true, staleFirst: true });
-    let clock = 1_000_000;
-    const logs: string[] = [];
-    const dialer = nativeHopDialer(
-      relay,
-      dataPath.fetchTicket,
-      (line) => logs.push(line),
-      () => clock,
-    );
+    const { dialer, logs, clock } = clockedDialer(relay, dataPath.fetchTicket);
     // The stale key fails the mux, then this connection's own hop: it takes the tunnel, and the ticket is dropped.
     expect(await dialer.dial('peer-a', HEADER, AbortSignal.timeout(5000))).toBeUndefined();
     // A new ticket: native hops of their own while muxes wait.
     expect(await dialMany(dialer, 'peer-a', 3)).toEqual({ native: 3, tunnel: 0 });
     expect(dataPath.fetched()).toBe(2);
     expect(dataPath.streams()).toBe(0);
-    clock += MUX_RETRY_MS;
+    clock.now += MUX_RETRY_MS;
     expect(await dialMany(dialer, 'peer-a', 3)).toEqual({ native: 3, tunnel: 0 });
     await expect.poll(() => dataPath.streams()).toBe(3);
     expect(dialer.muxes()).toBeGreaterThan(0);
@@ -204,19 +205,12 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
 
   it(`gives a peer ${NATIVE_HOP_BURST} native hops at once, then ${NATIVE_HOPS_PER_SECOND} a second; the rest get the tunnel`, async () => {
     const dataPath = await servedDataPath();
-    let clock = 1_000_000;
-    const logs: string[] = [];
-    const dialer = nativeHopDialer(
-      relay,
-      dataPath.fetchTicket,
-      (line) => logs.push(line),
-      () => clock,
-    );
+    const { dialer, logs, clock } = clockedDialer(relay, dataPath.fetchTicket);
     expect(await dialMany(dialer, 'peer-a', NATIVE_HOP_BURST + 40)).toEqual({ native: NATIVE_HOP_BURST, tunnel: 40 });
     expect(logs.filter((line) => line.includes('go through the tunnel'))).toHaveLength(1);
     expect(logs[0]).toContain('peer-a');
     // Half a second later: half a second's worth again.
-    clock += 500;
+    clock.now += 500;
     expect(await dialMany(dialer, 'peer-a', NATIVE_HOPS_PER_SECOND)).toEqual({
       native: NATIVE_HOPS_PER_SECOND / 2,
       tunnel: NATIVE_HOPS_PER_SECOND / 2,
@@ -224,7 +218,7 @@ describe.skipIf(typeof RELAY === 'string')('native hop dialer', () => {
     // Another peer has a budget of its own.
     expect(await dialMany(dialer, 'peer-b', 20)).toEqual({ native: 20, tunnel: 0 });
     // Idle for long: the budget refills to the burst, not beyond.
-    clock += 3_600_000;
+    clock.now += 3_600_000;
     expect(await dialMany(dialer, 'peer-a', NATIVE_HOP_BURST + 20)).toEqual({ native: NATIVE_HOP_BURST, tunnel: 20 });
     // Every native hop was a real handshake that the server side saw; one ticket was fetched per peer and window.
     await expect.poll(() => dataPath.served()).toBe(NATIVE_HOP_BURST * 2 + NATIVE_HOPS_PER_SECOND / 2 + 20);

@@ -18,7 +18,7 @@ import type {
 import { LINGER_MS } from '../../daemon/lb/pump.ts';
 import { encodeRemoteHeader } from '../../daemon/lb/remote.ts';
 import { echoInTurns, loopbackSockets, receiveAll } from '../helpers/loopback-sockets.ts';
-import { relayUnderTest, sendBothWays, relayTicket as ticket } from '../helpers/native-relay.ts';
+import { endOneWay, relayUnderTest, sendBothWays, relayTicket as ticket } from '../helpers/native-relay.ts';
 
 const RELAY = relayUnderTest();
 
@@ -381,15 +381,7 @@ describe.skipIf(typeof RELAY === 'string')('native mux (mux.c: many streams over
       const { mux, ended, stream } = await muxToTasks(relay);
       for (let i = 0; i < 20; i++) {
         const { client, task, clientEnd, served } = await stream();
-        if (i % 3 === 0) {
-          client.end('x');
-          task.end('y');
-        } else if (i % 3 === 1) {
-          task.resetAndDestroy();
-        } else {
-          client.destroy();
-          task.end();
-        }
+        endOneWay(i, client, task);
         await Promise.all([clientEnd, served.taskEnd]);
         client.destroy();
         task.destroy();
