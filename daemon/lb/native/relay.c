@@ -673,15 +673,16 @@ static void take_incoming(relay_thread *t) {
   pthread_mutex_lock(&t->incoming_lock);
   conn *c = t->incoming;
   t->incoming = NULL;
-  for (conn *taken = c; taken != NULL; taken = taken->incoming_next) taken->queued = 0;
   pthread_mutex_unlock(&t->incoming_lock);
   while (c) {
-    conn *next = c->incoming_next;
+    // A conn counts as queued until it is taken here: an op JS queues before that only adds its bit, so the list
+    // stays as it was taken (a stream's cut can come while its OPEN waits). Ops queued after go to incoming again.
     pthread_mutex_lock(&t->incoming_lock);
+    conn *next = c->incoming_next;
     unsigned ops = c->ops;
     c->ops = 0;
+    c->queued = 0;
     pthread_mutex_unlock(&t->incoming_lock);
-    // The ops queued since it was taken are in incoming again, for the next wake.
     if (ops & OP_STREAM_OPEN) stream_open(c);
     if (ops & (OP_RELAY | OP_SETUP)) start(c, ops & OP_SETUP);
     if (ops & OP_CUT) stream_cut(c);
