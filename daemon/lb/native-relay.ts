@@ -17,15 +17,15 @@ import { hasUnforwardedReads } from './pump.ts';
 /** How the TCP ingress moves a connection's bytes once it is connected to a task. */
 export type RelayMode = 'native' | 'js';
 
-/** What the addon exports (native/relay.c). */
+/** The addon's report of a set-up: a status byte, SETUP_LEGACY, SETUP_MUX or -errno (see call_setup in relay.c). */
+type AddonSetup = (result: number, header: Buffer | undefined, identity: string) => void;
+/** The addon's report of a connection's end: bytes each way, and the errno (0: a clean end). */
+type AddonDone = (aToB: number, bToA: number, errno: number) => void;
+
+/** What the addon exports (native/relay.c, native/mux.c). */
 interface RelayAddon {
   start(threads: number): number;
-  relay(
-    fdA: number,
-    fdB: number,
-    lingerMs: number,
-    onDone: (aToB: number, bToA: number, errno: number) => void,
-  ): object;
+  relay(fdA: number, fdB: number, lingerMs: number, onDone: AddonDone): object;
   cut(handle: object): void;
   bytes(handle: object, out: Float64Array): void;
   dial(
@@ -33,36 +33,21 @@ interface RelayAddon {
     identity: string,
     key: Uint8Array,
     header: Uint8Array,
-    onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
-    onDone: (aToB: number, bToA: number, errno: number) => void,
+    onSetup: AddonSetup,
+    onDone: AddonDone,
   ): object;
-  accept(
-    fd: number,
-    onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
-    onDone: (aToB: number, bToA: number, errno: number) => void,
-    owner: number,
-  ): object;
+  accept(fd: number, onSetup: AddonSetup, onDone: AddonDone, owner: number): object;
   dialMux(
     fd: number,
     identity: string,
     key: Uint8Array,
     thread: number,
-    onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
-    onDone: (aToB: number, bToA: number, errno: number) => void,
+    onSetup: AddonSetup,
+    onDone: AddonDone,
   ): object;
-  openStream(
-    mux: object,
-    header: Uint8Array,
-    onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
-    onDone: (aToB: number, bToA: number, errno: number) => void,
-  ): object;
+  openStream(mux: object, header: Uint8Array, onSetup: AddonSetup, onDone: AddonDone): object;
   serveStreams(
-    onStream: (
-      handle: object,
-      header: Buffer,
-      identity: string,
-      owner: number,
-    ) => ((aToB: number, bToA: number, errno: number) => void) | undefined,
+    onStream: (handle: object, header: Buffer, identity: string, owner: number) => AddonDone | undefined,
   ): void;
   join(handle: object, fd: number, status: number, lingerMs: number): void;
   drop(handle: object, status: number): void;
@@ -304,10 +289,7 @@ function relayWith(addon: RelayAddon, threads: number): NativeRelay {
    * then its end.
    */
   const dataPathConnection = (
-    start: (
-      onSetup: (result: number, header: Buffer | undefined, identity: string) => void,
-      onDone: (aToB: number, bToA: number, errno: number) => void,
-    ) => object,
+    start: (onSetup: AddonSetup, onDone: AddonDone) => object,
     onSetup: (outcome: SetupOutcome, parked: ParkedConnection | undefined) => void,
   ): SettingUp => {
     const life = handleLife(() => handle);
